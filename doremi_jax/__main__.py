@@ -1,0 +1,3 @@
+from doremi_jax.main import cli
+
+cli()

@@ -1,0 +1,1 @@
+"""Data: corpora served as seqio Tasks/Mixtures and the host-local batch loader."""

@@ -1,0 +1,73 @@
+"""Per-domain evaluation: mean token loss and perplexity per domain on the
+validation split, their uniform average and the worst case."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from doremi_jax import loss as loss_lib
+
+
+def per_domain_sums(loss_BxL, mask_BxL, domain_ids_B, num_domains: int):
+  """Returns (loss_sum_K, token_count_K) in fp32."""
+  onehot_BxK = jax.nn.one_hot(domain_ids_B, num_domains, dtype=jnp.float32)
+  return (onehot_BxK.T @ loss_BxL.sum(axis=1).astype(jnp.float32),
+          onehot_BxK.T @ mask_BxL.sum(axis=1).astype(jnp.float32))
+
+
+def make_eval_step(model, num_domains: int, param_shardings, batch_shardings, out_sharding):
+  def eval_step(params, batch):
+    loss_BxL, mask_BxL = loss_lib.per_token_loss(model, params, batch["targets"])
+    return per_domain_sums(loss_BxL, mask_BxL, batch["domain_ids"], num_domains)
+  return jax.jit(eval_step, in_shardings=(param_shardings, batch_shardings),
+                 out_shardings=(out_sharding, out_sharding))
+
+
+def run_eval(eval_step, params, batches, to_global) -> tuple[np.ndarray, np.ndarray]:
+  sums, counts = None, None
+  for b in batches:
+    s, c = eval_step(params, to_global(b))
+    s, c = np.asarray(jax.device_get(s), np.float64), np.asarray(jax.device_get(c), np.float64)
+    sums = s if sums is None else sums + s
+    counts = c if counts is None else counts + c
+  return sums, counts
+
+
+def summarize(domains: Sequence[str], sums, counts, step: int,
+              entropy_floors: Optional[Sequence[float]] = None,
+              reference: Optional[dict] = None) -> dict:
+  """JSON-ready per-domain results. `reference` (a summary of the same form)
+  adds each domain's excess over the reference model."""
+  losses = np.asarray(sums) / np.maximum(np.asarray(counts), 1)
+  per = {}
+  for i, d in enumerate(domains):
+    row = {"loss": float(losses[i]), "perplexity": float(math.exp(min(losses[i], 700))),
+           "tokens": int(counts[i])}
+    if entropy_floors is not None:
+      row["entropy_floor"] = float(entropy_floors[i])
+    if reference is not None and d in reference.get("per_domain", {}):
+      row["excess_over_reference"] = float(losses[i] - reference["per_domain"][d]["loss"])
+    per[d] = row
+  worst = int(np.argmax(losses))
+  return {
+      "step": int(step),
+      "per_domain": per,
+      "uniform_average": float(np.mean(losses)),
+      "worst_case": {"domain": domains[worst], "loss": float(losses[worst])},
+  }
+
+
+def format_table(summary: dict) -> str:
+  lines = [f"{'domain':<14}{'loss':>9}{'ppl':>10}{'floor':>9}"]
+  for d, r in summary["per_domain"].items():
+    floor = f"{r['entropy_floor']:9.3f}" if "entropy_floor" in r else f"{'-':>9}"
+    lines.append(f"{d:<14}{r['loss']:9.4f}{r['perplexity']:10.2f}{floor}")
+  lines.append(f"{'uniform avg':<14}{summary['uniform_average']:9.4f}")
+  lines.append(f"{'worst case':<14}{summary['worst_case']['loss']:9.4f}  "
+               f"({summary['worst_case']['domain']})")
+  return "\n".join(lines)

@@ -1,0 +1,29 @@
+"""Per-token cross-entropy. Step 1 averages it; Step 2 needs it per token."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def per_token_cross_entropy(logits_BxLxV, targets_BxL, mask_BxL):
+  """Returns loss_BxL (fp32, nats): -log p(target), zero where mask is 0."""
+  logits_BxLxV = logits_BxLxV.astype(jnp.float32)
+  lse_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
+  target_logit_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
+  return (lse_BxL - target_logit_BxL) * mask_BxL.astype(jnp.float32)
+
+
+def model_inputs(targets_BxL):
+  """Teacher forcing: inputs are the targets shifted right, with 0 (pad/BOS)
+  in front; the loss mask is 1 on real (non-pad) target tokens."""
+  inputs_BxL = jnp.pad(targets_BxL[:, :-1], ((0, 0), (1, 0)))
+  mask_BxL = (targets_BxL != 0).astype(jnp.float32)
+  return inputs_BxL, mask_BxL
+
+
+def per_token_loss(model, params, targets_BxL):
+  """Forward pass; returns (loss_BxL, mask_BxL)."""
+  inputs_BxL, mask_BxL = model_inputs(targets_BxL)
+  logits_BxLxV = model.apply({"params": params}, inputs_BxL)
+  return per_token_cross_entropy(logits_BxLxV, targets_BxL, mask_BxL), mask_BxL

@@ -1,0 +1,212 @@
+"""Decoder-only transformer in Flax, with logical axis names on every
+parameter and on the main activations.
+
+Architecture (documented choice): pre-norm (RMSNorm), rotary position
+embeddings, multi-head causal attention, SwiGLU MLP, no biases, untied input
+and output embeddings by default (`tied_embeddings=True` ties them). Parameters
+are stored in `param_dtype` (fp32); matmuls run in `compute_dtype` (bf16 on
+TPU); the softmax and the logits used for the loss are fp32.
+
+Shape suffixes: B batch, L length, D d_model, H heads, K head_dim, F mlp, V vocab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Optional
+
+import gin
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from doremi_jax.config import ConfigError
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Transformer sizes. `vocab_size=None` takes the data's vocabulary size,
+  rounded up to a multiple of `vocab_multiple` (TPU-friendly shapes)."""
+  vocab_size: Optional[int] = None
+  vocab_multiple: int = 128
+  d_model: int = 64
+  num_layers: int = 2
+  num_heads: int = 4
+  head_dim: int = 16
+  mlp_dim: int = 256
+  max_len: int = 2048
+  rope_theta: float = 10_000.0
+  tied_embeddings: bool = False
+  norm_eps: float = 1e-6
+  compute_dtype: str = "float32"
+  param_dtype: str = "float32"
+  remat: bool = False   # rematerialise each block in the backward pass
+  scan_layers: bool = False  # one scanned block: faster compiles for deep models
+
+  def with_data_vocab(self, data_vocab_size: int) -> "ModelConfig":
+    """Returns a copy whose vocab_size fits the data's vocabulary."""
+    if self.vocab_size is None:
+      m = self.vocab_multiple
+      return dataclasses.replace(self, vocab_size=-(-data_vocab_size // m) * m)
+    if self.vocab_size < data_vocab_size:
+      raise ConfigError(
+          f"ModelConfig.vocab_size={self.vocab_size} is smaller than the data's "
+          f"vocabulary ({data_vocab_size} ids). Set ModelConfig.vocab_size to at least "
+          f"{data_vocab_size} or to None (take it from the data).")
+    return self
+
+  def num_params(self) -> int:
+    """Parameter count (exact for this architecture)."""
+    d, f, v = self.d_model, self.mlp_dim, self.vocab_size
+    attn = 4 * d * self.num_heads * self.head_dim
+    block = attn + 3 * d * f + 2 * d
+    emb = v * d * (1 if self.tied_embeddings else 2)
+    return self.num_layers * block + emb + d
+
+  def flops_per_token(self, seq_len: int) -> int:
+    """Training FLOPs per token: 6 * (non-embedding-input params) plus the
+    attention score/value matmuls (6 * 2 * layers * L * H*K, causal not
+    discounted), the PaLM/Chinchilla convention."""
+    n = self.num_params() - self.vocab_size * self.d_model * (0 if self.tied_embeddings else 1)
+    attn = 12 * self.num_layers * seq_len * self.num_heads * self.head_dim
+    return 6 * n + attn
+
+
+def _dtype(name: str):
+  return jnp.dtype(name)
+
+
+class Linear(nn.Module):
+  """`einsum(eqn, x, kernel)` with a logically partitioned kernel of any rank.
+
+  (flax's DenseGeneral initialises a flattened 2-D kernel, which cannot carry
+  per-axis logical names.)"""
+  eqn: str
+  shape: tuple
+  names: tuple
+  in_axes: tuple
+  dtype: jnp.dtype
+  param_dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x):
+    out_axes = tuple(i for i in range(len(self.shape)) if i not in self.in_axes)
+    init = nn.initializers.variance_scaling(
+        1.0, "fan_in", "truncated_normal", in_axis=self.in_axes, out_axis=out_axes)
+    kernel = self.param("kernel", nn.with_logical_partitioning(init, self.names),
+                        self.shape, self.param_dtype)
+    return jnp.einsum(self.eqn, x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+class RMSNorm(nn.Module):
+  eps: float
+  param_dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                       (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * scale).astype(x.dtype)
+
+
+def rotary(x_BxLxHxK, positions_BxL, theta: float):
+  k = x_BxLxHxK.shape[-1]
+  freq = theta ** (-jnp.arange(0, k, 2, dtype=jnp.float32) / k)
+  angle_BxLxK2 = positions_BxL[..., None].astype(jnp.float32) * freq
+  sin, cos = jnp.sin(angle_BxLxK2)[:, :, None, :], jnp.cos(angle_BxLxK2)[:, :, None, :]
+  x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxLxHxK.dtype)
+
+
+class Block(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD, positions_BxL):
+    cfg = self.cfg
+    cdt, pdt = _dtype(cfg.compute_dtype), _dtype(cfg.param_dtype)
+    linear = functools.partial(Linear, dtype=cdt, param_dtype=pdt)
+    act = nn.with_logical_constraint
+    d, h_, k_, f = cfg.d_model, cfg.num_heads, cfg.head_dim, cfg.mlp_dim
+    qkv = functools.partial(linear, "bld,dhk->blhk", (d, h_, k_), ("embed", "heads", "kv"), (0,))
+
+    h = RMSNorm(cfg.norm_eps, pdt, name="attn_norm")(x_BxLxD)
+    q_BxLxHxK = qkv(name="query")(h)
+    k_BxLxHxK = qkv(name="key")(h)
+    v_BxLxHxK = qkv(name="value")(h)
+    qkv_axes = ("act_batch", "act_length", "act_heads", "act_kv")
+    q_BxLxHxK = act(rotary(q_BxLxHxK, positions_BxL, cfg.rope_theta), qkv_axes)
+    k_BxLxHxK = act(rotary(k_BxLxHxK, positions_BxL, cfg.rope_theta), qkv_axes)
+    v_BxLxHxK = act(v_BxLxHxK, qkv_axes)
+    o_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=True)
+    o_BxLxHxK = act(o_BxLxHxK, qkv_axes)
+    o_BxLxD = linear("blhk,hkd->bld", (h_, k_, d), ("heads", "kv", "embed"), (0, 1),
+                     name="out")(o_BxLxHxK)
+    x_BxLxD = act(x_BxLxD + o_BxLxD, ("act_batch", "act_length", "act_embed"))
+
+    h = RMSNorm(cfg.norm_eps, pdt, name="mlp_norm")(x_BxLxD)
+    up = functools.partial(linear, "bld,df->blf", (d, f), ("embed", "mlp"), (0,))
+    gate_BxLxF = up(name="gate")(h)
+    up_BxLxF = up(name="up")(h)
+    h_BxLxF = act(nn.silu(gate_BxLxF) * up_BxLxF, ("act_batch", "act_length", "act_mlp"))
+    down_BxLxD = linear("blf,fd->bld", (f, d), ("mlp", "embed"), (0,), name="down")(h_BxLxF)
+    return act(x_BxLxD + down_BxLxD, ("act_batch", "act_length", "act_embed"))
+
+
+class _ScanBlock(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, positions):
+    return Block(self.cfg, name="block")(x, positions), None
+
+
+class Transformer(nn.Module):
+  """`__call__(tokens_BxL) -> logits_BxLxV` (fp32)."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens_BxL, positions_BxL=None):
+    cfg = self.cfg
+    if cfg.vocab_size is None:
+      raise ConfigError("ModelConfig.vocab_size is unset; call with_data_vocab first.")
+    cdt, pdt = _dtype(cfg.compute_dtype), _dtype(cfg.param_dtype)
+    if positions_BxL is None:
+      positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
+    embed = nn.Embed(
+        cfg.vocab_size, cfg.d_model, dtype=cdt, param_dtype=pdt,
+        embedding_init=nn.with_logical_partitioning(
+            nn.initializers.normal(stddev=1.0), ("vocab", "embed")),
+        name="embed")
+    x_BxLxD = embed(tokens_BxL)
+    x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("act_batch", "act_length", "act_embed"))
+
+    block_cls = Block
+    if cfg.remat:
+      block_cls = nn.remat(Block, policy=jax.checkpoint_policies.nothing_saveable)
+    if cfg.scan_layers:
+      scan_cls = _ScanBlock if not cfg.remat else nn.remat(
+          _ScanBlock, policy=jax.checkpoint_policies.nothing_saveable)
+      x_BxLxD, _ = nn.scan(
+          scan_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+          in_axes=(nn.broadcast,), length=cfg.num_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"})(cfg, name="layers")(
+              x_BxLxD, positions_BxL)
+    else:
+      for i in range(cfg.num_layers):
+        x_BxLxD = block_cls(cfg, name=f"layer_{i}")(x_BxLxD, positions_BxL)
+
+    x_BxLxD = RMSNorm(cfg.norm_eps, pdt, name="final_norm")(x_BxLxD)
+    if cfg.tied_embeddings:
+      logits_BxLxV = embed.attend(x_BxLxD) / jnp.sqrt(cfg.d_model).astype(cdt)
+    else:
+      logits_BxLxV = Linear("bld,dv->blv", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
+                            (0,), cdt, pdt, name="unembed")(x_BxLxD)
+    logits_BxLxV = nn.with_logical_constraint(
+        logits_BxLxV, ("act_batch", "act_length", "act_vocab"))
+    return logits_BxLxV.astype(jnp.float32)

@@ -1,0 +1,32 @@
+"""doremi_jax: DoReMi domain reweighting in JAX/Flax (TPU-first)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="doremi_jax",
+    version="0.1.0",
+    description="DoReMi (Domain Reweighting with Minimax Optimization) in JAX/Flax",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["doremi_jax", "doremi_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.10",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "seqio>=0.0.19",
+        "tensorflow-datasets>=4.9",
+        "gin-config>=0.5.0",
+        "absl-py",
+        "numpy",
+        "scipy",
+        "etils[epath]",
+        "tensorboardX",
+    ],
+    extras_require={
+        "test": ["pytest>=7"],
+        "tpu": ["jax[tpu]"],
+    },
+    entry_points={"console_scripts": ["doremi-jax=doremi_jax.main:cli"]},
+)

@@ -1,0 +1,36 @@
+"""Test setup: 8 forced CPU devices (real sharding), quiet TF, offline TFDS."""
+
+import os
+import sys
+
+# Must happen before jax is imported anywhere.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["JAX_PLATFORMS"] = "cpu"
+
+import gin  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def run_cli(args, workdir=None, timeout=600, env_extra=None):
+  """Runs `python -m doremi_jax.main ARGS` in a subprocess (1 CPU device)."""
+  import subprocess
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = ""
+  env.update(env_extra or {})
+  cmd = [sys.executable, "-m", "doremi_jax.main", *args]
+  if workdir is not None:
+    cmd.append(f"--workdir={workdir}")
+  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)

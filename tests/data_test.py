@@ -1,0 +1,168 @@
+import math
+
+import numpy as np
+import pytest
+
+from doremi_jax.config import ConfigError
+from doremi_jax.data import corpus as corpus_lib
+from doremi_jax.data import loader as loader_lib
+from doremi_jax.data import synthetic
+
+
+@pytest.fixture(scope="module")
+def corpus():
+  return corpus_lib.synthetic_corpus(synthetic.SyntheticCorpusConfig(seq_len=64))
+
+
+def test_synthetic_deterministic_and_split_disjoint():
+  a = synthetic.generate("markov", 16, 64, 0, "train")
+  b = synthetic.generate("markov", 16, 64, 0, "train")
+  c = synthetic.generate("markov", 16, 64, 0, "validation")
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+  assert not np.array_equal(a, synthetic.generate("markov", 16, 64, 1, "train"))
+
+
+def test_synthetic_structure():
+  names = synthetic.token_names()
+  text = " ".join(names[i] for i in synthetic.generate("arithmetic", 1, 26, 0, "train")[0])
+  problems = [p.strip() for p in text.split(";") if p.strip()]
+  for p in problems[:2]:
+    a, rest = p.split("+")
+    b, c = rest.split("=")
+    a, b = int(a.replace(" ", "")), int(b.replace(" ", ""))
+    assert int(c.replace(" ", "")[::-1]) == a + b
+  s = synthetic.generate("sort", 4, 18, 0, "train")
+  np.testing.assert_array_equal(np.sort(s[:, :8], axis=1), s[:, 9:17])
+  r = synthetic.generate("repeat", 4, 32, 0, "train")
+  np.testing.assert_array_equal(r[:, :4], r[:, 4:8])
+
+
+def test_entropy_floors_match_empirical_estimates():
+  # noise: empirical entropy of the uniform distribution over 126 ids.
+  assert synthetic.entropy_floor("noise", 64) == pytest.approx(math.log(126))
+  # markov: plug-in conditional entropy from a large sample ≈ exact value.
+  x = synthetic.generate("markov", 4000, 64, 0, "train") - synthetic.MARKOV_LO
+  counts = np.zeros((64, 64))
+  np.add.at(counts, (x[:, :-1].ravel(), x[:, 1:].ravel()), 1)
+  p = counts / counts.sum(1, keepdims=True)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    h_rows = -np.nansum(np.where(p > 0, p * np.log(p), 0), axis=1)
+  h_rate = (counts.sum(1) / counts.sum() * h_rows).sum()
+  _, probs, pi = synthetic.markov_chain(0)
+  exact_rate = -(pi[:, None] * probs * np.log(probs)).sum()
+  assert h_rate == pytest.approx(exact_rate, rel=0.02)
+  assert 0 < synthetic.entropy_floor("repeat", 64) < synthetic.entropy_floor("markov", 64) \
+      < synthetic.entropy_floor("noise", 64)
+
+
+def test_vocabulary_roundtrip(corpus):
+  v = corpus.vocabulary
+  ids = v.encode("1 2 3 + 4 5 6 = 9 7 5 0 ;")
+  assert v.decode(ids) == "1 2 3 + 4 5 6 = 9 7 5 0 ;"
+  import tensorflow as tf
+  np.testing.assert_array_equal(v.encode_tf(tf.constant("a b |")).numpy(), v.encode("a b |"))
+  assert v.vocab_size == 128 and v.eos_id == 1 and v.pad_id == 0
+
+
+def test_seqio_tasks_and_mixture(corpus):
+  import seqio
+  assert len(corpus.task_names) == 5
+  name = corpus_lib.register_mixture("test_mix", corpus, [1, 0, 1, 0, 2])
+  mix = seqio.get_mixture_or_task(name)
+  np.testing.assert_allclose(corpus_lib.mixture_rates(name, corpus), [1, 0, 1, 0, 2])
+  ds = mix.get_dataset({"targets": 64}, split="validation", shuffle=False)
+  ex = next(ds.as_numpy_iterator())
+  assert ex["targets"].shape == (64,)
+
+
+def test_resolve_weights(corpus):
+  np.testing.assert_allclose(corpus_lib.resolve_weights("uniform", corpus), 0.2)
+  prop = corpus_lib.resolve_weights("proportional", corpus)
+  np.testing.assert_allclose(prop, np.array(corpus.train_tokens) / sum(corpus.train_tokens))
+  w = corpus_lib.resolve_weights({"noise": 1, "repeat": 1, "markov": 2, "arithmetic": 0,
+                                  "sort": 0}, corpus)
+  np.testing.assert_allclose(w, [0.25, 0.25, 0.5, 0, 0])
+  full = {d: 1.0 for d in corpus.domains}
+  with pytest.raises(ConfigError, match="unknown domains \\['wiki'\\]"):
+    corpus_lib.resolve_weights({**full, "wiki": 1.0}, corpus)
+  with pytest.raises(ConfigError, match="missing domains \\['sort'\\]"):
+    corpus_lib.resolve_weights({d: 1.0 for d in corpus.domains[:-1]}, corpus)
+  with pytest.raises(ConfigError, match="non-negative.*markov"):
+    corpus_lib.resolve_weights({**full, "markov": -0.5}, corpus)
+  with pytest.raises(ConfigError, match="NaN"):
+    corpus_lib.resolve_weights({**full, "markov": float("nan")}, corpus)
+  with pytest.raises(ConfigError, match="all weights are zero"):
+    corpus_lib.resolve_weights([0, 0, 0, 0, 0], corpus)
+  with pytest.raises(ConfigError, match="got 3 weights for 5 domains"):
+    corpus_lib.resolve_weights([1, 2, 3], corpus)
+
+
+def test_stratified_assignment_exact_counts():
+  a = loader_lib.StratifiedAssignment(5, seed=0)
+  for step in range(20):
+    ids = a(step, 23)
+    counts = np.bincount(ids, minlength=5)
+    assert counts.min() == 4 and counts.max() == 5 and counts.sum() == 23
+  # the remainder rotates: over 5 steps every domain gets the same total.
+  total = sum(np.bincount(a(s, 23), minlength=5) for s in range(5))
+  assert len(set(total.tolist())) == 1
+  with pytest.raises(ConfigError, match="smaller than the number of domains"):
+    a(0, 4)
+
+
+def test_mixture_assignment_frequencies():
+  rates = np.array([0.5, 0.1, 0.2, 0.2, 0.0])
+  a = loader_lib.MixtureAssignment(rates, seed=3)
+  ids = np.concatenate([a(s, 64) for s in range(200)])
+  freq = np.bincount(ids, minlength=5) / len(ids)
+  np.testing.assert_allclose(freq, rates, atol=0.02)
+  np.testing.assert_array_equal(a(7, 64), loader_lib.MixtureAssignment(rates, 3)(7, 64))
+
+
+def _take(loader, n):
+  out = [loader.next() for _ in range(n)]
+  loader.close()
+  return out
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_loader_resume_is_exact(corpus, nproc):
+  assign = loader_lib.MixtureAssignment([0.3, 0.1, 0.2, 0.2, 0.2], seed=1)
+  for pid in range(nproc):
+    mk = lambda start, pos: loader_lib.BatchLoader(
+        corpus, assign, 16, 64, seed=5, start_step=start, positions=pos,
+        process_index=pid, process_count=nproc)
+    full = _take(mk(0, None), 6)
+    resumed = _take(mk(3, np.asarray(full[2][1]["positions"])), 3)
+    replayed = _take(mk(3, None), 3)
+    for (b1, s1), (b2, s2), (b3, _) in zip(full[3:], resumed, replayed):
+      np.testing.assert_array_equal(b1["targets"], b2["targets"])
+      np.testing.assert_array_equal(b1["targets"], b3["targets"])
+      np.testing.assert_array_equal(b1["domain_ids"], b2["domain_ids"])
+      assert s1 == s2
+    b, _ = full[0]
+    assert b["targets"].shape == (16 // nproc, 64)
+    # rows really come from the domain they are labelled with
+    for row, d in zip(b["targets"], b["domain_ids"]):
+      if corpus.domains[d] == "repeat":
+        np.testing.assert_array_equal(row[:4], row[4:8])
+
+
+def test_hosts_read_disjoint_shards(corpus):
+  assign = loader_lib.StratifiedAssignment(5, seed=0)
+  rows = []
+  for pid in range(2):
+    (b, _), = _take(loader_lib.BatchLoader(corpus, assign, 20, 64, seed=0, process_index=pid,
+                                           process_count=2), 1)
+    # (the repeat domain has only 32 distinct sequences, so it is left out)
+    rows.append({r.tobytes() for r, d in zip(b["targets"], b["domain_ids"])
+                 if corpus.domains[d] != "repeat"})
+  assert rows[0] and rows[1] and not rows[0] & rows[1]
+
+
+def test_eval_batches_cover_each_domain(corpus):
+  batches = loader_lib.eval_batches(corpus, 64, examples_per_domain=10, batch_size=16)
+  ids = np.concatenate([b["domain_ids"][b["targets"].any(1)] for b in batches])
+  np.testing.assert_array_equal(np.bincount(ids), [10] * 5)
+  assert all(b["targets"].shape == (16, 64) for b in batches)
