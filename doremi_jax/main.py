@@ -25,7 +25,7 @@ flags.DEFINE_multi_string("gin_file", [], "Gin files, applied in order.")
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, e.g. 'TrainConfig.num_steps = 10'.")
 flags.DEFINE_string("workdir", None, "Run directory; overrides run.workdir.")
 
-STAGES = ("reference",)
+STAGES = ("reference", "proxy")
 _GIN_ERRORS = ("Required bindings", "gin.REQUIRED", "No configurable matching",
                "doesn't have a parameter", "does not have a parameter")
 
@@ -33,7 +33,7 @@ _GIN_ERRORS = ("Required bindings", "gin.REQUIRED", "No configurable matching",
 def register_configurables():
   """Imports every module that defines gin configurables."""
   # pylint: disable=unused-import,import-outside-toplevel
-  from doremi_jax import distributed, train  # noqa: F401
+  from doremi_jax import distributed, proxy, train  # noqa: F401
   from doremi_jax.data import corpus, synthetic  # noqa: F401
 
 
@@ -45,6 +45,9 @@ def run(stage: str = gin.REQUIRED, workdir: str = gin.REQUIRED):
     raise ConfigError(f"run.stage={stage!r} is not a stage; choose one of {list(STAGES)}.")
   if stage == "reference":
     return train.train_reference(workdir)
+  if stage == "proxy":
+    from doremi_jax import proxy
+    return proxy.train_proxy(workdir)
 
 
 def main(argv):

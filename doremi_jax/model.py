@@ -42,6 +42,10 @@ class ModelConfig:
   norm_eps: float = 1e-6
   compute_dtype: str = "float32"
   param_dtype: str = "float32"
+  # Variance scale of the (untied) output projection at init. 0 starts from
+  # uniform predictions (loss log V on every domain), which keeps the
+  # untrained proxy from showing spurious excess loss on unlearnable data.
+  unembed_init_scale: float = 0.0
   remat: bool = False   # rematerialise each block in the backward pass
   scan_layers: bool = False  # one scanned block: faster compiles for deep models
 
@@ -89,12 +93,13 @@ class Linear(nn.Module):
   in_axes: tuple
   dtype: jnp.dtype
   param_dtype: jnp.dtype
+  init_scale: float = 1.0
 
   @nn.compact
   def __call__(self, x):
     out_axes = tuple(i for i in range(len(self.shape)) if i not in self.in_axes)
-    init = nn.initializers.variance_scaling(
-        1.0, "fan_in", "truncated_normal", in_axis=self.in_axes, out_axis=out_axes)
+    init = nn.initializers.zeros if self.init_scale == 0 else nn.initializers.variance_scaling(
+        self.init_scale, "fan_in", "truncated_normal", in_axis=self.in_axes, out_axis=out_axes)
     kernel = self.param("kernel", nn.with_logical_partitioning(init, self.names),
                         self.shape, self.param_dtype)
     return jnp.einsum(self.eqn, x.astype(self.dtype), kernel.astype(self.dtype))
@@ -206,7 +211,7 @@ class Transformer(nn.Module):
       logits_BxLxV = embed.attend(x_BxLxD) / jnp.sqrt(cfg.d_model).astype(cdt)
     else:
       logits_BxLxV = Linear("bld,dv->blv", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
-                            (0,), cdt, pdt, name="unembed")(x_BxLxD)
+                            (0,), cdt, pdt, cfg.unembed_init_scale, name="unembed")(x_BxLxD)
     logits_BxLxV = nn.with_logical_constraint(
         logits_BxLxV, ("act_batch", "act_length", "act_vocab"))
     return logits_BxLxV.astype(jnp.float32)

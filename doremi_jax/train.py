@@ -219,16 +219,19 @@ def make_reference_step(setup: ModelSetup, num_domains: int, accum: int):
   return jit_step(setup, step, setup.state_shardings)
 
 
-def jit_step(setup: ModelSetup, step_fn, state_shardings):
-  """jit with explicit shardings, donated state, traced under the mesh rules."""
+def jit_step(setup: ModelSetup, step_fn, state_shardings, extra_shardings: tuple = ()):
+  """jit of `step_fn(state, batch, *extra)` with explicit shardings, donated
+  state (not the extra inputs, e.g. frozen reference parameters), traced
+  under the mesh and the logical-axis rules."""
   replicated = sharding_lib.replicated(setup.mesh)
-  jitted = jax.jit(step_fn, in_shardings=(state_shardings, setup.batch_shardings),
+  jitted = jax.jit(step_fn,
+                   in_shardings=(state_shardings, setup.batch_shardings, *extra_shardings),
                    out_shardings=(state_shardings, replicated), donate_argnums=(0,))
 
   @functools.wraps(step_fn)
-  def call(state, batch):
+  def call(state, batch, *extra):
     with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
-      return jitted(state, batch)
+      return jitted(state, batch, *extra)
   call.jitted = jitted  # for ahead-of-time lowering
   return call
 
@@ -389,7 +392,7 @@ def train_lm(workdir: str, stage: str, corpus, cfg: TrainConfig, assignment, mix
                                        cfg.keep_checkpoints, cfg.async_checkpointing)
   try:
     state, start_step, data_state = restore_or_init(setup, checkpointer, cfg.seed)
-    write_run_info(workdir, stage, start_step, corpus, setup)
+    write_run_info(workdir, stage, start_step, corpus, setup, {"num_steps": cfg.num_steps})
     if is_writer():
       io.write_json(io.path(workdir) / f"{stage}_weights.json", mixture_info["weights"])
     positions = None if data_state is None else np.asarray(data_state["positions"])

@@ -29,14 +29,11 @@ def _final_params(workdir, step):
   return jax.tree.leaves(restored["params"])
 
 
-def test_quickstart_command(tmp_path):
+def test_quickstart_command(quickstart_run):
   """README's first command (gin/quickstart.gin), unchanged but for the workdir."""
-  t0 = time.time()
-  r = run_cli(["--gin_file=gin/quickstart.gin"], workdir=tmp_path / "q")
-  elapsed = time.time() - t0
+  wd, elapsed, r = quickstart_run
   assert r.returncode == 0, r.stderr[-3000:]
   assert elapsed < 180, f"quickstart took {elapsed:.0f}s"
-  wd = tmp_path / "q"
   for f in ("config.gin", "run_info.json", "metrics.jsonl", "eval.jsonl", "eval.json",
             "reference_weights.json"):
     assert (wd / f).exists(), f
@@ -50,7 +47,9 @@ def test_quickstart_command(tmp_path):
     assert last["per_domain"][d]["loss"] < first["per_domain"][d]["loss"] - 0.5, d
   noise = last["per_domain"]["noise"]
   assert abs(noise["loss"] - math.log(126)) < 0.15, noise
-  assert last["per_domain"]["noise"]["loss"] < first["per_domain"]["noise"]["loss"]
+  # The untrained model predicts uniformly (zero-initialised output layer), so
+  # the noise domain starts at log 128 and can only stay near its floor.
+  assert abs(first["per_domain"]["noise"]["loss"] - math.log(128)) < 1e-3
   assert last["worst_case"]["domain"] == "noise"
   assert "ETA" in r.stdout and "tok/s" in r.stdout
 

@@ -34,3 +34,13 @@ def run_cli(args, workdir=None, timeout=600, env_extra=None):
   if workdir is not None:
     cmd.append(f"--workdir={workdir}")
   return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory):
+  """README's first command, run once per session: (workdir, seconds, result)."""
+  import time
+  wd = tmp_path_factory.mktemp("quickstart") / "run"
+  t0 = time.time()
+  r = run_cli(["--gin_file=gin/quickstart.gin"], workdir=wd)
+  return wd, time.time() - t0, r

@@ -36,7 +36,7 @@ def test_paper_scale_sizes():
 
 
 def test_causal():
-  cfg = _tiny()
+  cfg = _tiny(unembed_init_scale=1.0)
   m = model_lib.Transformer(cfg)
   x = jax.random.randint(jax.random.key(1), (2, 16), 2, 128)
   params = nn.meta.unbox(m.init(jax.random.key(0), x))
@@ -46,6 +46,13 @@ def test_causal():
   np.testing.assert_allclose(y1[:, :10], y2[:, :10], atol=1e-5)
   assert not np.allclose(y1[:, 10:], y2[:, 10:])
   assert y1.shape == (2, 16, 128) and y1.dtype == jnp.float32
+
+
+def test_zero_init_output_predicts_uniform():
+  m = model_lib.Transformer(_tiny())
+  x = jax.random.randint(jax.random.key(1), (2, 16), 2, 128)
+  y = m.apply(nn.meta.unbox(m.init(jax.random.key(0), x)), x)
+  np.testing.assert_array_equal(y, 0.0)
 
 
 def test_data_vocab():

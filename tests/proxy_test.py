@@ -1,0 +1,107 @@
+"""The jitted Group-DRO step: sharded == single device; accumulation exact;
+one step agrees with the NumPy formulas."""
+
+import jax
+import numpy as np
+import pytest
+
+from doremi_jax import doremi
+from doremi_jax import loss as loss_lib
+from doremi_jax import proxy
+from doremi_jax import sharding as sharding_lib
+from doremi_jax import train
+from doremi_jax.data import corpus as corpus_lib
+from doremi_jax.data import loader as loader_lib
+from doremi_jax.data import synthetic
+from doremi_jax.model import ModelConfig
+
+from doremi_test import np_excess, np_update
+
+TINY = ModelConfig(d_model=32, num_layers=2, num_heads=4, head_dim=8, mlp_dim=64,
+                   unembed_init_scale=1.0)
+K = 5
+
+
+@pytest.fixture(scope="module")
+def corpus():
+  return corpus_lib.synthetic_corpus(synthetic.SyntheticCorpusConfig(seq_len=32))
+
+
+def _batches(corpus, n, bs=20):
+  loader = loader_lib.BatchLoader(corpus, loader_lib.StratifiedAssignment(K, 0), bs, 32, seed=0)
+  out = [loader.next()[0] for _ in range(n)]
+  loader.close()
+  return out
+
+
+def _run(corpus, mesh_cfg, devices, batches, accum=1, dro_cfg=proxy.DROConfig()):
+  cfg = train.TrainConfig(num_steps=len(batches), global_batch_size=20, seq_len=32,
+                          grad_accum_steps=accum)
+  setup = train.build_setup(corpus, cfg, model_cfg=TINY, mesh_cfg=mesh_cfg, devices=devices)
+  ref_params = train.init_state(setup, seed=123).params   # a different model as reference
+  rep = sharding_lib.replicated(setup.mesh)
+  dro = jax.device_put(doremi.DROState.create(np.full(K, 1 / K)), rep)
+  state = {"train": train.init_state(setup, seed=0), "dro": dro}
+  shardings = {"train": setup.state_shardings, "dro": jax.tree.map(lambda _: rep, dro)}
+  step = proxy.make_proxy_step(setup, setup.model, setup.state_shardings.params, K, accum,
+                               dro_cfg, shardings)
+  history = []
+  for b in batches:
+    before = jax.device_get(state["dro"])
+    params_before = jax.device_get(state["train"].params)
+    state, m = step(state, train.to_global(b, setup.batch_shardings), ref_params)
+    history.append((jax.device_get(m), before, params_before))
+  return setup, state, history, jax.device_get(ref_params)
+
+
+def test_dro_step_matches_numpy_formulas(corpus):
+  batches = _batches(corpus, 2)
+  setup, state, hist, ref_params = _run(corpus, sharding_lib.MeshConfig(1, 1, 1),
+                                        jax.devices()[:1], batches)
+  for b, (m, dro_before, params_before) in zip(batches, hist):
+    pl, mask = loss_lib.per_token_loss(setup.model, params_before, b["targets"])
+    rl, _ = loss_lib.per_token_loss(setup.model, ref_params, b["targets"])
+    lam = np_excess(np.asarray(pl), np.asarray(rl), np.asarray(mask), b["domain_ids"], K)
+    np.testing.assert_allclose(m["excess"], lam, rtol=1e-4, atol=1e-5)
+    w = np_update(dro_before.weights, lam, 1.0, 1e-3)
+    np.testing.assert_allclose(m["domain_weights"], w, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(m["domain_tokens"], np.bincount(
+        b["domain_ids"], weights=np.asarray(mask).sum(1), minlength=K))
+  w1, w2 = hist[0][0]["domain_weights"], hist[1][0]["domain_weights"]
+  np.testing.assert_allclose(hist[1][0]["average_weights"], (w1 + w2) / 2, rtol=1e-5)
+
+
+def test_dro_step_on_2x2x2_mesh_matches_one_device(corpus):
+  batches = _batches(corpus, 3)
+  _, s1, h1, _ = _run(corpus, sharding_lib.MeshConfig(1, 1, 1), jax.devices()[:1], batches)
+  _, s8, h8, _ = _run(corpus, sharding_lib.MeshConfig(2, 2, 2), jax.devices(), batches)
+  for (m1, _, _), (m8, _, _) in zip(h1, h8):
+    for key in ("excess", "domain_weights", "average_weights", "proxy_domain_loss",
+                "reference_domain_loss", "loss"):
+      np.testing.assert_allclose(m8[key], m1[key], rtol=1e-5, atol=1e-6, err_msg=key)
+  for a, b in zip(jax.tree.leaves(s1["train"].params), jax.tree.leaves(s8["train"].params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_dro_accumulation_uses_the_whole_global_batch(corpus):
+  batches = _batches(corpus, 2)
+  mesh = sharding_lib.MeshConfig(2, 1, 1)
+  _, s1, h1, _ = _run(corpus, mesh, jax.devices()[:2], batches, accum=1)
+  _, s2, h2, _ = _run(corpus, mesh, jax.devices()[:2], batches, accum=2)
+  for (m1, _, _), (m2, _, _) in zip(h1, h2):
+    np.testing.assert_allclose(m2["excess"], m1["excess"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m2["domain_weights"], m1["domain_weights"], rtol=1e-5, atol=1e-7)
+  for a, b in zip(jax.tree.leaves(s1["train"].params), jax.tree.leaves(s2["train"].params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_weights_warmup_and_interval(corpus):
+  batches = _batches(corpus, 5)
+  cfg = proxy.DROConfig(weights_warmup_steps=2, update_every=2)
+  _, _, hist, _ = _run(corpus, sharding_lib.MeshConfig(1, 1, 1), jax.devices()[:1], batches,
+                       dro_cfg=cfg)
+  updated = [bool(m["weights_updated"]) for m, _, _ in hist]
+  assert updated == [False, False, True, False, True]
+  np.testing.assert_allclose(hist[0][0]["domain_weights"], 1 / K)
+  assert not np.allclose(hist[2][0]["domain_weights"], 1 / K)
+  np.testing.assert_array_equal(hist[3][0]["domain_weights"], hist[2][0]["domain_weights"])
