@@ -25,7 +25,7 @@ flags.DEFINE_multi_string("gin_file", [], "Gin files, applied in order.")
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, e.g. 'TrainConfig.num_steps = 10'.")
 flags.DEFINE_string("workdir", None, "Run directory; overrides run.workdir.")
 
-STAGES = ("reference", "proxy")
+STAGES = ("reference", "proxy", "main")
 _GIN_ERRORS = ("Required bindings", "gin.REQUIRED", "No configurable matching",
                "doesn't have a parameter", "does not have a parameter")
 
@@ -45,6 +45,8 @@ def run(stage: str = gin.REQUIRED, workdir: str = gin.REQUIRED):
     raise ConfigError(f"run.stage={stage!r} is not a stage; choose one of {list(STAGES)}.")
   if stage == "reference":
     return train.train_reference(workdir)
+  if stage == "main":
+    return train.train_main(workdir)
   if stage == "proxy":
     from doremi_jax import proxy
     return proxy.train_proxy(workdir)

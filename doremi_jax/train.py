@@ -383,6 +383,27 @@ def train_reference(workdir: str, weights: Any = "uniform", devices=None) -> dic
                   devices=devices)
 
 
+@gin.configurable
+def train_main(workdir: str, weights: Any = gin.REQUIRED, devices=None) -> dict:
+  """DoReMi Step 3: trains the (large) main model on a seqio Mixture whose
+  rates are `weights`: a Step 2 run directory or `{domain: weight}` JSON file
+  (typically `.../average_domain_weights.json`), a preset ('uniform',
+  'proportional', 'pile_baseline', 'pile_doremi_280m'), or a mapping.
+  Domains are resampled with these probabilities (not loss-reweighted).
+
+  Writes main_weights.json (the rates used), eval.json and the usual files.
+  """
+  cfg = TrainConfig()
+  corpus = corpus_lib.get_corpus()
+  spec = corpus_lib.load_weights_spec(weights, "train_main.weights")
+  w = corpus_lib.resolve_weights(spec, corpus, "train_main.weights")
+  mixture = corpus_lib.register_mixture(f"{corpus.name}_main", corpus, w)
+  rates = corpus_lib.mixture_rates(mixture, corpus)
+  return train_lm(workdir, "main", corpus, cfg, loader_lib.MixtureAssignment(rates, cfg.seed),
+                  {"mixture": mixture, "weights": dict(zip(corpus.domains, rates.tolist()))},
+                  devices=devices)
+
+
 def train_lm(workdir: str, stage: str, corpus, cfg: TrainConfig, assignment, mixture_info: dict,
              devices=None, model_cfg=None) -> dict:
   """Trains an LM on a mixture (Step 1 and Step 3) with eval at start/end."""

@@ -172,6 +172,35 @@ def resolve_weights(spec, corpus: Corpus, what: str = "reference weights") -> np
   return validate_weights(w, corpus.domains, what)
 
 
+def load_weights_spec(spec, what: str):
+  """Reads Step 3 weights given by name: a preset ('uniform', 'proportional',
+  'pile_baseline', 'pile_doremi_280m'), a `{domain: weight}` JSON file, or a
+  Step 2 run directory (its average_domain_weights.json). Mappings and
+  sequences pass through unchanged."""
+  from doremi_jax import io
+  from doremi_jax.data import presets
+  if not isinstance(spec, str) or spec in ("uniform", "proportional"):
+    return spec
+  if spec in presets.PRESETS:
+    return dict(presets.PRESETS[spec])
+  path = io.path(spec)
+  if path.is_dir():
+    path = path / "average_domain_weights.json"
+  if not path.exists():
+    raise ConfigError(
+        f"{what}: {spec!r} is neither a preset ({', '.join(['uniform', 'proportional', *presets.PRESETS])}) "
+        f"nor an existing file: {path} does not exist. Point it at a Step 2 run directory or "
+        "a {domain: weight} JSON file.")
+  import json
+  try:
+    obj = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ConfigError(f"{what}: {path} is not valid JSON ({e}).") from e
+  if not isinstance(obj, dict):
+    raise ConfigError(f"{what}: {path} must hold a JSON object {{domain: weight}}.")
+  return obj
+
+
 def validate_weights(w, domains, what: str) -> np.ndarray:
   w = np.asarray(w, np.float64)
   named = lambda mask: [d for d, m in zip(domains, mask) if m]

@@ -1,0 +1,84 @@
+"""Stage `main` (DoReMi Step 3): weights from a file/preset, the sampled
+domain frequencies match them, bad weights fail clearly."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from conftest import run_cli
+from doremi_jax.config import ConfigError
+from doremi_jax.data import corpus as corpus_lib
+from doremi_jax.data import loader as loader_lib
+from doremi_jax.data import presets
+from doremi_jax.data import synthetic
+
+
+@pytest.fixture(scope="module")
+def corpus():
+  return corpus_lib.synthetic_corpus(synthetic.SyntheticCorpusConfig(seq_len=32))
+
+
+def test_presets_are_the_published_pile_weights():
+  for name, w in presets.PRESETS.items():
+    assert len(w) == 22, name
+    assert abs(sum(w.values()) - 1) < 2e-3, name
+  assert presets.PILE_DOREMI_280M["Pile-CC"] == 0.6057
+  assert set(presets.PILE_BASELINE) == set(presets.PILE_DOREMI_280M)
+
+
+def test_step3_stream_frequencies_match_weights(corpus, tmp_path):
+  weights = {"noise": 0.02, "repeat": 0.08, "markov": 0.3, "arithmetic": 0.25, "sort": 0.35}
+  (tmp_path / "average_domain_weights.json").write_text(json.dumps(weights))
+  spec = corpus_lib.load_weights_spec(str(tmp_path), "train_main.weights")
+  w = corpus_lib.resolve_weights(spec, corpus)
+  name = corpus_lib.register_mixture("test_step3", corpus, w)
+  rates = corpus_lib.mixture_rates(name, corpus)
+  loader = loader_lib.BatchLoader(corpus, loader_lib.MixtureAssignment(rates, seed=0), 64, 32,
+                                  seed=0)
+  ids = np.concatenate([loader.next()[0]["domain_ids"] for _ in range(350)])  # 22,400
+  loader.close()
+  observed = np.bincount(ids, minlength=5)
+  expected = np.array([weights[d] for d in corpus.domains]) * len(ids)
+  chi2, p = stats.chisquare(observed, expected)
+  assert len(ids) >= 20_000
+  assert p > 0.01, (observed, expected, chi2, p)
+  # and a clearly different mixture is rejected by the same test
+  _, p_wrong = stats.chisquare(observed, np.full(5, len(ids) / 5))
+  assert p_wrong < 1e-6
+
+
+def test_weight_specs(corpus, tmp_path):
+  with pytest.raises(ConfigError, match="unknown domains.*Pile-CC"):
+    corpus_lib.resolve_weights(corpus_lib.load_weights_spec("pile_baseline", "w"), corpus)
+  with pytest.raises(ConfigError, match="does not exist"):
+    corpus_lib.load_weights_spec(str(tmp_path / "nope.json"), "w")
+  bad = tmp_path / "bad.json"
+  bad.write_text("{not json")
+  with pytest.raises(ConfigError, match="not valid JSON"):
+    corpus_lib.load_weights_spec(str(bad), "w")
+  assert corpus_lib.load_weights_spec("uniform", "w") == "uniform"
+
+
+SHORT = ["--gin_file=gin/main.gin", "--gin.TrainConfig.num_steps=20",
+         "--gin.TrainConfig.global_batch_size=16", "--gin.TrainConfig.seq_len=64",
+         "--gin.TrainConfig.eval_examples_per_domain=16"]
+
+
+def test_main_stage_cli(tmp_path):
+  weights = {"noise": 0.0, "repeat": 0.1, "markov": 0.3, "arithmetic": 0.3, "sort": 0.3}
+  wfile = tmp_path / "w.json"
+  wfile.write_text(json.dumps(weights))
+  r = run_cli(SHORT + [f"--gin.train_main.weights='{wfile}'"], workdir=tmp_path / "main")
+  assert r.returncode == 0, r.stderr[-3000:]
+  used = json.loads((tmp_path / "main" / "main_weights.json").read_text())
+  assert used == pytest.approx(weights)
+  assert json.loads((tmp_path / "main" / "eval.json").read_text())["step"] == 20
+
+  bad = tmp_path / "bad.json"
+  bad.write_text(json.dumps({**weights, "wiki": 0.2}))
+  for spec, msg in ((bad, "unknown domains ['wiki']"), (tmp_path / "missing.json", "does not exist")):
+    r = run_cli(SHORT + [f"--gin.train_main.weights='{spec}'"], workdir=tmp_path / "bad_run")
+    assert r.returncode == 2 and msg in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "bad_run").exists()
