@@ -23,6 +23,9 @@ setup(
         "scipy",
         "etils[epath]",
         "tensorboardX",
+        "pyarrow",
+        "importlib_resources",  # needed by tensorflow-datasets when preparing
+        "sentencepiece",
     ],
     extras_require={
         "test": ["pytest>=7"],

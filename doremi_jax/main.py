@@ -34,7 +34,7 @@ def register_configurables():
   """Imports every module that defines gin configurables."""
   # pylint: disable=unused-import,import-outside-toplevel
   from doremi_jax import distributed, proxy, train  # noqa: F401
-  from doremi_jax.data import corpus, synthetic  # noqa: F401
+  from doremi_jax.data import corpus, local, synthetic  # noqa: F401
 
 
 @gin.configurable

@@ -94,7 +94,8 @@ def check_reference_compatible(info: dict, corpus, proxy_model_cfg: model_lib.Mo
         f"but this run's corpus has {list(corpus.domains)}. Use a reference trained on the "
         "same domain list (same names, same order).")
   tok = train.describe_vocabulary(corpus.vocabulary)
-  if info.get("tokenizer") != tok:
+  same = lambda t: {k: v for k, v in (t or {}).items() if k != "sentencepiece_model_file"}
+  if same(info.get("tokenizer")) != same(tok):
     raise ConfigError(
         f"the reference run {reference_dir!r} used tokenizer {info.get('tokenizer')} but this "
         f"run uses {tok}. The reference and proxy must share the tokenizer: retrain the "

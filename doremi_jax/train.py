@@ -356,7 +356,10 @@ def describe_vocabulary(vocab) -> dict:
   d = {"class": type(vocab).__name__, "vocab_size": int(vocab.vocab_size)}
   path = getattr(vocab, "sentencepiece_model_file", None)
   if path:
+    import hashlib
     d["sentencepiece_model_file"] = str(path)
+    # Identity by content: the same model copied elsewhere is the same tokenizer.
+    d["sentencepiece_sha256"] = hashlib.sha256(io.path(path).read_bytes()).hexdigest()
   return d
 
 

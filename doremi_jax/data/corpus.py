@@ -131,7 +131,10 @@ def get_corpus(name: str = "synthetic") -> Corpus:
   _disable_tfds_gcs()
   if name == "synthetic":
     return synthetic_corpus()
-  raise ConfigError(f"unknown corpus {name!r}; set get_corpus.name = 'synthetic'.")
+  if name == "local":
+    from doremi_jax.data import local
+    return local.local_corpus()
+  raise ConfigError(f"unknown corpus {name!r}; set get_corpus.name = 'synthetic' or 'local'.")
 
 
 def resolve_weights(spec, corpus: Corpus, what: str = "reference weights") -> np.ndarray:

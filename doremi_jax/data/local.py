@@ -1,0 +1,288 @@
+"""Local multi-domain corpora, fully offline.
+
+`python -m doremi_jax.prepare --domain NAME=GLOB [...] --data_dir DIR` reads
+each domain's files — plain text (one document per file, or per line with
+`--text_format=lines`), JSONL / JSONL.gz (a configurable text field) and
+Parquet — and prepares one TFDS dataset per domain in DIR
+(`doremi_local_corpus/<corpus>_<domain>/1.0.0`, TFRecord files), with a
+deterministic train/validation split (by a hash of file name and document
+index). A manifest `DIR/doremi_corpora/<corpus>.json` lists the domains and
+their document and byte counts.
+
+The `local` corpus (`get_corpus.name = 'local'`, `LocalCorpusConfig`) turns
+each domain into a seqio Task: read text, tokenize, append EOS, concatenate
+and chunk into sequences of the training length. Domain sources may also be
+TFRecord files of tf.train.Example with a text feature (`tfrecord:GLOB`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import glob
+import gzip
+import hashlib
+import json
+import os
+import re
+import sys
+from typing import Iterator, Optional, Sequence
+
+import gin
+import numpy as np
+
+from doremi_jax.config import ConfigError
+
+BUILDER_NAME = "doremi_local_corpus"
+VERSION = "1.0.0"
+
+
+def _sanitize(name: str) -> str:
+  s = re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_")
+  if not s:
+    raise ConfigError(f"domain/corpus name {name!r} has no usable characters; use letters, "
+                      "digits and underscores.")
+  return s
+
+
+def config_name(corpus: str, domain: str) -> str:
+  return f"{_sanitize(corpus)}__{_sanitize(domain)}"
+
+
+def expand(pattern: str, domain: str) -> list[str]:
+  files = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+  if os.path.isdir(os.path.expanduser(pattern)):
+    d = os.path.expanduser(pattern)
+    files = sorted(os.path.join(r, f) for r, _, fs in os.walk(d) for f in fs)
+  files = [f for f in files if os.path.isfile(f)]
+  if not files:
+    raise ConfigError(f"domain {domain!r}: no files match {pattern!r} (missing path?).")
+  return files
+
+
+def read_documents(path: str, text_field: str = "text", text_format: str = "file",
+                   domain: str = "?") -> Iterator[str]:
+  """Yields the documents of one file (format from its name)."""
+  name = path.lower()
+  if name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")):
+    opener = gzip.open if name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+      for lineno, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          obj = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ConfigError(f"domain {domain!r}: {path}:{lineno} is not valid JSON ({e.msg}); "
+                            "fix or remove that line.") from e
+        if not isinstance(obj, dict) or text_field not in obj:
+          raise ConfigError(f"domain {domain!r}: {path}:{lineno} has no {text_field!r} field; "
+                            "set --text_field to the field that holds the text.")
+        yield str(obj[text_field])
+  elif name.endswith(".parquet"):
+    import pyarrow.parquet as pq
+    table = pq.read_table(path)
+    if text_field not in table.column_names:
+      raise ConfigError(f"domain {domain!r}: {path} has no column {text_field!r} (columns: "
+                        f"{table.column_names}); set --text_field.")
+    for v in table.column(text_field).to_pylist():
+      if v is not None:
+        yield str(v)
+  else:
+    with open(path, encoding="utf-8", errors="replace") as f:
+      if text_format == "lines":
+        for line in f:
+          if line.strip():
+            yield line.rstrip("\n")
+      else:
+        text = f.read()
+        if text.strip():
+          yield text
+
+
+def is_validation(path: str, index: int, fraction: float) -> bool:
+  h = hashlib.sha1(f"{os.path.basename(path)}:{index}".encode()).digest()
+  return int.from_bytes(h[:8], "big") / 2**64 < fraction
+
+
+@functools.lru_cache(maxsize=None)
+def _builder_class():
+  import tensorflow_datasets as tfds
+
+  class DoremiLocalCorpus(tfds.core.GeneratorBasedBuilder):
+    """One domain of a local corpus (configured per domain)."""
+    VERSION = tfds.core.Version(VERSION)
+
+    def __init__(self, *, files, text_field, text_format, validation_fraction, domain, **kw):
+      self._files, self._text_field = files, text_field
+      self._text_format, self._frac, self._domain = text_format, validation_fraction, domain
+      super().__init__(**kw)
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, description=f"domain {self._domain}",
+                                   features=tfds.features.FeaturesDict(
+                                       {"text": tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples("train"),
+              "validation": self._generate_examples("validation")}
+
+    def _generate_examples(self, split):
+      for path in self._files:
+        for i, doc in enumerate(read_documents(path, self._text_field, self._text_format,
+                                               self._domain)):
+          if is_validation(path, i, self._frac) == (split == "validation"):
+            yield f"{path}:{i}", {"text": doc}
+
+  DoremiLocalCorpus.name = BUILDER_NAME
+  return DoremiLocalCorpus
+
+
+def prepare_domain(corpus: str, domain: str, pattern: str, data_dir: str, text_field="text",
+                   text_format="file", validation_fraction=0.05) -> dict:
+  """Prepares one domain into `data_dir`; returns its summary."""
+  import tensorflow_datasets as tfds
+  from doremi_jax.data.corpus import _disable_tfds_gcs
+  _disable_tfds_gcs()
+  files = expand(pattern, domain)
+  # Validate and count before writing anything (a corrupt line fails here).
+  n_docs, n_bytes, n_val = 0, 0, 0
+  for path in files:
+    for i, doc in enumerate(read_documents(path, text_field, text_format, domain)):
+      n_docs += 1
+      n_bytes += len(doc.encode("utf-8"))
+      n_val += is_validation(path, i, validation_fraction)
+  if n_docs == 0:
+    raise ConfigError(f"domain {domain!r}: the files matching {pattern!r} hold no documents "
+                      "(empty domain).")
+  if n_val == 0 or n_val == n_docs:
+    raise ConfigError(f"domain {domain!r}: {n_docs} documents give an empty "
+                      f"{'validation' if n_val == 0 else 'train'} split at "
+                      f"validation_fraction={validation_fraction}; add documents or change it.")
+  cls = _builder_class()
+  builder = cls(files=files, text_field=text_field, text_format=text_format,
+                validation_fraction=validation_fraction, domain=domain,
+                config=tfds.core.BuilderConfig(name=config_name(corpus, domain)),
+                data_dir=data_dir, file_format="tfrecord")
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      try_download_gcs=False))
+  return {"domain": domain, "pattern": pattern, "files": len(files), "documents": n_docs,
+          "validation_documents": n_val, "bytes": n_bytes,
+          "tfds_name": f"{BUILDER_NAME}/{config_name(corpus, domain)}:{VERSION}",
+          "path": builder.data_dir}
+
+
+def manifest_path(data_dir: str, corpus: str) -> str:
+  return os.path.join(data_dir, "doremi_corpora", f"{_sanitize(corpus)}.json")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class LocalCorpusConfig:
+  """A corpus prepared by `doremi_jax.prepare` (or given as TFRecords).
+
+  domains: () for every domain in the manifest, or entries "NAME" (a
+    prepared domain), "NAME=tfds:DATASET[/CONFIG][:VERSION]" (any TFDS
+    dataset already prepared in `data_dir`, with a `text_feature` string
+    feature and train/validation splits) or "NAME=tfrecord:GLOB"
+    (tf.train.Example files with `text_feature`; give a validation split as
+    `NAME=tfrecord:TRAIN_GLOB|VAL_GLOB`). For the last two, the size used by
+    'proportional' weights is the train example count / file bytes.
+  vocabulary: 'byte' (seqio.ByteVocabulary) or the path of a SentencePiece
+    .model file (see `python -m doremi_jax.tokenizer`).
+  """
+  name: str = "local"
+  data_dir: str = "data"
+  domains: tuple = ()
+  vocabulary: str = "byte"
+  text_feature: str = "text"
+
+
+def make_vocabulary(spec: str):
+  import seqio
+  if spec == "byte":
+    return seqio.ByteVocabulary()
+  if not os.path.exists(spec):
+    raise ConfigError(f"LocalCorpusConfig.vocabulary: SentencePiece model {spec!r} does not "
+                      "exist; train one with `python -m doremi_jax.tokenizer` or use 'byte'.")
+  return seqio.SentencePieceVocabulary(os.path.abspath(spec))
+
+
+def _chunk(dataset, sequence_length, output_features):
+  """Concatenates the token streams of consecutive documents and splits them
+  into sequences of exactly `sequence_length['targets']` tokens (the last
+  piece of an epoch may be shorter; it is padded by the loader)."""
+  import tensorflow as tf
+  del output_features
+  length = sequence_length["targets"]
+  tokens = dataset.flat_map(lambda ex: tf.data.Dataset.from_tensor_slices(ex["targets"]))
+  return tokens.batch(length).map(lambda t: {"targets": t})
+
+
+def local_corpus(cfg: Optional[LocalCorpusConfig] = None):
+  import seqio
+  import tensorflow as tf
+  from doremi_jax.data.corpus import Corpus, register_task
+  cfg = cfg or LocalCorpusConfig()
+  vocab = make_vocabulary(cfg.vocabulary)
+  mpath = manifest_path(cfg.data_dir, cfg.name)
+  manifest = None
+  if os.path.exists(mpath):
+    with open(mpath) as f:
+      manifest = json.load(f)
+  entries = list(cfg.domains) or [d["domain"] for d in (manifest or {}).get("domains", [])]
+  if not entries:
+    raise ConfigError(f"local corpus {cfg.name!r}: no domains. Prepare it with `python -m "
+                      f"doremi_jax.prepare --corpus {cfg.name} --data_dir {cfg.data_dir} "
+                      "--domain NAME=GLOB ...` or list LocalCorpusConfig.domains.")
+  prepared = {d["domain"]: d for d in (manifest or {}).get("domains", [])}
+  names, tasks, sizes = [], [], []
+  for entry in entries:
+    name, _, source = entry.partition("=")
+    if source.startswith("tfrecord:"):
+      train_glob, _, val_glob = source[len("tfrecord:"):].partition("|")
+      split_map = {"train": train_glob, "validation": val_glob or train_glob}
+      for split, pattern in split_map.items():
+        if not glob.glob(pattern):
+          raise ConfigError(f"domain {name!r}: no TFRecord files match {pattern!r} ({split}).")
+      src = seqio.TFExampleDataSource(
+          split_map, {cfg.text_feature: tf.io.FixedLenFeature([], tf.string)})
+      size = sum(os.path.getsize(p) for p in glob.glob(train_glob))
+    elif source.startswith("tfds:"):
+      tfds_name = source[len("tfds:"):]
+      src = seqio.TfdsDataSource(tfds_name, tfds_data_dir=cfg.data_dir)
+      try:
+        size = src.num_input_examples("train")
+      except Exception as e:  # tfds raises several types for a missing dataset
+        raise ConfigError(f"domain {name!r}: TFDS dataset {tfds_name!r} is not prepared in "
+                          f"{cfg.data_dir!r} ({type(e).__name__}: {e}).") from e
+      if not size:
+        raise ConfigError(f"domain {name!r}: TFDS dataset {tfds_name!r} has no train examples.")
+    elif not source:
+      if name not in prepared:
+        raise ConfigError(
+            f"domain {name!r} is not in the prepared corpus {cfg.name!r} "
+            f"({mpath}: {sorted(prepared) if prepared else 'no manifest'}). Prepare it with "
+            "`python -m doremi_jax.prepare`, or fix LocalCorpusConfig.domains.")
+      d = prepared[name]
+      base = d["path"]
+      split_map = {s: os.path.join(base, f"{BUILDER_NAME}-{s}.tfrecord*")
+                   for s in ("train", "validation")}
+      src = seqio.TFExampleDataSource(
+          split_map, {"text": tf.io.FixedLenFeature([], tf.string)})
+      size = d["bytes"]
+    else:
+      raise ConfigError(f"domain entry {entry!r}: use 'NAME' (prepared), "
+                        "'NAME=tfds:DATASET[/CONFIG][:VERSION]' or 'NAME=tfrecord:GLOB'.")
+    task = f"doremi_local_{_sanitize(cfg.name)}_{_sanitize(name)}"
+    key = cfg.text_feature if source else "text"
+    pre = [functools.partial(seqio.preprocessors.rekey, key_map={"targets": key}),
+           seqio.preprocessors.tokenize, seqio.preprocessors.append_eos, _chunk]
+    register_task(task, source=src, preprocessors=pre,
+                  output_features={"targets": seqio.Feature(vocab, add_eos=True)},
+                  shuffle_buffer_size=10_000)
+    names.append(name)
+    tasks.append(task)
+    sizes.append(size)
+  return Corpus(name=f"local_{_sanitize(cfg.name)}", domains=tuple(names),
+                task_names=tuple(tasks), vocabulary=vocab, train_tokens=tuple(sizes))

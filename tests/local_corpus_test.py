@@ -1,0 +1,191 @@
+"""Bring-your-own domains: real text files in three formats, prepared
+offline through TFDS, tokenized with both vocabularies, all three stages."""
+
+import gzip
+import json
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_cli
+
+WORDS = ("the of and to in is was for on that with as by at from his her it an were are "
+         "which this be or had not but").split()
+
+
+def _write_raw(root):
+  rnd = random.Random(0)
+  (root / "wiki").mkdir()
+  with gzip.open(root / "wiki" / "part0.jsonl.gz", "wt") as f:
+    for i in range(150):
+      f.write(json.dumps({"id": i, "text": " ".join(rnd.choice(WORDS) for _ in range(50))}) + "\n")
+  (root / "code").mkdir()
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  pq.write_table(pa.table({"text": [f"def f{i}(x):\n    return x * {i} + {i % 7}\n"
+                                    for i in range(150)]}), root / "code" / "c.parquet")
+  (root / "books").mkdir()
+  for i in range(40):
+    (root / "books" / f"b{i}.txt").write_text(
+        f"Chapter {i}. " + " ".join(rnd.choice(WORDS) for _ in range(150)))
+
+
+def _prepare(args):
+  env = dict(os.environ, XLA_FLAGS="")
+  return subprocess.run([sys.executable, "-m", "doremi_jax.prepare", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+  root = tmp_path_factory.mktemp("byod")
+  _write_raw(root)
+  data = root / "data"
+  r = _prepare(["--corpus=byod", f"--data_dir={data}",
+                f"--domain=wiki={root}/wiki/*.jsonl.gz", f"--domain=code={root}/code",
+                f"--domain=books={root}/books/*.txt"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  return root, data, r.stdout
+
+
+def test_prepare_summary_and_manifest(prepared):
+  root, data, out = prepared
+  assert "documents" in out and "wiki" in out and "manifest" in out
+  m = json.loads((data / "doremi_corpora" / "byod.json").read_text())
+  docs = {d["domain"]: d for d in m["domains"]}
+  assert [d["documents"] for d in m["domains"]] == [150, 150, 40]
+  for d in docs.values():
+    assert 0 < d["validation_documents"] < d["documents"]
+    assert os.path.isdir(d["path"])
+
+
+def _corpus(data, vocabulary="byte"):
+  from doremi_jax.data import local
+  return local.local_corpus(local.LocalCorpusConfig(name="byod", data_dir=str(data),
+                                                    vocabulary=vocabulary))
+
+
+def test_seqio_tasks_tokenize_with_both_vocabularies(prepared, tmp_path):
+  import seqio
+  root, data, _ = prepared
+  from doremi_jax import tokenizer
+  spm_model = tokenizer.train("byod", str(data), 300, 100_000, str(tmp_path / "spm"))
+  for vocab in ("byte", spm_model):
+    corpus = _corpus(data, vocab)
+    assert corpus.domains == ("wiki", "code", "books")
+    task = seqio.get_mixture_or_task(corpus.task_names[1])
+    exs = list(task.get_dataset({"targets": 32}, split="train", shuffle=False)
+               .take(3).as_numpy_iterator())
+    assert all(len(e["targets"]) == 32 for e in exs)
+    text = corpus.vocabulary.decode(np.concatenate([e["targets"] for e in exs]).tolist())
+    assert "return x *" in text, text
+    # documents are separated by EOS in the chunked stream
+    assert corpus.vocabulary.eos_id in np.concatenate([e["targets"] for e in exs])
+  from doremi_jax.data import corpus as corpus_lib
+  name = corpus_lib.register_mixture("byod_mix", corpus, [0.5, 0.25, 0.25])
+  ds = seqio.get_mixture_or_task(name).get_dataset({"targets": 32}, split="validation",
+                                                 shuffle=False)
+  assert next(ds.as_numpy_iterator())["targets"].shape == (32,)
+
+
+STAGE = ["--gin_file=gin/models/tiny.gin", "--gin.get_corpus.name='local'",
+         "--gin.LocalCorpusConfig.name='byod'", "--gin.TrainConfig.num_steps=12",
+         "--gin.TrainConfig.global_batch_size=12", "--gin.TrainConfig.seq_len=64",
+         "--gin.TrainConfig.log_every=4", "--gin.TrainConfig.eval_examples_per_domain=8"]
+
+
+def test_three_stages_end_to_end(prepared, tmp_path):
+  _, data, _ = prepared
+  base = STAGE + [f"--gin.LocalCorpusConfig.data_dir='{data}'"]
+  ref = run_cli(base + ["--gin.run.stage='reference'"], workdir=tmp_path / "ref")
+  assert ref.returncode == 0, ref.stderr[-3000:]
+  prx = run_cli(base + ["--gin.run.stage='proxy'",
+                        f"--gin.train_proxy.reference_dir='{tmp_path / 'ref'}'"],
+                workdir=tmp_path / "proxy")
+  assert prx.returncode == 0, prx.stderr[-3000:]
+  w = json.loads((tmp_path / "proxy" / "average_domain_weights.json").read_text())
+  assert list(w) == ["wiki", "code", "books"] and abs(sum(w.values()) - 1) < 1e-5
+  main = run_cli(base + ["--gin.run.stage='main'",
+                         f"--gin.train_main.weights='{tmp_path / 'proxy'}'"],
+                 workdir=tmp_path / "main")
+  assert main.returncode == 0, main.stderr[-3000:]
+  used = json.loads((tmp_path / "main" / "main_weights.json").read_text())
+  assert used == pytest.approx(w, rel=1e-6)
+  info = json.loads((tmp_path / "main" / "run_info.json").read_text())
+  assert info["tokenizer"]["class"] == "ByteVocabulary"
+
+
+def test_sentencepiece_reference_rejects_byte_proxy(prepared, tmp_path):
+  _, data, _ = prepared
+  from doremi_jax import tokenizer
+  spm_model = tokenizer.train("byod", str(data), 300, 100_000, str(tmp_path / "spm"))
+  base = STAGE + [f"--gin.LocalCorpusConfig.data_dir='{data}'"]
+  ref = run_cli(base + ["--gin.run.stage='reference'",
+                        f"--gin.LocalCorpusConfig.vocabulary='{spm_model}'"],
+                workdir=tmp_path / "ref")
+  assert ref.returncode == 0, ref.stderr[-3000:]
+  info = json.loads((tmp_path / "ref" / "run_info.json").read_text())
+  assert info["tokenizer"]["class"] == "SentencePieceVocabulary"
+  assert len(info["tokenizer"]["sentencepiece_sha256"]) == 64
+  prx = run_cli(base + ["--gin.run.stage='proxy'",
+                        f"--gin.train_proxy.reference_dir='{tmp_path / 'ref'}'"],
+                workdir=tmp_path / "proxy")
+  assert prx.returncode == 2 and "must share the tokenizer" in prx.stderr, prx.stderr[-2000:]
+
+
+def test_prepare_errors_name_the_file_or_domain(prepared, tmp_path):
+  root, data, _ = prepared
+  manifest = (data / "doremi_corpora" / "byod.json").read_text()
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text('{"text": "fine"}\n{"text": broken\n')
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  (empty / "e.txt").write_text("   \n")
+  cases = [
+      (f"--domain=wiki={bad}", f"{bad}:2 is not valid JSON"),
+      (f"--domain=empty={empty}", "domain 'empty'"),
+      (f"--domain=gone={tmp_path}/nothing/*.jsonl", "no files match"),
+  ]
+  for domain, message in cases:
+    r = _prepare(["--corpus=byod", f"--data_dir={data}", domain])
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert message in r.stderr, r.stderr[-2000:]
+  assert (data / "doremi_corpora" / "byod.json").read_text() == manifest
+
+
+def test_unknown_local_domain(prepared, tmp_path):
+  _, data, _ = prepared
+  r = run_cli(STAGE + [f"--gin.LocalCorpusConfig.data_dir='{data}'", "--gin.run.stage='reference'",
+                       "--gin.LocalCorpusConfig.domains=('wiki', 'news')"],
+              workdir=tmp_path / "r")
+  assert r.returncode == 2 and "'news' is not in the prepared corpus" in r.stderr, r.stderr
+
+
+def test_tfds_and_tfrecord_domain_sources(prepared):
+  import glob as glob_lib
+  import seqio
+  from doremi_jax.data import local
+  _, data, _ = prepared
+  code_dir = json.loads((data / "doremi_corpora" / "byod.json").read_text())["domains"][1]["path"]
+  train_glob = os.path.join(code_dir, "*-train.tfrecord*")
+  val_glob = os.path.join(code_dir, "*-validation.tfrecord*")
+  assert glob_lib.glob(train_glob)
+  corpus = local.local_corpus(local.LocalCorpusConfig(
+      name="byod", data_dir=str(data),
+      domains=("wiki", "code_tfds=tfds:doremi_local_corpus/byod__code:1.0.0",
+               f"code_rec=tfrecord:{train_glob}|{val_glob}")))
+  assert corpus.domains == ("wiki", "code_tfds", "code_rec")
+  first = []
+  for task in corpus.task_names[1:]:
+    ds = seqio.get_mixture_or_task(task).get_dataset({"targets": 32}, split="validation",
+                                                     shuffle=False)
+    first.append(next(ds.as_numpy_iterator())["targets"])
+  np.testing.assert_array_equal(first[0], first[1])  # same data through both source kinds
+  from doremi_jax.config import ConfigError
+  with pytest.raises(ConfigError, match="not prepared"):
+    local.local_corpus(local.LocalCorpusConfig(
+        name="byod", data_dir=str(data), domains=("x=tfds:no_such_dataset:1.0.0",)))
