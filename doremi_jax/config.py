@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from typing import Iterable, Sequence
 
 import gin
@@ -79,3 +80,18 @@ def write_config(workdir: str, text: str, start_step: int) -> str:
     path = os.path.join(workdir, f"config.resumed_at_{start_step}.gin")
   io.write_text(path, text)
   return path
+
+
+def run_tool(main_fn) -> None:
+  """Runs an absl `main_fn(argv)` for a command-line tool: warnings-only
+  logging, and a ConfigError becomes `error: ...` with exit status 2."""
+  from absl import app, logging
+
+  def wrapped(argv):
+    try:
+      main_fn(argv)
+    except ConfigError as e:
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      sys.exit(2)
+  logging.set_verbosity(logging.WARNING)
+  app.run(wrapped)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags  # noqa: E402
+
+from doremi_jax.config import run_tool  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("corpus", "local", "Corpus name.")
@@ -32,46 +33,41 @@ def main(argv):
   del argv
   from doremi_jax.config import ConfigError
   from doremi_jax.data import local
-  try:
-    if not FLAGS.domain:
-      raise ConfigError("give at least one --domain NAME=GLOB.")
-    specs = []
-    for d in FLAGS.domain:
-      name, sep, pattern = d.partition("=")
-      if not sep or not name or not pattern:
-        raise ConfigError(f"--domain {d!r}: use NAME=GLOB.")
-      specs.append((name, pattern))
-    names = [n for n, _ in specs]
-    if len(set(names)) != len(names):
-      raise ConfigError(f"duplicate domain names in {names}.")
-    for name, pattern in specs:  # fail on a missing path before preparing anything
-      local.expand(pattern, name)
-    summaries = []
-    for i, (name, pattern) in enumerate(specs, 1):
-      print(f"[prepare] {i}/{len(specs)} {name}: {pattern}", flush=True)
-      summaries.append(local.prepare_domain(
-          FLAGS.corpus, name, pattern, FLAGS.data_dir, FLAGS.text_field, FLAGS.text_format,
-          FLAGS.validation_fraction))
-    mpath = local.manifest_path(FLAGS.data_dir, FLAGS.corpus)
-    os.makedirs(os.path.dirname(mpath), exist_ok=True)
-    old = {}
-    if os.path.exists(mpath):
-      with open(mpath) as f:
-        old = {d["domain"]: d for d in json.load(f)["domains"]}
-    old.update({s["domain"]: s for s in summaries})
-    with open(mpath + ".tmp", "w") as f:
-      json.dump({"corpus": FLAGS.corpus, "domains": list(old.values())}, f, indent=2)
-    os.replace(mpath + ".tmp", mpath)
-    print(f"{'domain':<16}{'documents':>11}{'validation':>12}{'bytes':>14}")
-    for s in summaries:
-      print(f"{s['domain']:<16}{s['documents']:>11}{s['validation_documents']:>12}"
-            f"{s['bytes']:>14}")
-    print(f"[prepare] manifest: {mpath}")
-  except ConfigError as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
+  if not FLAGS.domain:
+    raise ConfigError("give at least one --domain NAME=GLOB.")
+  specs = []
+  for d in FLAGS.domain:
+    name, sep, pattern = d.partition("=")
+    if not sep or not name or not pattern:
+      raise ConfigError(f"--domain {d!r}: use NAME=GLOB.")
+    specs.append((name, pattern))
+  names = [n for n, _ in specs]
+  if len(set(names)) != len(names):
+    raise ConfigError(f"duplicate domain names in {names}.")
+  for name, pattern in specs:  # fail on a missing path before preparing anything
+    local.expand(pattern, name)
+  summaries = []
+  for i, (name, pattern) in enumerate(specs, 1):
+    print(f"[prepare] {i}/{len(specs)} {name}: {pattern}", flush=True)
+    summaries.append(local.prepare_domain(
+        FLAGS.corpus, name, pattern, FLAGS.data_dir, FLAGS.text_field, FLAGS.text_format,
+        FLAGS.validation_fraction))
+  mpath = local.manifest_path(FLAGS.data_dir, FLAGS.corpus)
+  os.makedirs(os.path.dirname(mpath), exist_ok=True)
+  old = {}
+  if os.path.exists(mpath):
+    with open(mpath) as f:
+      old = {d["domain"]: d for d in json.load(f)["domains"]}
+  old.update({s["domain"]: s for s in summaries})
+  with open(mpath + ".tmp", "w") as f:
+    json.dump({"corpus": FLAGS.corpus, "domains": list(old.values())}, f, indent=2)
+  os.replace(mpath + ".tmp", mpath)
+  print(f"{'domain':<16}{'documents':>11}{'validation':>12}{'bytes':>14}")
+  for s in summaries:
+    print(f"{s['domain']:<16}{s['documents']:>11}{s['validation_documents']:>12}"
+          f"{s['bytes']:>14}")
+  print(f"[prepare] manifest: {mpath}")
 
 
 if __name__ == "__main__":
-  logging.set_verbosity(logging.WARNING)
-  app.run(main)
+  run_tool(main)

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags  # noqa: E402
+
+from doremi_jax.config import run_tool  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("corpus", "local", "Corpus name (as given to doremi_jax.prepare).")
@@ -84,16 +85,11 @@ def train(corpus, data_dir, vocab_size, chars_per_domain, output, model_type="un
 def main(argv):
   del argv
   from doremi_jax.config import ConfigError
-  try:
-    if not FLAGS.output:
-      raise ConfigError("--output is required (an output path prefix).")
-    train(FLAGS.corpus, FLAGS.data_dir, FLAGS.vocab_size, FLAGS.chars_per_domain, FLAGS.output,
-          FLAGS.model_type)
-  except ConfigError as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
+  if not FLAGS.output:
+    raise ConfigError("--output is required (an output path prefix).")
+  train(FLAGS.corpus, FLAGS.data_dir, FLAGS.vocab_size, FLAGS.chars_per_domain, FLAGS.output,
+        FLAGS.model_type)
 
 
 if __name__ == "__main__":
-  logging.set_verbosity(logging.WARNING)
-  app.run(main)
+  run_tool(main)
