@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_cli_many
 
 SMALL = ["--gin_file=gin/quickstart.gin",
          "--gin.TrainConfig.num_steps=60", "--gin.TrainConfig.checkpoint_every=10",
@@ -91,18 +91,20 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("extra,message", BAD)
-def test_bad_input_fails_clearly_and_keeps_files(tmp_path, extra, message):
-  wd = tmp_path / "run"
-  wd.mkdir()
-  (wd / "config.gin").write_text("# from an earlier run\n")
-  (wd / "notes.txt").write_text("keep me")
-  r = run_cli(SMALL + extra, workdir=wd)
-  assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-  assert message in r.stderr, r.stderr[-2000:]
-  assert "Traceback" not in r.stderr
-  assert sorted(p.name for p in wd.iterdir()) == ["config.gin", "notes.txt"]
-  assert (wd / "config.gin").read_text() == "# from an earlier run\n"
+def test_bad_input_fails_clearly_and_keeps_files(tmp_path):
+  jobs = []
+  for i, (extra, _) in enumerate(BAD):
+    wd = tmp_path / f"run{i}"
+    wd.mkdir()
+    (wd / "config.gin").write_text("# from an earlier run\n")
+    (wd / "notes.txt").write_text("keep me")
+    jobs.append((SMALL + extra, wd))
+  for (extra, message), (_, wd), r in zip(BAD, jobs, run_cli_many(jobs)):
+    assert r.returncode == 2, (extra, r.returncode, r.stderr[-2000:])
+    assert message in r.stderr, (extra, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr
+    assert sorted(p.name for p in wd.iterdir()) == ["config.gin", "notes.txt"]
+    assert (wd / "config.gin").read_text() == "# from an earlier run\n"
 
 
 def test_batch_not_divisible_by_data_parallel_cli(tmp_path):

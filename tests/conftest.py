@@ -36,6 +36,27 @@ def run_cli(args, workdir=None, timeout=600, env_extra=None):
   return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def run_cli_many(jobs, timeout=600):
+  """Runs several `(args, workdir)` CLI invocations concurrently (the bad-input
+  tests spend most of their time importing TF/JAX); returns CompletedProcess-
+  like objects in order."""
+  import subprocess
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = ""
+  procs = []
+  for args, workdir in jobs:
+    cmd = [sys.executable, "-m", "doremi_jax.main", *args]
+    if workdir is not None:
+      cmd.append(f"--workdir={workdir}")
+    procs.append((cmd, subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)))
+  out = []
+  for cmd, p in procs:
+    stdout, stderr = p.communicate(timeout=timeout)
+    out.append(subprocess.CompletedProcess(cmd, p.returncode, stdout, stderr))
+  return out
+
+
 @pytest.fixture(scope="session")
 def quickstart_run(tmp_path_factory):
   """README's first command, run once per session: (workdir, seconds, result)."""

@@ -166,3 +166,15 @@ def test_eval_batches_cover_each_domain(corpus):
   ids = np.concatenate([b["domain_ids"][b["targets"].any(1)] for b in batches])
   np.testing.assert_array_equal(np.bincount(ids), [10] * 5)
   assert all(b["targets"].shape == (16, 64) for b in batches)
+
+
+def test_stratified_loader_batches_hold_exact_counts(corpus):
+  loader = loader_lib.BatchLoader(corpus, loader_lib.StratifiedAssignment(5, seed=0), 23, 64,
+                                  seed=0)
+  for step in range(12):
+    b, _ = loader.next()
+    counts = np.bincount(b["domain_ids"], minlength=5)
+    expected = loader_lib.StratifiedAssignment(5, 0).counts(step, 23)
+    np.testing.assert_array_equal(counts, expected)
+    assert counts.min() == 4
+  loader.close()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_many
 from doremi_jax.config import ConfigError
 from doremi_jax.data import corpus as corpus_lib
 from doremi_jax.data import loader as loader_lib
@@ -78,7 +78,9 @@ def test_main_stage_cli(tmp_path):
 
   bad = tmp_path / "bad.json"
   bad.write_text(json.dumps({**weights, "wiki": 0.2}))
-  for spec, msg in ((bad, "unknown domains ['wiki']"), (tmp_path / "missing.json", "does not exist")):
-    r = run_cli(SHORT + [f"--gin.train_main.weights='{spec}'"], workdir=tmp_path / "bad_run")
+  cases = ((bad, "unknown domains ['wiki']"), (tmp_path / "missing.json", "does not exist"))
+  results = run_cli_many([(SHORT + [f"--gin.train_main.weights='{spec}'"], tmp_path / f"bad{i}")
+                          for i, (spec, _) in enumerate(cases)])
+  for i, ((_, msg), r) in enumerate(zip(cases, results)):
     assert r.returncode == 2 and msg in r.stderr, r.stderr[-2000:]
-    assert not (tmp_path / "bad_run").exists()
+    assert not (tmp_path / f"bad{i}").exists()

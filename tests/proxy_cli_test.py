@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_cli_many
 
 
 def _proxy_args(reference_dir, *extra):
@@ -90,20 +90,18 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("extra,message", BAD)
-def test_proxy_bad_input(reference_dir, tmp_path, extra, message):
-  wd = tmp_path / "run"
-  wd.mkdir()
-  (wd / "notes.txt").write_text("keep me")
-  r = run_cli(_proxy_args(reference_dir, *SHORT, *extra), workdir=wd)
-  assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-  assert message in r.stderr, r.stderr[-2000:]
-  assert [p.name for p in wd.iterdir()] == ["notes.txt"]
-
-
-def test_reference_without_checkpoints(tmp_path, reference_dir):
-  fake = tmp_path / "ref"
+def test_proxy_bad_input(reference_dir, tmp_path):
+  fake = tmp_path / "ref_without_checkpoints"
   fake.mkdir()
   (fake / "run_info.json").write_text((reference_dir / "run_info.json").read_text())
-  r = run_cli(_proxy_args(fake, *SHORT), workdir=tmp_path / "run")
-  assert r.returncode == 2 and "no checkpoints/" in r.stderr, r.stderr[-2000:]
+  cases = BAD + [([f"--gin.train_proxy.reference_dir='{fake}'"], "no checkpoints/")]
+  jobs = []
+  for i, (extra, _) in enumerate(cases):
+    wd = tmp_path / f"run{i}"
+    wd.mkdir()
+    (wd / "notes.txt").write_text("keep me")
+    jobs.append((_proxy_args(reference_dir, *SHORT, *extra), wd))
+  for (extra, message), (_, wd), r in zip(cases, jobs, run_cli_many(jobs)):
+    assert r.returncode == 2, (extra, r.returncode, r.stderr[-2000:])
+    assert message in r.stderr, (extra, r.stderr[-2000:])
+    assert [p.name for p in wd.iterdir()] == ["notes.txt"]
