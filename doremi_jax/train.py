@@ -369,21 +369,15 @@ def describe_vocabulary(vocab) -> dict:
 
 @gin.configurable
 def train_reference(workdir: str, weights: Any = "uniform", devices=None) -> dict:
-  """Trains the reference model on the mixture `weights` ('uniform',
-  'proportional', or {domain: weight}) and evaluates it per domain.
+  """DoReMi Step 1: trains the reference model on the mixture `weights`
+  (any spec `train_main` accepts; 'uniform' by default, or 'proportional',
+  or {domain: weight}) and evaluates it per domain.
 
   Writes to `workdir`: checkpoints/, config.gin, run_info.json,
   reference_weights.json, metrics.jsonl, tensorboard/, eval.jsonl, eval.json.
   Returns the final evaluation summary.
   """
-  cfg = TrainConfig()
-  corpus = corpus_lib.get_corpus()
-  w = corpus_lib.resolve_weights(weights, corpus, "train_reference.weights")
-  mixture = corpus_lib.register_mixture(f"{corpus.name}_reference", corpus, w)
-  rates = corpus_lib.mixture_rates(mixture, corpus)
-  return train_lm(workdir, "reference", corpus, cfg, loader_lib.MixtureAssignment(rates, cfg.seed),
-                  {"mixture": mixture, "weights": dict(zip(corpus.domains, rates.tolist()))},
-                  devices=devices)
+  return train_on_mixture(workdir, "reference", weights, devices)
 
 
 @gin.configurable
@@ -396,13 +390,19 @@ def train_main(workdir: str, weights: Any = gin.REQUIRED, devices=None) -> dict:
 
   Writes main_weights.json (the rates used), eval.json and the usual files.
   """
+  return train_on_mixture(workdir, "main", weights, devices)
+
+
+def train_on_mixture(workdir: str, stage: str, weights: Any, devices=None) -> dict:
+  """Registers the seqio Mixture `<corpus>_<stage>` with rates `weights` and
+  trains an LM on it."""
   cfg = TrainConfig()
   corpus = corpus_lib.get_corpus()
-  spec = corpus_lib.load_weights_spec(weights, "train_main.weights")
-  w = corpus_lib.resolve_weights(spec, corpus, "train_main.weights")
-  mixture = corpus_lib.register_mixture(f"{corpus.name}_main", corpus, w)
+  what = f"train_{stage}.weights"
+  w = corpus_lib.resolve_weights(corpus_lib.load_weights_spec(weights, what), corpus, what)
+  mixture = corpus_lib.register_mixture(f"{corpus.name}_{stage}", corpus, w)
   rates = corpus_lib.mixture_rates(mixture, corpus)
-  return train_lm(workdir, "main", corpus, cfg, loader_lib.MixtureAssignment(rates, cfg.seed),
+  return train_lm(workdir, stage, corpus, cfg, loader_lib.MixtureAssignment(rates, cfg.seed),
                   {"mixture": mixture, "weights": dict(zip(corpus.domains, rates.tolist()))},
                   devices=devices)
 
