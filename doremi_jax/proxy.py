@@ -204,10 +204,6 @@ def make_proxy_step(setup: train.ModelSetup, ref_model, ref_shardings, num_domai
 # Stage
 
 
-def _initial_weights(spec, corpus) -> np.ndarray:
-  return corpus_lib.resolve_weights(spec, corpus, "train_proxy.initial_weights")
-
-
 @gin.configurable
 def train_proxy(workdir: str, reference_dir: str = gin.REQUIRED, step_size: float = 1.0,
                 smoothing: float = 1e-3, initial_weights: Any = "uniform",
@@ -226,7 +222,7 @@ def train_proxy(workdir: str, reference_dir: str = gin.REQUIRED, step_size: floa
   cfg = train.TrainConfig()
   corpus = corpus_lib.get_corpus()
   k = corpus.num_domains
-  w0 = _initial_weights(initial_weights, corpus)
+  w0 = corpus_lib.resolve_weights(initial_weights, corpus, "train_proxy.initial_weights")
   assignment = loader_lib.StratifiedAssignment(k, cfg.seed)
   assignment.counts(0, cfg.global_batch_size)  # batch >= k, else a clear error
   setup = train.build_setup(corpus, cfg, devices=devices)
@@ -250,10 +246,7 @@ def train_proxy(workdir: str, reference_dir: str = gin.REQUIRED, step_size: floa
         "reference_dir": str(reference_dir), "num_steps": cfg.num_steps,
         "dro": dataclasses.asdict(dro_cfg),
         "initial_weights": dict(zip(corpus.domains, w0.tolist()))})
-    positions = None if data_state is None else np.asarray(data_state["positions"])
-    loader = loader_lib.BatchLoader(
-        corpus, assignment, cfg.global_batch_size, cfg.seq_len, cfg.seed, start_step, positions,
-        jax.process_index(), jax.process_count())
+    loader = train.resume_loader(corpus, assignment, cfg, start_step, data_state)
     writer = metrics_lib.MetricsWriter(workdir, corpus.domains, "proxy", cfg.tensorboard)
     weights_log = io.path(workdir) / "doremi_weights.jsonl"
     evaluator = train.Evaluator.create(setup, corpus, cfg)

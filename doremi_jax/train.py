@@ -328,6 +328,15 @@ def restore_or_init(setup: ModelSetup, checkpointer: ckpt_lib.Checkpointer, seed
   return state, latest, data_state
 
 
+def resume_loader(corpus, assignment, cfg: TrainConfig, start_step: int,
+                  data_state: Optional[dict]) -> loader_lib.BatchLoader:
+  """This process's batch loader, positioned where the checkpoint left off."""
+  positions = None if data_state is None else np.asarray(data_state["positions"])
+  return loader_lib.BatchLoader(
+      corpus, assignment, cfg.global_batch_size, cfg.seq_len, cfg.seed, start_step, positions,
+      jax.process_index(), jax.process_count())
+
+
 def write_run_info(workdir: str, stage: str, start_step: int, corpus, setup: ModelSetup,
                    extra: Optional[dict] = None):
   if not is_writer():
@@ -419,10 +428,7 @@ def train_lm(workdir: str, stage: str, corpus, cfg: TrainConfig, assignment, mix
     write_run_info(workdir, stage, start_step, corpus, setup, {"num_steps": cfg.num_steps})
     if is_writer():
       io.write_json(io.path(workdir) / f"{stage}_weights.json", mixture_info["weights"])
-    positions = None if data_state is None else np.asarray(data_state["positions"])
-    loader = loader_lib.BatchLoader(
-        corpus, assignment, cfg.global_batch_size, cfg.seq_len, cfg.seed, start_step, positions,
-        jax.process_index(), jax.process_count())
+    loader = resume_loader(corpus, assignment, cfg, start_step, data_state)
     evaluator = Evaluator.create(setup, corpus, cfg)
     writer = metrics_lib.MetricsWriter(workdir, corpus.domains, stage, cfg.tensorboard)
     eval_log = io.path(workdir) / "eval.jsonl"

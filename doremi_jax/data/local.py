@@ -25,11 +25,9 @@ import hashlib
 import json
 import os
 import re
-import sys
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional
 
 import gin
-import numpy as np
 
 from doremi_jax.config import ConfigError
 
