@@ -26,6 +26,7 @@ setup(
         "pyarrow",
         "importlib_resources",  # needed by tensorflow-datasets when preparing
         "sentencepiece",
+        "matplotlib",       # report plots
     ],
     extras_require={
         "test": ["pytest>=7"],

@@ -25,7 +25,7 @@ flags.DEFINE_multi_string("gin_file", [], "Gin files, applied in order.")
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, e.g. 'TrainConfig.num_steps = 10'.")
 flags.DEFINE_string("workdir", None, "Run directory; overrides run.workdir.")
 
-STAGES = ("reference", "proxy", "main")
+STAGES = ("pipeline", "reference", "proxy", "main")
 _GIN_ERRORS = ("Required bindings", "gin.REQUIRED", "No configurable matching",
                "doesn't have a parameter", "does not have a parameter")
 
@@ -33,7 +33,7 @@ _GIN_ERRORS = ("Required bindings", "gin.REQUIRED", "No configurable matching",
 def register_configurables():
   """Imports every module that defines gin configurables."""
   # pylint: disable=unused-import,import-outside-toplevel
-  from doremi_jax import distributed, proxy, train  # noqa: F401
+  from doremi_jax import distributed, pipeline, proxy, train  # noqa: F401
   from doremi_jax.data import corpus, local, synthetic  # noqa: F401
 
 
@@ -50,6 +50,9 @@ def run(stage: str = gin.REQUIRED, workdir: str = gin.REQUIRED):
   if stage == "proxy":
     from doremi_jax import proxy
     return proxy.train_proxy(workdir)
+  if stage == "pipeline":
+    from doremi_jax import pipeline
+    return pipeline.train_pipeline(workdir)
 
 
 def main(argv):

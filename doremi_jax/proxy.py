@@ -109,17 +109,30 @@ def check_reference_compatible(info: dict, corpus, proxy_model_cfg: model_lib.Mo
   return ref_cfg
 
 
+def abstract_params(model, setup: train.ModelSetup, seq_len: int):
+  """(abstract params with shardings, shardings) of `model` on setup's mesh."""
+  import flax.linen as nn
+  with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
+    boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, seq_len), jnp.int32))
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), setup.mesh,
+                                            setup.rules)["params"]
+  return ckpt_lib.abstract_with_shardings(nn.meta.unbox(boxed)["params"], shardings), shardings
+
+
+def dro_state_shardings(setup: train.ModelSetup, w0):
+  """(abstract DROState with shardings, shardings): replicated on the mesh."""
+  replicated = sharding_lib.replicated(setup.mesh)
+  dro_abstract = jax.eval_shape(lambda: doremi.DROState.create(w0))
+  dro_shardings = jax.tree.map(lambda _: replicated, dro_abstract)
+  return ckpt_lib.abstract_with_shardings(dro_abstract, dro_shardings), dro_shardings
+
+
 def load_reference(reference_dir: str, corpus, setup: train.ModelSetup, seq_len: int,
                    step: Optional[int] = None) -> Reference:
   info = _read_reference_info(reference_dir)
   ref_cfg = check_reference_compatible(info, corpus, setup.model_cfg, reference_dir)
   ref_model = model_lib.Transformer(ref_cfg)
-  import flax.linen as nn
-  with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
-    boxed = jax.eval_shape(ref_model.init, jax.random.key(0), jnp.zeros((1, seq_len), jnp.int32))
-    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), setup.mesh,
-                                            setup.rules)["params"]
-  abstract = ckpt_lib.abstract_with_shardings(nn.meta.unbox(boxed)["params"], shardings)
+  abstract, shardings = abstract_params(ref_model, setup, seq_len)
   ckpt_dir = io.path(reference_dir) / "checkpoints"
   if not io.exists(ckpt_dir):
     raise ConfigError(f"the reference run {reference_dir!r} has no checkpoints/ directory; "
@@ -217,6 +230,7 @@ def train_proxy(workdir: str, reference_dir: str = gin.REQUIRED, step_size: floa
   usual config, metrics and checkpoints (which include the DRO state).
   Returns the averaged weights as {domain: weight}.
   """
+  t0 = time.time()
   dro_cfg = DROConfig(step_size, smoothing, weights_warmup_steps, update_every)
   dro_cfg.validate()
   cfg = train.TrainConfig()
@@ -229,12 +243,9 @@ def train_proxy(workdir: str, reference_dir: str = gin.REQUIRED, step_size: floa
   reference = load_reference(reference_dir, corpus, setup, cfg.seq_len)
 
   workdir = str(workdir)
-  replicated = sharding_lib.replicated(setup.mesh)
-  dro_abstract = jax.eval_shape(lambda: doremi.DROState.create(w0))
-  dro_shardings = jax.tree.map(lambda _: replicated, dro_abstract)
+  dro_abstract, dro_shardings = dro_state_shardings(setup, w0)
   state_shardings = {"train": setup.state_shardings, "dro": dro_shardings}
-  abstract = {"train": setup.abstract_state,
-              "dro": ckpt_lib.abstract_with_shardings(dro_abstract, dro_shardings)}
+  abstract = {"train": setup.abstract_state, "dro": dro_abstract}
   checkpointer = ckpt_lib.Checkpointer(io.path(workdir) / "checkpoints", cfg.checkpoint_every,
                                        cfg.keep_checkpoints, cfg.async_checkpointing)
   try:
@@ -281,6 +292,9 @@ def train_proxy(workdir: str, reference_dir: str = gin.REQUIRED, step_size: floa
       io.write_json(io.path(workdir) / "eval.json", final)
       print("[proxy] averaged DoReMi domain weights:\n" + "\n".join(
           f"  {d:<14}{w:.4f}" for d, w in result.items()), flush=True)
-    return result
   finally:
     checkpointer.close()
+  top = sorted(result.items(), key=lambda kv: -kv[1])
+  train.mark_complete(workdir, "proxy", cfg.num_steps, time.time() - t0,
+                      "averaged weights " + ", ".join(f"{d} {w:.3f}" for d, w in top))
+  return result

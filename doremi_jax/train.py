@@ -419,6 +419,7 @@ def train_on_mixture(workdir: str, stage: str, weights: Any, devices=None) -> di
 def train_lm(workdir: str, stage: str, corpus, cfg: TrainConfig, assignment, mixture_info: dict,
              devices=None, model_cfg=None) -> dict:
   """Trains an LM on a mixture (Step 1 and Step 3) with eval at start/end."""
+  t0 = time.time()
   setup = build_setup(corpus, cfg, model_cfg=model_cfg, devices=devices)
   workdir = str(workdir)
   checkpointer = ckpt_lib.Checkpointer(io.path(workdir) / "checkpoints", cfg.checkpoint_every,
@@ -456,9 +457,30 @@ def train_lm(workdir: str, stage: str, corpus, cfg: TrainConfig, assignment, mix
       io.write_json(io.path(workdir) / "eval.json", final)
       print(f"[{stage}] final per-domain validation loss:\n" + evaluate.format_table(final),
             flush=True)
-    return final
   finally:
     checkpointer.close()
+  mark_complete(workdir, stage, cfg.num_steps, time.time() - t0,
+                f"uniform avg {final['uniform_average']:.4f}, worst "
+                f"{final['worst_case']['loss']:.4f} ({final['worst_case']['domain']})")
+  return final
+
+
+COMPLETE = "complete.json"
+
+
+def mark_complete(workdir: str, stage: str, num_steps: int, seconds: float, summary: str):
+  """Written last, once the final checkpoint is on disk: the stage is done.
+  The pipeline skips stages that have it."""
+  if is_writer():
+    io.write_json(io.path(workdir) / COMPLETE, {
+        "stage": stage, "num_steps": int(num_steps), "seconds": round(seconds, 2),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "summary": summary})
+    print(f"[{stage}] done in {seconds:.0f}s: {summary}", flush=True)
+
+
+def is_complete(workdir: str) -> bool:
+  return io.exists(io.path(workdir) / COMPLETE)
 
 
 def _announce(stage: str, msg: str):

@@ -65,3 +65,21 @@ def quickstart_run(tmp_path_factory):
   t0 = time.time()
   r = run_cli(["--gin_file=gin/quickstart.gin"], workdir=wd)
   return wd, time.time() - t0, r
+
+
+def run_cli_until(args, workdir, marker, timeout=400):
+  """Starts `python -m doremi_jax.main ARGS --workdir=WORKDIR` and SIGKILLs it
+  as soon as the path `marker` exists (e.g. a checkpoint directory)."""
+  import signal
+  import subprocess
+  import time
+  proc = subprocess.Popen([sys.executable, "-m", "doremi_jax.main", *args,
+                           f"--workdir={workdir}"], cwd=REPO,
+                          env=dict(os.environ, XLA_FLAGS=""), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + timeout
+  while not os.path.exists(marker) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  assert proc.poll() is None, "run finished before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()

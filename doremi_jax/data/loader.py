@@ -96,7 +96,13 @@ def _domain_dataset(task_name, split, seq_len, seed, shard_info, shuffle, repeat
   def pad(ex):
     t = ex["targets"][:seq_len]
     return tf.pad(t, [[0, seq_len - tf.shape(t)[0]]])
-  return ds.map(pad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.map(pad)
+  # No autotuning thread: the per-example work is trivial, and an autotuned
+  # iterator can take seconds to tear down, which stalls the next stage of a
+  # pipeline run.
+  options = tf.data.Options()
+  options.autotune.enabled = False
+  return ds.with_options(options)
 
 
 class DomainStream:

@@ -1,0 +1,211 @@
+"""Stage `pipeline`: all of DoReMi from one command.
+
+    RUN/round_1/reference   Step 1: reference model on the initial weights
+    RUN/round_1/proxy       Step 2: Group-DRO proxy against it
+    RUN/round_2/...         iterated DoReMi: round r's reference is trained
+                            on round r-1's averaged weights
+    RUN/main_doremi         Step 3: main model on the final DoReMi weights
+    RUN/main_baseline       the same main model on the initial weights
+    RUN/pipeline.json       rounds, weight trajectory, stage timings
+    RUN/comparison.json     main(DoReMi) vs main(baseline), per domain
+    RUN/report.md, plots/   `python -m doremi_jax.report RUN`
+
+Each stage runs in its own sub-directory under the gin scope of its kind
+(`reference/`, `proxy/`, `main/`), so `main/ModelConfig.d_model = 512` sizes
+only the main models and `proxy/TrainConfig.num_steps = 500` only the proxy.
+A stage that finished (it wrote `complete.json` after its last checkpoint)
+is skipped when the command is re-run; an interrupted one resumes from its
+checkpoint, so re-running after a kill ends where an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+import gin
+import numpy as np
+
+from doremi_jax import evaluate
+from doremi_jax import io
+from doremi_jax import train
+from doremi_jax.config import ConfigError
+from doremi_jax.data import corpus as corpus_lib
+
+STATE_FILE = "pipeline.json"
+COMPARISON_FILE = "comparison.json"
+MAIN_DOREMI, MAIN_BASELINE = "main_doremi", "main_baseline"
+
+
+def round_dir(workdir, r: int, stage: str):
+  return io.path(workdir) / f"round_{r}" / stage
+
+
+def l1_change(a: dict, b: dict) -> float:
+  return float(sum(abs(a[d] - b[d]) for d in a))
+
+
+def _as_dict(domains, w) -> dict:
+  return {d: float(x) for d, x in zip(domains, np.asarray(w, np.float64))}
+
+
+class _Log:
+  """The pipeline's record of what ran, written after every stage."""
+
+  def __init__(self, workdir, header: dict):
+    self.path = io.path(workdir) / STATE_FILE
+    self.data = dict(header, status="running", rounds=[], stages={},
+                     converged_at_round=None, final_weights=None)
+
+  def stage(self, name: str, status: str, seconds: float, subdir):
+    self.data["stages"][name] = {"status": status, "seconds": round(seconds, 2),
+                                 "dir": str(subdir)}
+    self.write()
+
+  def write(self):
+    if train.is_writer():
+      io.write_json(self.path, self.data)
+
+
+def _say(msg: str):
+  if train.is_writer():
+    print(f"[pipeline] {msg}", flush=True)
+
+
+def _run_stage(log: _Log, name: str, title: str, subdir, scope: str, fn):
+  """Runs `fn()` under gin scope `scope` unless `subdir` is already complete."""
+  if train.is_complete(subdir):
+    _say(f"{title}: already complete in {subdir}, skipping")
+    log.stage(name, "skipped", 0.0, subdir)
+    return
+  verb = "resuming" if io.exists(io.path(subdir) / "checkpoints") else "starting"
+  _say(f"{title}: {verb} in {subdir}")
+  t0 = time.time()
+  with gin.config_scope(scope):
+    fn()
+  log.stage(name, "ran", time.time() - t0, subdir)
+
+
+def _check_reference_weights(subdir, expected: dict):
+  """A finished or interrupted reference must have used the weights this run
+  would give it; otherwise the run directory belongs to another config."""
+  path = io.path(subdir) / "reference_weights.json"
+  if not io.exists(path):
+    return
+  recorded = io.read_json(path)
+  if set(recorded) != set(expected) or l1_change(recorded, expected) > 1e-6:
+    raise ConfigError(
+        f"{subdir} was trained on reference weights {recorded}, but this configuration "
+        f"gives it {expected}. The run directory was made with another configuration; "
+        "use a new --workdir (or delete that round) to start afresh.")
+
+
+@gin.configurable
+def train_pipeline(workdir: str, rounds: int = 1, tolerance: float = 1e-2,
+                   reference_weights: Any = "uniform", run_main: bool = True,
+                   run_baseline: bool = True, write_report: bool = True,
+                   devices=None) -> dict:
+  """Runs DoReMi end to end in `workdir` (see the module docstring).
+
+  rounds: reference->proxy rounds (iterated DoReMi); round r+1's reference
+    weights are round r's averaged weights. Stops early once the L1 change
+    between a round's reference weights and its averaged weights is below
+    `tolerance`.
+  reference_weights: round 1's reference weights and the baseline's: any
+    Step 3 weights spec ('uniform', 'proportional', a mapping, a JSON file).
+  run_main / run_baseline: train the main model on the DoReMi weights / on
+    `reference_weights`. write_report: write report.md and plots at the end.
+  Returns the contents of pipeline.json.
+  """
+  if not isinstance(rounds, int) or rounds < 1:
+    raise ConfigError(f"train_pipeline.rounds must be an integer >= 1, got {rounds!r}.")
+  if not (isinstance(tolerance, (int, float)) and np.isfinite(tolerance) and tolerance >= 0):
+    raise ConfigError(f"train_pipeline.tolerance must be a number >= 0 (the L1 change of the "
+                      f"weights between rounds), got {tolerance!r}.")
+  if run_baseline and not run_main:
+    raise ConfigError("train_pipeline.run_baseline needs run_main = True (the baseline is "
+                      "compared with the DoReMi main model).")
+  corpus = corpus_lib.get_corpus()
+  domains = list(corpus.domains)
+  what = "train_pipeline.reference_weights"
+  w0 = _as_dict(domains, corpus_lib.resolve_weights(
+      corpus_lib.load_weights_spec(reference_weights, what), corpus, what))
+  workdir = str(workdir)
+  log = _Log(workdir, {"domains": domains, "rounds_requested": rounds,
+                       "tolerance": float(tolerance), "run_main": run_main,
+                       "run_baseline": run_baseline, "initial_reference_weights": w0})
+  if train.is_writer():
+    io.path(workdir).mkdir(parents=True, exist_ok=True)
+    io.write_text(io.path(workdir) / "pipeline_config.gin", gin.config_str())
+  plan = 2 * rounds + int(run_main) + int(run_baseline)
+  _say(f"DoReMi in {workdir}: {rounds} round(s) of reference + proxy"
+       + (", then the main model on the DoReMi weights" if run_main else "")
+       + (" and on the reference weights (baseline)" if run_baseline else "")
+       + f"; up to {plan} trainings.")
+  t_start = time.time()
+
+  current = w0
+  for r in range(1, rounds + 1):
+    ref_dir, proxy_dir = round_dir(workdir, r, "reference"), round_dir(workdir, r, "proxy")
+    _check_reference_weights(ref_dir, current)
+    _run_stage(log, f"round_{r}/reference", f"round {r}/{rounds}, Step 1: reference model",
+               ref_dir, "reference",
+               lambda: train.train_reference(str(ref_dir), weights=dict(current),
+                                             devices=devices))
+    _run_stage(log, f"round_{r}/proxy", f"round {r}/{rounds}, Step 2: Group-DRO proxy",
+               proxy_dir, "proxy",
+               lambda: _proxy(proxy_dir, ref_dir, devices))
+    new = io.read_json(io.path(proxy_dir) / "average_domain_weights.json")
+    change = l1_change(new, current)
+    log.data["rounds"].append({"round": r, "reference_weights": current, "weights": new,
+                               "l1_change": change,
+                               "reference_dir": str(ref_dir), "proxy_dir": str(proxy_dir)})
+    _say(f"round {r}: L1 change of the weights {change:.4f} (tolerance {tolerance:g})")
+    current = new
+    if change < tolerance:
+      log.data["converged_at_round"] = r
+      if r < rounds:
+        _say(f"converged after round {r} of {rounds}; skipping the remaining rounds")
+      break
+  log.data["final_weights"] = current
+  log.write()
+
+  if run_main:
+    _run_stage(log, MAIN_DOREMI, "Step 3: main model on the DoReMi weights",
+               io.path(workdir) / MAIN_DOREMI, "main",
+               lambda: train.train_main(str(io.path(workdir) / MAIN_DOREMI),
+                                        weights=dict(current), devices=devices))
+  if run_baseline:
+    _run_stage(log, MAIN_BASELINE, "baseline: main model on the reference weights",
+               io.path(workdir) / MAIN_BASELINE, "main",
+               lambda: train.train_main(str(io.path(workdir) / MAIN_BASELINE),
+                                        weights=dict(w0), devices=devices))
+    comparison = evaluate.compare(
+        io.read_json(io.path(workdir) / MAIN_DOREMI / "eval.json"),
+        io.read_json(io.path(workdir) / MAIN_BASELINE / "eval.json"))
+    if train.is_writer():
+      io.write_json(io.path(workdir) / COMPARISON_FILE, comparison)
+      print("[pipeline] main model, per-domain validation loss, DoReMi vs baseline:\n"
+            + evaluate.format_comparison(comparison), flush=True)
+
+  log.data["status"] = "complete"
+  log.data["seconds"] = round(time.time() - t_start, 2)
+  log.write()
+  _say("final DoReMi weights: " + ", ".join(f"{d} {w:.4f}" for d, w in current.items()))
+  if write_report and train.is_writer():
+    from doremi_jax import report
+    path = report.write_report(workdir)
+    _say(f"report: {path}")
+  _say(f"done in {time.time() - t_start:.0f}s")
+  return log.data
+
+
+def _proxy(proxy_dir, ref_dir, devices):
+  from doremi_jax import proxy
+  return proxy.train_proxy(str(proxy_dir), reference_dir=str(ref_dir), devices=devices)
+
+
+def load_state(workdir) -> Optional[dict]:
+  path = io.path(workdir) / STATE_FILE
+  return io.read_json(path) if io.exists(path) else None
+
