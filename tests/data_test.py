@@ -126,13 +126,13 @@ def _take(loader, n):
   return out
 
 
-@pytest.mark.parametrize("nproc", [1, 2])
-def test_loader_resume_is_exact(corpus, nproc):
+@pytest.mark.parametrize("nproc,host_reads", [(1, "all"), (2, "all"), (2, "shard")])
+def test_loader_resume_is_exact(corpus, nproc, host_reads):
   assign = loader_lib.MixtureAssignment([0.3, 0.1, 0.2, 0.2, 0.2], seed=1)
   for pid in range(nproc):
     mk = lambda start, pos: loader_lib.BatchLoader(
         corpus, assign, 16, 64, seed=5, start_step=start, positions=pos,
-        process_index=pid, process_count=nproc)
+        process_index=pid, process_count=nproc, host_reads=host_reads)
     full = _take(mk(0, None), 6)
     resumed = _take(mk(3, np.asarray(full[2][1]["positions"])), 3)
     replayed = _take(mk(3, None), 3)
@@ -149,12 +149,37 @@ def test_loader_resume_is_exact(corpus, nproc):
         np.testing.assert_array_equal(row[:4], row[4:8])
 
 
+def test_hosts_read_all_gives_the_single_process_batches(corpus):
+  """host_reads='all': the 2 hosts' slices put together are exactly the
+  1-process batch, step after step, and a position saved by 2 hosts resumes
+  1 host (and the other way round)."""
+  assign = loader_lib.StratifiedAssignment(5, seed=0)
+  mk = lambda pid, nproc, start=0, pos=None: loader_lib.BatchLoader(
+      corpus, assign, 20, 64, seed=0, start_step=start, positions=pos, process_index=pid,
+      process_count=nproc)
+  one = _take(mk(0, 1), 4)
+  two = [_take(mk(pid, 2), 4) for pid in range(2)]
+  for step in range(4):
+    glued = np.concatenate([two[0][step][0]["targets"], two[1][step][0]["targets"]])
+    np.testing.assert_array_equal(glued, one[step][0]["targets"])
+    assert two[0][step][1] == two[1][step][1]
+    assert two[0][step][1]["positions"] == one[step][1]["positions"]
+  resumed = _take(mk(0, 1, 2, np.asarray(two[0][1][1]["positions"])), 2)
+  for (a, _), (b, _) in zip(resumed, one[2:]):
+    np.testing.assert_array_equal(a["targets"], b["targets"])
+  full = loader_lib.eval_batches(corpus, 64, examples_per_domain=10, batch_size=16)
+  halves = [loader_lib.eval_batches(corpus, 64, 10, 16, process_index=p, process_count=2)
+            for p in range(2)]
+  for b, h0, h1 in zip(full, *halves):
+    np.testing.assert_array_equal(b["targets"], np.concatenate([h0["targets"], h1["targets"]]))
+
+
 def test_hosts_read_disjoint_shards(corpus):
   assign = loader_lib.StratifiedAssignment(5, seed=0)
   rows = []
   for pid in range(2):
     (b, _), = _take(loader_lib.BatchLoader(corpus, assign, 20, 64, seed=0, process_index=pid,
-                                           process_count=2), 1)
+                                           process_count=2, host_reads="shard"), 1)
     # (the repeat domain has only 32 distinct sequences, so it is left out)
     rows.append({r.tobytes() for r, d in zip(b["targets"], b["domain_ids"])
                  if corpus.domains[d] != "repeat"})

@@ -7,12 +7,16 @@ a pure function of (seed, step), computed identically on every host, so:
 * the reference and main stages sample domains with the mixture's rates
   (`MixtureAssignment`), and the proxy stage uses exact stratified batches
   (`StratifiedAssignment`);
-* each host reads only its contiguous slice of rows, from its own shard of
-  each domain (seqio `ShardInfo`);
-* every host knows how many examples *every* host has consumed from each
-  domain; that [process_count, num_domains] table is the data position saved
-  with each checkpoint, so a resumed run sees exactly the batches an
-  uninterrupted run would.
+* each host keeps only its contiguous slice of rows. With
+  `LoaderConfig.host_reads = 'all'` (the default) every host reads every
+  domain's whole stream and keeps the examples of its rows, so the global
+  batch does not depend on the number of processes: a 2-process run sees
+  exactly the batches of a 1-process run. With `'shard'` each host reads
+  only its own shard of each domain (seqio `ShardInfo`), which scales the
+  input pipeline with the hosts but ties the batches to the process count;
+* the data position saved with each checkpoint is the number of examples
+  consumed from each domain (per host with 'shard'), so a resumed run sees
+  exactly the batches an uninterrupted run would.
 
 (seqio's own `Mixture.get_dataset` samples with tf.data, whose state cannot be
 checkpointed cheaply across hosts; the mixture's rates are read from the
@@ -26,9 +30,21 @@ import queue
 import threading
 from typing import Optional
 
+import gin
 import numpy as np
 
 from doremi_jax.config import ConfigError
+
+HOST_READS = ("all", "shard")
+
+
+@gin.configurable
+def loader_host_reads(host_reads: str = "all") -> str:
+  """'all': every host reads all data and keeps its rows (batches independent
+  of the process count); 'shard': every host reads its own shard."""
+  if host_reads not in HOST_READS:
+    raise ConfigError(f"loader_host_reads.host_reads={host_reads!r}; choose 'all' or 'shard'.")
+  return host_reads
 
 
 class _QuietUncachedWarning(logging.Filter):
@@ -133,8 +149,11 @@ class BatchLoader:
   def __init__(self, corpus, assignment, global_batch_size: int, seq_len: int, seed: int,
                start_step: int = 0, positions: Optional[np.ndarray] = None,
                process_index: int = 0, process_count: int = 1, split: str = "train",
-               prefetch: int = 2):
+               prefetch: int = 2, host_reads: str = "all"):
     import seqio
+    if host_reads not in HOST_READS:
+      raise ConfigError(f"host_reads={host_reads!r}; choose one of {HOST_READS}.")
+    self.host_reads = host_reads
     if global_batch_size % process_count:
       raise ConfigError(
           f"the global batch ({global_batch_size}) is not divisible by the number of "
@@ -147,15 +166,17 @@ class BatchLoader:
     self.pid, self.nproc = process_index, process_count
     self.step = start_step
     k = corpus.num_domains
-    if positions is None or np.shape(positions) != (process_count, k):
+    readers = process_count if host_reads == "shard" else 1
+    if positions is None or np.shape(positions) != (readers, k):
       # No saved position (fresh run) or saved with another host count:
       # replay the assignments, which are a pure function of the step.
       positions = self.replay_positions(start_step)
     self.positions = np.array(positions, np.int64)
-    shard = seqio.ShardInfo(index=process_index, num_shards=process_count)
+    shard = seqio.ShardInfo(index=process_index if readers > 1 else 0, num_shards=readers)
+    row = process_index if readers > 1 else 0
     self.streams = [
         DomainStream(t, split, seq_len, seed=seed * 1000 + i, shard_info=shard,
-                     position=int(self.positions[process_index, i]))
+                     position=int(self.positions[row, i]))
         for i, t in enumerate(corpus.task_names)]
     self._queue: queue.Queue = queue.Queue(maxsize=max(prefetch, 1))
     self._stop = threading.Event()
@@ -163,13 +184,16 @@ class BatchLoader:
     self._thread.start()
 
   def replay_positions(self, step: int) -> np.ndarray:
-    pos = np.zeros((self.nproc, self.corpus.num_domains), np.int64)
+    readers = self.nproc if self.host_reads == "shard" else 1
+    pos = np.zeros((readers, self.corpus.num_domains), np.int64)
     for s in range(step):
       pos += self._host_counts(self.assignment(s, self.global_batch_size))
     return pos
 
   def _host_counts(self, assignment: np.ndarray) -> np.ndarray:
     k = self.corpus.num_domains
+    if self.host_reads == "all":
+      return np.bincount(assignment, minlength=k)[None]
     rows = assignment.reshape(self.nproc, self.local_batch_size)
     return np.stack([np.bincount(r, minlength=k) for r in rows])
 
@@ -177,7 +201,17 @@ class BatchLoader:
     assignment = self.assignment(step, self.global_batch_size)
     local = assignment[self.pid * self.local_batch_size:(self.pid + 1) * self.local_batch_size]
     targets = np.zeros((self.local_batch_size, self.seq_len), np.int32)
+    lo = self.pid * self.local_batch_size
     for i, stream in enumerate(self.streams):
+      if self.host_reads == "all":
+        # The domain's examples for the whole global batch, in row order;
+        # keep the ones that land in this host's rows.
+        rows = np.flatnonzero(assignment == i)
+        if len(rows):
+          examples = stream.take(len(rows))
+          mine = (rows >= lo) & (rows < lo + self.local_batch_size)
+          targets[rows[mine] - lo] = examples[mine]
+        continue
       rows = np.flatnonzero(local == i)
       if len(rows):
         targets[rows] = stream.take(len(rows))
@@ -213,12 +247,19 @@ class BatchLoader:
 
 
 def eval_batches(corpus, seq_len: int, examples_per_domain: int, batch_size: int,
-                 process_index: int = 0, process_count: int = 1, split: str = "validation"):
+                 process_index: int = 0, process_count: int = 1, split: str = "validation",
+                 host_reads: str = "all"):
   """Host-local evaluation batches over the first `examples_per_domain`
   validation sequences of every domain (fixed order, no shuffling). Rows past
   the end are all padding (mask 0), so every host yields the same number of
-  equally shaped batches."""
+  equally shaped batches. With host_reads='all' the global batches are the
+  same for any process count (each host keeps its slice of each)."""
   import seqio
+  if host_reads == "all" and process_count > 1:
+    full = eval_batches(corpus, seq_len, examples_per_domain, batch_size, 0, 1, split)
+    local_bs = batch_size // process_count
+    lo = process_index * local_bs
+    return [{k: v[lo:lo + local_bs] for k, v in b.items()} for b in full]
   shard = seqio.ShardInfo(index=process_index, num_shards=process_count)
   local_n = -(-examples_per_domain // process_count)
   rows_t, rows_d = [], []

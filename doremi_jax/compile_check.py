@@ -1,0 +1,317 @@
+r"""Check that a config fits a TPU slice before you rent it.
+
+    python -m doremi_jax.compile_check --gin_file gin/models/280m.gin \
+        --gin_file gin/mesh/v5p-64.gin --gin_file gin/pod/proxy_280m.gin
+
+Ahead-of-time compiles the real train step of each stage the gin files
+configure (the LM step of `reference`/`main`, the Group-DRO step of `proxy`;
+for a `pipeline`, each kind under its gin scope) for a TPU topology, on any
+machine with `libtpu` installed (`pip install -e ".[tpu]"`), using
+`jax.experimental.topologies`: no TPU is needed. Prints per-chip memory
+(arguments, outputs, temporaries, generated code; total vs the chip's HBM),
+whether it fits, XLA's cost-analysis flops and bytes, and a roofline
+estimate of the step time. Exits with status 1 when a stage does not fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+from typing import Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The TPU is described by libtpu, not attached: run JAX itself on the CPU.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Only topology descriptions are read from libtpu, never a device: several
+# checks (or a check beside a TPU job) may load it at once.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+from absl import app, flags  # noqa: E402
+import gin  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from doremi_jax import config as config_lib  # noqa: E402
+from doremi_jax import main as main_lib  # noqa: E402  (--gin_file, --gin_bindings, run.*)
+from doremi_jax.config import ConfigError  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("topology", None, "TPU slice, e.g. v5p-64 (overrides compile_check.topology).")
+flags.DEFINE_string("stage", None, "reference, proxy or main (default: what run.stage says; "
+                    "all three for a pipeline).")
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  name: str
+  hbm_bytes: int
+  peak_bf16_flops: float     # per chip, per second
+  hbm_bandwidth: float       # bytes per second
+
+
+# Public per-chip figures (Cloud TPU documentation).
+CHIPS = {
+    "v4": Chip("TPU v4", 32 * 2**30, 275e12, 1228e9),
+    "v5e": Chip("TPU v5e", 16 * 2**30, 197e12, 819e9),
+    "v5p": Chip("TPU v5p", 95 * 2**30, 459e12, 2765e9),
+    "v6e": Chip("TPU v6e", 32 * 2**30, 918e12, 1640e9),
+}
+
+# Slice name -> (chip generation, physical topology of chips). Slice names
+# count TensorCores for v4/v5p (2 per chip) and chips for v5e/v6e.
+SLICES = {
+    "v4-8": ("v4", "2x2x1"),
+    "v4-16": ("v4", "2x2x2"),
+    "v4-32": ("v4", "2x2x4"),
+    "v4-64": ("v4", "2x4x4"),
+    "v5e-4": ("v5e", "2x2"),
+    "v5e-8": ("v5e", "2x4"),
+    "v5e-16": ("v5e", "4x4"),
+    "v5e-32": ("v5e", "4x8"),
+    "v5e-64": ("v5e", "8x8"),
+    "v5e-256": ("v5e", "16x16"),
+    "v5p-8": ("v5p", "2x2x1"),
+    "v5p-16": ("v5p", "2x2x2"),
+    "v5p-32": ("v5p", "2x2x4"),
+    "v5p-64": ("v5p", "2x4x4"),
+    "v5p-128": ("v5p", "4x4x4"),
+    "v5p-256": ("v5p", "4x4x8"),
+    "v6e-8": ("v6e", "2x4"),
+    "v6e-16": ("v6e", "4x4"),
+}
+# jax.experimental.topologies names for each generation.
+_TOPOLOGY_PREFIX = {"v4": "v4", "v5e": "v5e", "v5p": "v5p", "v6e": "v6e"}
+
+
+def topology_devices(slice_name: str):
+  """The (abstract) devices of a TPU slice, from libtpu (no TPU needed), and
+  the per-device figures: a v4 chip shows up as two devices of one
+  TensorCore each, with half the chip's HBM and flops."""
+  if slice_name not in SLICES:
+    raise ConfigError(f"unknown TPU slice {slice_name!r}; choose one of {sorted(SLICES)}.")
+  gen, topo = SLICES[slice_name]
+  try:
+    from jax.experimental import topologies
+    desc = topologies.get_topology_desc(f"{_TOPOLOGY_PREFIX[gen]}:{topo}", "tpu")
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(
+        f"cannot describe the TPU topology {slice_name} ({gen}:{topo}): "
+        f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}\n"
+        "Install libtpu with `pip install -e \".[tpu]\"` (no TPU is needed).") from e
+  devices = list(desc.devices)
+  chips = int(np.prod([int(x) for x in topo.split("x")]))
+  per_chip = len(devices) // chips
+  chip = CHIPS[gen]
+  if per_chip > 1:
+    chip = Chip(f"{chip.name} TensorCore", chip.hbm_bytes // per_chip,
+                chip.peak_bf16_flops / per_chip, chip.hbm_bandwidth / per_chip)
+  return devices, chip
+
+
+@dataclasses.dataclass
+class Result:
+  stage: str
+  slice_name: str
+  chip: Chip
+  num_devices: int
+  mesh: dict
+  num_params: int
+  tokens_per_step: int
+  argument_bytes: int
+  output_bytes: int
+  alias_bytes: int
+  temp_bytes: int
+  code_bytes: int
+  flops: Optional[float]
+  bytes_accessed: Optional[float]
+  model_flops_per_device: float
+  compiler_error: Optional[str] = None   # XLA's out-of-memory message
+
+  @property
+  def total_bytes(self) -> int:
+    # Donated state: outputs that alias arguments take no extra memory.
+    return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + \
+        self.code_bytes
+
+  @property
+  def fits(self) -> bool:
+    return self.compiler_error is None and self.total_bytes <= self.chip.hbm_bytes
+
+  @property
+  def step_seconds(self) -> float:
+    """Roofline lower bound: the larger of compute time (model flops or
+    XLA's count, whichever is larger, at peak) and HBM traffic time. XLA
+    counts a while loop's body once, so with scanned layers its flops are
+    far below the model's."""
+    t = max(self.model_flops_per_device, self.flops or 0.0) / self.chip.peak_bf16_flops
+    if self.bytes_accessed:
+      t = max(t, self.bytes_accessed / self.chip.hbm_bandwidth)
+    return t
+
+  def as_dict(self) -> dict:
+    d = dataclasses.asdict(self)
+    d["chip"] = self.chip.name
+    d.update(total_bytes=self.total_bytes, fits=self.fits, step_seconds=self.step_seconds)
+    return d
+
+  def format(self) -> str:
+    gib = lambda b: f"{b / 2**30:8.2f} GiB"
+    lines = [
+        f"== {self.stage} on {self.slice_name} ({self.num_devices} x {self.chip.name}), "
+        f"mesh {self.mesh}, {self.num_params / 1e6:.2f}M params, "
+        f"{self.tokens_per_step} tokens/step",
+        f"  per-device memory: arguments {gib(self.argument_bytes)} | outputs "
+        f"{gib(self.output_bytes)} (aliased {gib(self.alias_bytes).strip()}) | temporaries "
+        f"{gib(self.temp_bytes)} | code {gib(self.code_bytes)}",
+        f"  total {gib(self.total_bytes).strip()} of {gib(self.chip.hbm_bytes).strip()} HBM "
+        f"({100 * self.total_bytes / self.chip.hbm_bytes:.0f}%): "
+        + ("FITS" if self.fits else "DOES NOT FIT"),
+    ]
+    if self.compiler_error:
+      lines.append(f"  XLA: {self.compiler_error}")
+    lines.append(
+        f"  flops per device: model {self.model_flops_per_device / 1e12:.2f} TFLOP"
+        + (f", XLA cost analysis {self.flops / 1e12:.2f} TFLOP (loop bodies counted once)"
+           if self.flops else "")
+        + (f", {self.bytes_accessed / 1e9:.1f} GB accessed" if self.bytes_accessed else ""))
+    lines.append(f"  step time at peak (roofline lower bound): {self.step_seconds * 1e3:.1f} ms; "
+                 f"{self.tokens_per_step / self.step_seconds / 1e3:.0f}k tokens/s")
+    return "\n".join(lines)
+
+
+def _cost(compiled) -> tuple[Optional[float], Optional[float]]:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  cost = cost or {}
+  flops = cost.get("flops")
+  return (float(flops) if flops else None,
+          float(cost["bytes accessed"]) if cost.get("bytes accessed") else None)
+
+
+def check_stage(stage: str, slice_name: str, devices, chip: Chip, corpus) -> Result:
+  """AOT-compiles one stage's train step on `devices` (a TPU topology)."""
+  import flax.linen as nn
+  from doremi_jax import model as model_lib, proxy, train
+
+  cfg = train.TrainConfig()
+  setup = train.build_setup(corpus, cfg, devices=devices)
+  k = corpus.num_domains
+  batch = {name: jax.ShapeDtypeStruct(shape, np.int32, sharding=setup.batch_shardings[name])
+           for name, shape in (("targets", (cfg.global_batch_size, cfg.seq_len)),
+                               ("domain_ids", (cfg.global_batch_size,)))}
+  if stage == "proxy":
+    from doremi_jax.data import loader as loader_lib
+    loader_lib.StratifiedAssignment(k, cfg.seed).counts(0, cfg.global_batch_size)
+    with gin.config_scope("reference"):
+      ref_cfg = model_lib.ModelConfig().with_data_vocab(corpus.vocab_size)
+    ref_model = model_lib.Transformer(ref_cfg)
+    ref_abstract, ref_shardings = proxy.abstract_params(ref_model, setup, cfg.seq_len)
+    dro_abstract, dro_shardings = proxy.dro_state_shardings(setup, np.full(k, 1.0 / k))
+    state_shardings = {"train": setup.state_shardings, "dro": dro_shardings}
+    step = proxy.make_proxy_step(setup, ref_model, ref_shardings, k, cfg.grad_accum_steps,
+                                 proxy.DROConfig(), state_shardings)
+    args = ({"train": setup.abstract_state, "dro": dro_abstract}, batch, ref_abstract)
+    num_params = setup.model_cfg.num_params()
+    # proxy forward+backward (6N) and reference forward (2N) per token
+    model_flops = (6 * num_params + 2 * ref_cfg.num_params()) * cfg.global_batch_size * \
+        cfg.seq_len
+  else:
+    step = train.make_reference_step(setup, k, cfg.grad_accum_steps)
+    args = (setup.abstract_state, batch)
+    num_params = setup.model_cfg.num_params()
+    model_flops = 6 * num_params * cfg.global_batch_size * cfg.seq_len
+  common = dict(stage=stage, slice_name=slice_name, chip=chip, num_devices=len(devices),
+                mesh=dict(setup.mesh.shape), num_params=num_params,
+                tokens_per_step=cfg.global_batch_size * cfg.seq_len,
+                model_flops_per_device=model_flops / len(devices))
+  try:
+    with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
+      compiled = step.jitted.lower(*args).compile()
+  except Exception as e:  # pylint: disable=broad-except
+    text = str(e)
+    if "RESOURCE_EXHAUSTED" not in text:
+      raise
+    # The TPU compiler refuses programs that cannot fit; report its numbers.
+    m = re.search(r"required for [^(]*\(([\d.]+)([KMGT])\)", text)
+    temp = int(float(m.group(1)) * 1024 ** "KMGT".index(m.group(2)) * 1024) if m else 0
+    arg_bytes = _per_device_bytes(args)
+    return Result(argument_bytes=arg_bytes, output_bytes=0, alias_bytes=0, temp_bytes=temp,
+                  code_bytes=0, flops=None, bytes_accessed=None,
+                  compiler_error=text.strip().splitlines()[0][:400], **common)
+  mem = compiled.memory_analysis()
+  flops, bytes_accessed = _cost(compiled)
+  return Result(
+      argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
+      alias_bytes=int(mem.alias_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes),
+      code_bytes=int(mem.generated_code_size_in_bytes), flops=flops,
+      bytes_accessed=bytes_accessed, **common)
+
+
+def _per_device_bytes(tree) -> int:
+  """Bytes of one device's shards of abstract arrays with shardings."""
+  total = 0
+  for leaf in jax.tree.leaves(tree):
+    shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
+    total += int(np.prod(shape)) * np.dtype(leaf.dtype).itemsize
+  return total
+
+
+@gin.configurable
+def compile_check(topology: str = gin.REQUIRED, stages=None) -> list:
+  """Compiles each stage for `topology`; returns the Results."""
+  from doremi_jax.data import corpus as corpus_lib
+  if stages is None:
+    stage = gin.query_parameter("run.stage") if "run.stage" in gin.config_str() else "reference"
+    stages = ["reference", "proxy", "main"] if stage == "pipeline" else [stage]
+  for s in stages:
+    if s not in ("reference", "proxy", "main"):
+      raise ConfigError(f"stage {s!r} cannot be compile-checked; use reference, proxy or main.")
+  devices, chip = topology_devices(topology)
+  corpus = corpus_lib.get_corpus()
+  results = []
+  for s in stages:
+    with gin.config_scope(s):
+      results.append(check_stage(s, topology, devices, chip, corpus))
+    print(results[-1].format(), flush=True)
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  try:
+    main_lib.register_configurables()
+    config_lib.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
+    kwargs = {}
+    if FLAGS.topology:
+      kwargs["topology"] = FLAGS.topology
+    if FLAGS.stage:
+      kwargs["stages"] = [FLAGS.stage]
+    results = compile_check(**kwargs)
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
+  except (ValueError, TypeError, RuntimeError) as e:
+    if "Required bindings" in str(e) and "topology" in str(e):
+      print("error: no TPU slice given; pass --topology (e.g. v5p-64) or include a "
+            "gin/mesh/*.gin preset.", file=sys.stderr, flush=True)
+      sys.exit(2)
+    raise
+  bad = [r for r in results if not r.fits]
+  if bad:
+    print(f"{len(bad)} stage(s) do not fit: " + ", ".join(r.stage for r in bad)
+          + ". Use a bigger slice, more FSDP (MeshConfig.fsdp), a smaller "
+          "TrainConfig.global_batch_size per step with grad_accum_steps, or remat.",
+          file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def cli():
+  app.run(main, argv=config_lib.rewrite_gin_args(sys.argv))
+
+
+if __name__ == "__main__":
+  cli()

@@ -1,0 +1,66 @@
+"""Ahead-of-time compilation for real TPU topologies on this CPU machine
+(libtpu from the `tpu`/`test` extras): the real train steps compile, the
+paper-scale 280M Group-DRO step fits a v5p slice, a too-large config is
+reported as not fitting, with the numbers."""
+
+import subprocess
+import sys
+
+import gin
+import pytest
+
+from conftest import REPO
+from doremi_jax import compile_check
+from doremi_jax import config as config_lib
+from doremi_jax import main as main_lib
+from doremi_jax.config import ConfigError
+
+
+def _check(files, bindings=(), **kwargs):
+  gin.clear_config()
+  main_lib.register_configurables()
+  config_lib.parse_gin(files, list(bindings))
+  return compile_check.compile_check(**kwargs)
+
+
+def test_tiny_pipeline_on_a_small_topology():
+  results = _check(["gin/quickstart.gin"], ["proxy/TrainConfig.global_batch_size = 40"],
+                   topology="v5e-4")
+  assert [r.stage for r in results] == ["reference", "proxy", "main"]
+  for r in results:
+    assert r.fits and r.num_devices == 4 and r.chip.name == "TPU v5e"
+    assert 0 < r.total_bytes < 2**30
+    assert r.argument_bytes > 0
+    assert r.flops and r.step_seconds > 0
+  assert results[1].tokens_per_step == 40 * 128       # proxy/TrainConfig.global_batch_size
+  assert results[0].tokens_per_step == 32 * 128
+
+
+def test_paper_scale_proxy_fits_a_v5p_slice(capsys):
+  (r,) = _check(["gin/pod/doremi_280m_8b.gin", "gin/mesh/v5p-64.gin"], stages=["proxy"])
+  out = capsys.readouterr().out
+  assert r.slice_name == "v5p-64" and r.num_devices == 32 and r.mesh["fsdp"] == 32
+  assert 270e6 < r.num_params < 280e6 and r.tokens_per_step == 512 * 1024
+  assert r.fits and r.total_bytes < 95 * 2**30
+  assert "== proxy on v5p-64 (32 x TPU v5p)" in out and "FITS" in out
+  assert "step time at peak" in out
+
+
+def test_too_large_config_is_reported_with_numbers(tmp_path):
+  r = subprocess.run(
+      [sys.executable, "-m", "doremi_jax.compile_check", "--gin_file=gin/pod/doremi_280m_8b.gin",
+       "--gin_file=gin/mesh/v5e-16.gin", "--topology=v5e-4", "--stage=main"],
+      cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert r.returncode == 1, r.stderr[-3000:]
+  assert "== main on v5e-4 (4 x TPU v5e)" in r.stdout and "DOES NOT FIT" in r.stdout
+  assert "GiB of 16.00 GiB HBM" in r.stdout
+  assert "1 stage(s) do not fit: main" in r.stderr
+
+
+def test_unknown_slice_and_missing_topology_fail_clearly():
+  with pytest.raises(ConfigError, match="unknown TPU slice 'v9-8'"):
+    _check(["gin/reference.gin"], topology="v9-8")
+  gin.clear_config()
+  r = subprocess.run([sys.executable, "-m", "doremi_jax.compile_check",
+                      "--gin_file=gin/reference.gin"], cwd=REPO, capture_output=True, text=True)
+  assert r.returncode == 2 and "pass --topology" in r.stderr

