@@ -290,11 +290,12 @@ def train_proxy(workdir: str, reference_dir: str = gin.REQUIRED, step_size: floa
       train._announce("proxy", f"resuming from step {start_step}")
     step_fn = make_proxy_step(setup, reference.model, reference.shardings, k,
                               cfg.grad_accum_steps, dro_cfg, state_shardings)
+    timing = {}
     state = train.train_loop(
         stage="proxy", workdir=workdir, cfg=cfg, state=state,
         step_fn=lambda s, b: step_fn(s, b, reference.params), loader=loader,
         checkpointer=checkpointer, writer=writer, batch_shardings=setup.batch_shardings,
-        start_step=start_step, on_log=on_log,
+        start_step=start_step, on_log=on_log, timing=timing,
         evaluate_fn=lambda s, step: evaluator(s["train"].params, step, ref_eval))
     loader.close()
     check_same_on_all_processes(cfg.num_steps, state["dro"].average_weights)
@@ -314,5 +315,6 @@ def train_proxy(workdir: str, reference_dir: str = gin.REQUIRED, step_size: floa
     checkpointer.close()
   top = sorted(result.items(), key=lambda kv: -kv[1])
   train.mark_complete(workdir, "proxy", cfg.num_steps, time.time() - t0,
-                      "averaged weights " + ", ".join(f"{d} {w:.3f}" for d, w in top))
+                      "averaged weights " + ", ".join(f"{d} {w:.3f}" for d, w in top),
+                      dict(timing, tokens_per_step=cfg.global_batch_size * cfg.seq_len))
   return result

@@ -274,11 +274,13 @@ def is_writer() -> bool:
 def train_loop(*, stage: str, workdir: str, cfg: TrainConfig, state, step_fn,
                loader: loader_lib.BatchLoader, checkpointer: ckpt_lib.Checkpointer,
                writer: metrics_lib.MetricsWriter, batch_shardings: dict, start_step: int,
-               evaluate_fn: Optional[Callable] = None, on_log: Optional[Callable] = None):
+               evaluate_fn: Optional[Callable] = None, on_log: Optional[Callable] = None,
+               timing: Optional[dict] = None):
   """Runs steps start_step..num_steps-1. `step_fn(state, batch) -> (state,
   metrics)`; `evaluate_fn(state, step)` is called every `eval_every` steps;
-  `on_log(step, metrics)` gets host metrics at each log step. Returns the
-  final state."""
+  `on_log(step, metrics)` gets host metrics at each log step. `timing`, if
+  given, receives the first step's seconds (compile + run) and the seconds
+  of the loop after it. Returns the final state."""
   progress = metrics_lib.Progress(stage, start_step, cfg.num_steps,
                                   cfg.global_batch_size * cfg.seq_len)
   pending = None  # (step, device metrics): fetched one step late (nanodo style)
@@ -297,9 +299,11 @@ def train_loop(*, stage: str, workdir: str, cfg: TrainConfig, state, step_fn,
     state, metrics = step_fn(state, to_global(local, batch_shardings))
     if step == start_step:
       jax.block_until_ready(metrics)
+      first = time.perf_counter() - compile_start
       if is_writer():
-        logging.info("%s: first step (compile + run) took %.1fs", stage,
-                     time.perf_counter() - compile_start)
+        logging.info("%s: first step (compile + run) took %.1fs", stage, first)
+      if timing is not None:
+        timing.update(first_step_seconds=round(first, 3), loop_start=time.perf_counter())
       progress.start_timing(step + 1)
     if pending is not None:
       flush(pending)
@@ -314,6 +318,10 @@ def train_loop(*, stage: str, workdir: str, cfg: TrainConfig, state, step_fn,
   if pending is not None:
     flush(pending)
   writer.flush()
+  if timing is not None and "loop_start" in timing:
+    jax.block_until_ready(state)
+    timing["later_steps"] = cfg.num_steps - start_step - 1
+    timing["later_steps_seconds"] = round(time.perf_counter() - timing.pop("loop_start"), 3)
   return state
 
 
@@ -448,10 +456,11 @@ def train_lm(workdir: str, stage: str, corpus, cfg: TrainConfig, assignment, mix
     else:
       _announce(stage, f"resuming from step {start_step}")
     step_fn = make_reference_step(setup, corpus.num_domains, cfg.grad_accum_steps)
+    timing = {}
     state = train_loop(stage=stage, workdir=workdir, cfg=cfg, state=state, step_fn=step_fn,
                        loader=loader, checkpointer=checkpointer, writer=writer,
                        batch_shardings=setup.batch_shardings, start_step=start_step,
-                       evaluate_fn=do_eval)
+                       evaluate_fn=do_eval, timing=timing)
     loader.close()
     final = do_eval(state, cfg.num_steps)
     if is_writer():
@@ -462,21 +471,24 @@ def train_lm(workdir: str, stage: str, corpus, cfg: TrainConfig, assignment, mix
     checkpointer.close()
   mark_complete(workdir, stage, cfg.num_steps, time.time() - t0,
                 f"uniform avg {final['uniform_average']:.4f}, worst "
-                f"{final['worst_case']['loss']:.4f} ({final['worst_case']['domain']})")
+                f"{final['worst_case']['loss']:.4f} ({final['worst_case']['domain']})",
+                dict(timing, tokens_per_step=cfg.global_batch_size * cfg.seq_len))
   return final
 
 
 COMPLETE = "complete.json"
 
 
-def mark_complete(workdir: str, stage: str, num_steps: int, seconds: float, summary: str):
+def mark_complete(workdir: str, stage: str, num_steps: int, seconds: float, summary: str,
+                  timing: Optional[dict] = None):
   """Written last, once the final checkpoint is on disk: the stage is done.
-  The pipeline skips stages that have it."""
+  The pipeline skips stages that have it. `timing` (this invocation's first
+  step and later steps) is recorded with it."""
   if is_writer():
     io.write_json(io.path(workdir) / COMPLETE, {
         "stage": stage, "num_steps": int(num_steps), "seconds": round(seconds, 2),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "summary": summary})
+        "summary": summary, "timing": timing or {}})
     print(f"[{stage}] done in {seconds:.0f}s: {summary}", flush=True)
 
 

@@ -38,6 +38,7 @@ def test_quickstart_command(quickstart_run):
   for stage in ("round_1/reference", "round_1/proxy", "main_doremi", "main_baseline"):
     done = json.loads((wd / stage / "complete.json").read_text())
     assert done["num_steps"] == 200, (stage, done)
+    assert done["timing"]["later_steps"] == 199 and done["timing"]["first_step_seconds"] > 0
   state = json.loads((wd / "pipeline.json").read_text())
   assert state["status"] == "complete" and len(state["rounds"]) == 1
   assert all(s["status"] == "ran" for s in state["stages"].values())
