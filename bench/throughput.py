@@ -112,8 +112,7 @@ def main():
   ref_model = model_lib.Transformer(mcfg)
   _, ref_shardings = proxy.abstract_params(ref_model, setup, args.seq_len)
   ref_params = train.init_state(setup, 1).params
-  dro_abstract, dro_shardings = proxy.dro_state_shardings(setup, np.full(k, 1.0 / k))
-  del dro_abstract
+  _, dro_shardings = proxy.dro_state_shardings(setup, np.full(k, 1.0 / k))
   state_shardings = {"train": setup.state_shardings, "dro": dro_shardings}
   dro_step = proxy.make_proxy_step(setup, ref_model, ref_shardings, k, 1, proxy.DROConfig(),
                                    state_shardings)

@@ -26,8 +26,8 @@ _TPU_ENV = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "TPU_ACCELE
 
 def on_tpu_vm() -> bool:
   """True on a Cloud TPU VM (TPU env vars, or TPU device files present)."""
-  if os.environ.get("JAX_PLATFORMS", "") not in ("", "tpu") and \
-      "tpu" not in os.environ.get("JAX_PLATFORMS", ""):
+  platforms = os.environ.get("JAX_PLATFORMS", "")
+  if platforms and "tpu" not in platforms:
     return False
   return any(os.environ.get(v) for v in _TPU_ENV) or bool(
       glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"))

@@ -84,10 +84,8 @@ def compare(doremi_summary: dict, baseline_summary: dict) -> dict:
                "baseline_perplexity": baseline_summary["per_domain"][d]["perplexity"]}
     if "entropy_floor" in r:
       rows[d]["entropy_floor"] = r["entropy_floor"]
-  agg = {}
-  for key in ("uniform_average",):
-    agg[key] = {"doremi": doremi_summary[key], "baseline": baseline_summary[key],
-                "delta": doremi_summary[key] - baseline_summary[key]}
+  du, bu = doremi_summary["uniform_average"], baseline_summary["uniform_average"]
+  agg = {"uniform_average": {"doremi": du, "baseline": bu, "delta": du - bu}}
   dw, bw = doremi_summary["worst_case"], baseline_summary["worst_case"]
   agg["worst_case"] = {"doremi": dw["loss"], "baseline": bw["loss"],
                        "delta": dw["loss"] - bw["loss"],

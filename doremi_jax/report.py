@@ -15,6 +15,7 @@ from typing import Optional
 
 from doremi_jax import evaluate
 from doremi_jax import io
+from doremi_jax import pipeline
 from doremi_jax.config import ConfigError
 
 REPORT_FILE = "report.md"
@@ -78,14 +79,14 @@ def discover(run_dir) -> tuple[list, Optional[dict]]:
   root = io.path(run_dir)
   if not io.exists(root):
     raise ConfigError(f"run directory {run_dir!r} does not exist.")
-  state = _read(root / "pipeline.json")
+  state = pipeline.load_state(root)
   rounds = {int(m.group(1)) for p in root.iterdir() if (m := re.fullmatch(r"round_(\d+)", p.name))}
   if state:
     rounds |= set(range(1, len(state["rounds"]) + 1))
     if state.get("status") != "complete" and state.get("converged_at_round") is None:
       rounds |= set(range(1, state.get("rounds_requested", 1) + 1))
-  is_pipeline = bool(state or rounds or io.exists(root / "main_doremi")
-                     or io.exists(root / "main_baseline"))
+  is_pipeline = bool(state or rounds or io.exists(root / pipeline.MAIN_DOREMI)
+                     or io.exists(root / pipeline.MAIN_BASELINE))
   if not is_pipeline:
     info = _read(root / "run_info.json")
     if info is None:
@@ -95,9 +96,9 @@ def discover(run_dir) -> tuple[list, Optional[dict]]:
     return [Stage(info.get("stage", "stage"), info.get("stage", "reference"), root)], None
   stages = []
   for r in sorted(rounds) or [1]:
-    stages.append(Stage(f"round_{r}/reference", "reference", root / f"round_{r}" / "reference"))
-    stages.append(Stage(f"round_{r}/proxy", "proxy", root / f"round_{r}" / "proxy"))
-  for name, key in (("main_doremi", "run_main"), ("main_baseline", "run_baseline")):
+    for kind in ("reference", "proxy"):
+      stages.append(Stage(f"round_{r}/{kind}", kind, pipeline.round_dir(root, r, kind)))
+  for name, key in ((pipeline.MAIN_DOREMI, "run_main"), (pipeline.MAIN_BASELINE, "run_baseline")):
     if (state or {}).get(key, True) or io.exists(root / name):
       stages.append(Stage(name, "main", root / name))
   return stages, state
@@ -354,7 +355,7 @@ def write_report(run_dir, out_dir=None) -> str:
   # Main models
   mains = {s.name: s for s in stages if s.kind == "main"}
   md += ["## Main model: DoReMi vs baseline weights", ""]
-  dm, bm = mains.get("main_doremi"), mains.get("main_baseline")
+  dm, bm = mains.get(pipeline.MAIN_DOREMI), mains.get(pipeline.MAIN_BASELINE)
   if dm and bm and dm.eval and bm.eval:
     cmp = evaluate.compare(dm.eval, bm.eval)
     md += ["Validation loss per domain (nats/token, lower is better; delta = DoReMi − "
