@@ -35,5 +35,5 @@ setup(
                  "ipykernel"],
         "tpu": ["jax[tpu]"],
     },
-    entry_points={"console_scripts": ["doremi-jax=doremi_jax.main:cli"]},
+    entry_points={"console_scripts": ["doremi-jax=doremi_jax.main:cli_main"]},
 )

@@ -3,6 +3,9 @@ of 3 steps at the throughput benchmark's size, summed per XLA op kind.
 
     python bench/profile_step.py
 
+The step is `doremi_jax.steps.lm_program`'s, on numpy batches of random
+token ids (no TensorFlow or seqio needed, e.g. on a GPU machine).
+
 Op durations overlap across the backend's threads, so the percentages are
 shares of op time, not of wall time.
 """
@@ -25,26 +28,31 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def main(steps: int = 3):
-  from doremi_jax import model as model_lib, train
-  from doremi_jax.data import corpus as corpus_lib, synthetic
-  corpus = corpus_lib.synthetic_corpus(synthetic.SyntheticCorpusConfig(seq_len=256))
-  mc = model_lib.ModelConfig(d_model=512, num_layers=4, num_heads=8, head_dim=64, mlp_dim=2048,
-                             max_len=256)
-  setup = train.build_setup(corpus, train.TrainConfig(global_batch_size=8, seq_len=256),
-                            model_cfg=mc)
-  step = train.make_reference_step(setup, corpus.num_domains, 1)
-  state = train.init_state(setup, 0)
+def main(steps: int = 3, d_model: int = 512, num_layers: int = 4, num_heads: int = 8,
+         head_dim: int = 64, mlp_dim: int = 2048, seq_len: int = 256, batch: int = 8):
+  """Profiles `steps` LM steps (`steps.lm_program`, the step the reference and
+  main stages train) on numpy batches of random token ids: no TensorFlow or
+  seqio. The command line runs the defaults (the throughput benchmark's
+  size); smaller sizes are for smoke tests."""
+  from doremi_jax import model as model_lib, state as state_lib, steps as steps_lib
+  from doremi_jax.data import synthetic  # numpy only: the built-in corpus's sizes
+  vocab_size, k = synthetic.VOCAB_SIZE, len(synthetic.DOMAINS)
+  mc = model_lib.ModelConfig(d_model=d_model, num_layers=num_layers, num_heads=num_heads,
+                             head_dim=head_dim, mlp_dim=mlp_dim, max_len=seq_len)
+  setup = state_lib.build_setup(
+      vocab_size, state_lib.TrainConfig(global_batch_size=batch, seq_len=seq_len), model_cfg=mc)
+  program = steps_lib.lm_program(setup, k, 1, seq_len)
+  state = program.init(0)
   rng = np.random.default_rng(0)
-  batch = train.to_global({"targets": rng.integers(2, 128, (8, 256), dtype=np.int32),
-                           "domain_ids": (np.arange(8) % 5).astype(np.int32)},
-                          setup.batch_shardings)
-  state, m = step(state, batch)
+  global_batch = state_lib.to_global(
+      {"targets": rng.integers(2, vocab_size, (batch, seq_len), dtype=np.int32),
+       "domain_ids": (np.arange(batch) % k).astype(np.int32)}, setup.batch_shardings)
+  state, m = program(state, global_batch)
   jax.block_until_ready(m)
   logdir = tempfile.mkdtemp(prefix="doremi_profile_")
   jax.profiler.start_trace(logdir, create_perfetto_trace=True)
   for _ in range(steps):
-    state, m = step(state, batch)
+    state, m = program(state, global_batch)
     jax.block_until_ready((state, m))
   jax.profiler.stop_trace()
   path = glob.glob(os.path.join(logdir, "**", "*perfetto_trace.json.gz"), recursive=True)[0]

@@ -5,7 +5,9 @@ weights to the step size and to the reference weights.
 
     python bench/reproduce.py --out docs/results/reproduction [--seeds 0 1 2]
 
-Uses gin/quickstart.gin's settings for every stage (tiny models, 200 steps).
+Uses gin/quickstart.gin's settings for every stage (tiny models, 200 steps,
+from gin/cpu.gin); each stage runs as the registered stage
+(`doremi_jax.stages.registry`) under its gin scope.
 Writes results.json, reproduction.md (tables: mean and 95% t-interval over
 seeds) and plots into --out; the run directories go under --runs
 (runs/reproduce) and a re-run skips finished stages.
@@ -39,20 +41,19 @@ def _configure(bindings):
 
 def _main_model(run_dir, weights, seed):
   """Trains (or reads back) a main model on `weights`; returns its eval."""
-  import gin
-  from doremi_jax import io, train
-  if not train.is_complete(run_dir):
+  from doremi_jax import files, rundir
+  from doremi_jax.stages import registry
+  if not rundir.is_complete(run_dir):
     _configure([f"TrainConfig.seed = {seed}"])
-    with gin.config_scope("main"):
-      train.train_main(run_dir, weights=weights)
-  return io.read_json(os.path.join(run_dir, "eval.json"))
+    registry.get("main")(run_dir, weights=weights)   # under the `main` gin scope
+  return files.read_json(os.path.join(run_dir, "eval.json"))
 
 
 def _pipeline(run_dir, seed, *bindings):
-  from doremi_jax import pipeline
+  from doremi_jax.stages import registry
   _configure([f"TrainConfig.seed = {seed}", "train_pipeline.run_main = False",
               "train_pipeline.run_baseline = False", *bindings])
-  return pipeline.train_pipeline(run_dir)
+  return registry.get("pipeline")(run_dir)
 
 
 def t_interval(xs):
@@ -76,8 +77,8 @@ def main():
                       "quickstart's 200)")
   args = p.parse_args()
   if args.steps:
-    EXTRA[:] = [f"{s}/TrainConfig.num_steps = {args.steps}" for s in ("reference", "proxy", "main")]
-    EXTRA.append(f"TrainConfig.checkpoint_every = {args.steps}")
+    EXTRA[:] = [f"STEPS = {args.steps}",   # gin/cpu.gin's macro: every stage's steps
+                f"TrainConfig.checkpoint_every = {args.steps}"]
   runs = args.runs
   t0 = time.time()
   results = {"seeds": args.seeds, "arms": {a: [] for a in ARMS}, "weights": {},

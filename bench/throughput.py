@@ -3,10 +3,24 @@ Group-DRO overhead and the input pipeline's headroom, all in one run.
 
     python bench/throughput.py [--d_model 256 --num_layers 4 --seq_len 256 --batch 16]
 
-Prints one JSON object and a markdown table. MFU is model FLOPs (the formula
-in `ModelConfig.flops_per_token`: 6 x non-embedding-input parameters + the
-attention matmuls, PaLM convention) per second divided by the peak of a dense
-matmul measured in the same run, in the same dtype as the model's compute.
+Prints one JSON object and a markdown table. MFU is model FLOPs per second
+divided by the peak of a dense matmul measured in the same run, in the same
+dtype as the model's compute. The model FLOPs of a step are the step
+program's own `StepProgram.flops_per_token` (`doremi_jax.steps`, the one
+convention shared with `compile_check`) times its tokens: for the LM step
+`ModelConfig.flops_per_token` (6 x non-embedding-input parameters + the
+attention matmuls, PaLM convention); for the Group-DRO step the proxy's plus
+the reference forward's (a third of the reference's), plus a second proxy
+forward with gradient accumulation (not used here). This script has no FLOPs
+formula of its own.
+
+The LM and Group-DRO steps are `steps.lm_program` and `steps.dro_program`
+(the programs the stages train), run on batches of random token ids and
+domain ids made with numpy, so the step timings need neither TensorFlow nor
+seqio (e.g. on a GPU machine without them). Only the input-pipeline
+measurement reads the built-in synthetic corpus through seqio; without
+TensorFlow it is skipped: `"input_pipeline": null` and the reason in
+`"input_pipeline_skipped"`.
 """
 
 from __future__ import annotations
@@ -43,17 +57,52 @@ def matmul_rate(dtype, m: int, k: int, n: int, repeats: int = 10) -> float:
   return 2 * m * k * n / best
 
 
-def time_steps(step, state, batch, extra, steps: int):
-  """Seconds per step (median over `steps` after one compile+warmup step)."""
-  state, m = step(state, batch, *extra)
+def time_steps(program, state, batch, steps: int):
+  """Seconds per step of a `StepProgram` (median over `steps` after one
+  compile+warmup step)."""
+  state, m = program(state, batch)
   jax.block_until_ready(m)
   times = []
   for _ in range(steps):
     t = time.perf_counter()
-    state, m = step(state, batch, *extra)
+    state, m = program(state, batch)
     jax.block_until_ready((state, m))
     times.append(time.perf_counter() - t)
   return float(np.median(times)), state
+
+
+def input_pipeline_seconds(args, num_domains: int, vocab_size: int):
+  """(seconds per batch of the stratified loader alone, as Step 2 uses it,
+  None) or (None, why it was skipped). Imports TensorFlow and seqio here
+  only."""
+  from doremi_jax import cli
+  try:
+    cli.load_tensorflow_quietly()
+    import seqio
+    del seqio  # only checked: the loader imports it
+  except ImportError as e:
+    return None, (f"TensorFlow/seqio is not importable ({e}): the input pipeline "
+                  "(seqio + tf.data) was not measured. The step timings do not use it.")
+  import tensorflow as tf
+  try:  # tf.data runs on the host: keep TensorFlow off the accelerator JAX holds.
+    tf.config.set_visible_devices([], "GPU")
+  except (RuntimeError, ValueError):
+    pass
+  from doremi_jax.data import loader as loader_lib, synthetic, synthetic_tasks
+  corpus = synthetic_tasks.synthetic_corpus(synthetic.SyntheticCorpusConfig(seq_len=args.seq_len))
+  assert (corpus.num_domains, corpus.vocab_size) == (num_domains, vocab_size), \
+      "the numpy batches must match the synthetic corpus's domains and vocabulary"
+  loader = loader_lib.BatchLoader(corpus, loader_lib.StratifiedAssignment(num_domains, 0),
+                                  args.batch, args.seq_len, seed=0)
+  try:
+    for _ in range(10):
+      loader.next()
+    t = time.perf_counter()
+    for _ in range(args.loader_batches):
+      loader.next()
+    return (time.perf_counter() - t) / args.loader_batches, None
+  finally:
+    loader.close()
 
 
 def main():
@@ -72,20 +121,30 @@ def main():
   p.add_argument("--json_out", default=None)
   args = p.parse_args()
 
-  from doremi_jax import doremi, model as model_lib, proxy, train
-  from doremi_jax.data import corpus as corpus_lib, loader as loader_lib, synthetic
+  from doremi_jax import doremi, model as model_lib, state as state_lib, steps as steps_lib
+  from doremi_jax.data import synthetic  # numpy only: the built-in corpus's sizes
 
-  corpus = corpus_lib.synthetic_corpus(synthetic.SyntheticCorpusConfig(seq_len=args.seq_len))
-  k = corpus.num_domains
+  # The built-in synthetic corpus's vocabulary and domains (batches are numpy).
+  vocab_size, k = synthetic.VOCAB_SIZE, len(synthetic.DOMAINS)
   model_cfg = model_lib.ModelConfig(
       d_model=args.d_model, num_layers=args.num_layers, num_heads=args.num_heads,
       head_dim=args.head_dim, mlp_dim=args.mlp_dim, max_len=args.seq_len,
       compute_dtype=args.compute_dtype)
-  cfg = train.TrainConfig(global_batch_size=args.batch, seq_len=args.seq_len)
-  setup = train.build_setup(corpus, cfg, model_cfg=model_cfg)
+  cfg = state_lib.TrainConfig(global_batch_size=args.batch, seq_len=args.seq_len)
+  setup = state_lib.build_setup(vocab_size, cfg, model_cfg=model_cfg)
   mcfg = setup.model_cfg
   tokens = args.batch * args.seq_len
-  flops_per_token = mcfg.flops_per_token(args.seq_len)
+
+  # The two step programs the stages train: the plain LM step (reference /
+  # main) and the Group-DRO step (proxy) against a reference of the same size.
+  lm = steps_lib.lm_program(setup, k, 1, args.seq_len)
+  ref_model = model_lib.Transformer(mcfg)
+  _, ref_shardings = setup.abstract_params(ref_model, args.seq_len)
+  ref_params = state_lib.init_state(setup, 1).params
+  dro = steps_lib.dro_program(setup, ref_model, ref_params, ref_shardings, k, 1,
+                              doremi.DROConfig(), np.full(k, 1.0 / k), args.seq_len)
+  fpt = lm.flops_per_token
+  flops_per_token = int(fpt) if float(fpt).is_integer() else fpt
 
   n = args.matmul_n
   peak = matmul_rate(jnp.dtype(args.compute_dtype), n, n, n)
@@ -99,41 +158,18 @@ def main():
   }
 
   rng = np.random.default_rng(0)
-  batch = train.to_global({
-      "targets": rng.integers(2, corpus.vocab_size, (args.batch, args.seq_len), dtype=np.int32),
+  batch = state_lib.to_global({
+      "targets": rng.integers(2, vocab_size, (args.batch, args.seq_len), dtype=np.int32),
       "domain_ids": (np.arange(args.batch) % k).astype(np.int32)}, setup.batch_shardings)
 
-  # Plain LM step (reference / main).
-  lm_step = train.make_reference_step(setup, k, 1)
-  state = train.init_state(setup, 0)
-  lm_s, state = time_steps(lm_step, state, batch, (), args.steps)
-
-  # Group-DRO step: same proxy model and batch, a reference of the same size.
-  ref_model = model_lib.Transformer(mcfg)
-  _, ref_shardings = proxy.abstract_params(ref_model, setup, args.seq_len)
-  ref_params = train.init_state(setup, 1).params
-  _, dro_shardings = proxy.dro_state_shardings(setup, np.full(k, 1.0 / k))
-  state_shardings = {"train": setup.state_shardings, "dro": dro_shardings}
-  dro_step = proxy.make_proxy_step(setup, ref_model, ref_shardings, k, 1, proxy.DROConfig(),
-                                   state_shardings)
-  dro_state = {"train": train.init_state(setup, 0),
-               "dro": jax.device_put(doremi.DROState.create(np.full(k, 1.0 / k)), dro_shardings)}
-  dro_s, _ = time_steps(dro_step, dro_state, batch, (ref_params,), args.steps)
+  lm_s, _ = time_steps(lm, lm.init(0), batch, args.steps)
+  dro_s, _ = time_steps(dro, dro.init(0), batch, args.steps)
 
   # Input pipeline: batches/s of the loader alone (stratified, as Step 2).
-  loader = loader_lib.BatchLoader(corpus, loader_lib.StratifiedAssignment(k, 0), args.batch,
-                                  args.seq_len, seed=0)
-  for _ in range(10):
-    loader.next()
-  t = time.perf_counter()
-  for _ in range(args.loader_batches):
-    loader.next()
-  loader_s = (time.perf_counter() - t) / args.loader_batches
-  loader.close()
+  loader_s, skipped = input_pipeline_seconds(args, k, vocab_size)
 
-  lm_flops = flops_per_token * tokens / lm_s
-  # The DRO step's useful work: proxy training (6N) + reference forward (2N).
-  dro_model_flops = (flops_per_token + (flops_per_token / 3)) * tokens
+  lm_flops = lm.flops_per_token * tokens / lm_s
+  dro_model_flops = dro.flops_per_token * tokens
   result = {
       "machine": {"platform": platform.platform(), "processor": platform.processor(),
                   "cpu_count": os.cpu_count(), "backend": jax.default_backend(),
@@ -148,10 +184,13 @@ def main():
                    "model_flops_per_s": dro_model_flops / dro_s,
                    "mfu": dro_model_flops / dro_s / peak},
       "dro_overhead": dro_s / lm_s,
-      "input_pipeline": {"seconds_per_batch": loader_s, "examples_per_s": args.batch / loader_s,
-                         "step_consumes_examples_per_s": args.batch / min(lm_s, dro_s),
-                         "headroom": min(lm_s, dro_s) / loader_s},
+      "input_pipeline": None if loader_s is None else {
+          "seconds_per_batch": loader_s, "examples_per_s": args.batch / loader_s,
+          "step_consumes_examples_per_s": args.batch / min(lm_s, dro_s),
+          "headroom": min(lm_s, dro_s) / loader_s},
   }
+  if skipped:
+    result["input_pipeline_skipped"] = skipped
   rows = [
       ("matmul peak (measured, %s, n=%d)" % (args.compute_dtype, args.matmul_n),
        f"{peak / 1e9:.1f} GFLOP/s"),
@@ -159,15 +198,15 @@ def main():
         for name, r in shaped.items()],
       ("model", f"{mcfg.num_params() / 1e6:.2f}M params, d {args.d_model}, {args.num_layers} "
                 f"layers, seq {args.seq_len}, batch {args.batch}"),
-      ("model FLOPs/token (6N + attention)", f"{flops_per_token / 1e6:.1f}M"),
+      ("model FLOPs/token (6N + attention)", f"{lm.flops_per_token / 1e6:.1f}M"),
       ("LM step", f"{lm_s * 1e3:.0f} ms, {tokens / lm_s / 1e3:.1f}k tok/s, "
                   f"MFU {100 * lm_flops / peak:.0f}%"),
       ("Group-DRO step", f"{dro_s * 1e3:.0f} ms, {tokens / dro_s / 1e3:.1f}k tok/s, "
                          f"MFU {100 * result['dro_step']['mfu']:.0f}%"),
       ("DRO overhead (DRO step / LM step)", f"{dro_s / lm_s:.3f} (floor ~4/3)"),
-      ("input pipeline", f"{args.batch / loader_s:.0f} examples/s vs "
-                         f"{args.batch / min(lm_s, dro_s):.0f} consumed: "
-                         f"{result['input_pipeline']['headroom']:.0f}x headroom"),
+      ("input pipeline", "not measured: TensorFlow/seqio not importable" if loader_s is None else
+       f"{args.batch / loader_s:.0f} examples/s vs {args.batch / min(lm_s, dro_s):.0f} "
+       f"consumed: {result['input_pipeline']['headroom']:.0f}x headroom"),
   ]
   emit(result, ["measure", "value"], rows, args.json_out)
 

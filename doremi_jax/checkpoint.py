@@ -1,36 +1,50 @@
-"""Orbax checkpoints holding the train state *and* the data position.
+"""Orbax checkpoints holding the train state *and* the data position: the
+one place the package reads and writes checkpoints.
 
 One checkpoint per saved step: item `state` (the sharded pytree, restored
 directly into its shardings) and item `data` (JSON: the loader's position),
 so a resumed run continues with exactly the batches it would have seen.
+A checkpoint that cannot be read (a truncated file, a half-copied
+directory) is moved aside to `<dir>_unreadable/<step>` and the newest
+readable one is used instead.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
 
-from doremi_jax import io
+from doremi_jax import files
+from doremi_jax.config import ConfigError
+
+
+def _manager(directory, **options) -> ocp.CheckpointManager:
+  directory = files.path(directory)
+  return ocp.CheckpointManager(
+      directory if "://" in str(directory) else directory.absolute(),
+      options=ocp.CheckpointManagerOptions(**options))
 
 
 class Checkpointer:
+  """Saves every `every` steps (0: only when forced), keeping `keep`."""
 
   def __init__(self, directory: str, every: int, keep: int, async_save: bool = True):
+    self.directory = files.path(directory)
     self.every = every
-    self.manager = ocp.CheckpointManager(
-        io.path(directory).absolute() if "://" not in str(directory) else directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=async_save))
+    self._options = dict(max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
+    self.manager = _manager(self.directory, **self._options)
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
 
+  def due(self, step: int) -> bool:
+    return self.every > 0 and step % self.every == 0
+
   def maybe_save(self, step: int, state: Any, data_state: dict, force: bool = False) -> bool:
-    if not force and (self.every <= 0 or step % self.every):
-      return False
-    if step in self.manager.all_steps():
+    if not (force or self.due(step)) or step in self.manager.all_steps():
       return False
     return self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
@@ -40,6 +54,35 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     return out.state, out.data
 
+  def restore_latest(self, abstract_state: Any) -> Optional[tuple[int, Any, dict]]:
+    """(step, state, data position) of the newest readable checkpoint, or
+    None when there is none. Unreadable ones are reported by step and moved
+    aside, not deleted."""
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        state, data = self.restore(step, abstract_state)
+        return step, state, data
+      except Exception as e:  # pylint: disable=broad-except
+        # orbax/TensorStore raise many types for a damaged file.
+        self._set_aside(step, e)
+    return None
+
+  def _set_aside(self, step: int, error: Exception):
+    aside = files.path(str(self.directory) + "_unreadable") / str(step)
+    if jax.process_index() == 0:
+      if files.exists(aside):
+        aside = files.path(f"{aside}.{int(time.time())}")
+      aside.parent.mkdir(parents=True, exist_ok=True)
+      (self.directory / str(step)).rename(aside)
+      first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+      print(f"warning: the checkpoint at step {step} cannot be read ({first}); moved it to "
+            f"{aside} and trying the previous one.", flush=True)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"checkpoint_set_aside_{step}")
+    self.manager.close()
+    self.manager = _manager(self.directory, **self._options)
+
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
@@ -48,3 +91,30 @@ class Checkpointer:
 def abstract_with_shardings(abstract_tree, shardings):
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract_tree, shardings)
+
+
+def restore_params(directory, abstract_params, what: str,
+                   step: Optional[int] = None) -> tuple[Any, int]:
+  """Only the parameters (`state.params`) of another run's checkpoint, read
+  only, into the shardings of `abstract_params`; the newest step unless
+  `step`. Returns (params, step). `what` names the run in errors."""
+  if not files.exists(directory):
+    raise ConfigError(f"{what} has no checkpoints/ directory ({directory}); run it to "
+                      "completion first.")
+  mngr = _manager(directory, read_only=True, save_interval_steps=0, create=False)
+  try:
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+      raise ConfigError(f"{what} has no checkpoint yet ({directory}); run it to completion "
+                        "first.")
+    item = {"params": abstract_params}
+    try:
+      restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+          partial_restore=True)))
+    except (ValueError, KeyError, TypeError) as e:
+      raise ConfigError(f"could not restore the parameters of {what} from {directory}/{step}: "
+                        f"{e}. The checkpoint does not match the recorded architecture.") from e
+  finally:
+    mngr.close()
+  return restored.state["params"], step

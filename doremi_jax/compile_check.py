@@ -28,13 +28,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # checks (or a check beside a TPU job) may load it at once.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 import gin  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from doremi_jax import config as config_lib  # noqa: E402
 from doremi_jax import main as main_lib  # noqa: E402  (--gin_file, --gin_bindings, run.*)
+from doremi_jax.cli import load_tensorflow_quietly, native_stderr_dropped, run_tool  # noqa: E402
 from doremi_jax.config import ConfigError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -94,7 +95,8 @@ def topology_devices(slice_name: str):
   gen, topo = SLICES[slice_name]
   try:
     from jax.experimental import topologies
-    desc = topologies.get_topology_desc(f"{_TOPOLOGY_PREFIX[gen]}:{topo}", "tpu")
+    with native_stderr_dropped():
+      desc = topologies.get_topology_desc(f"{_TOPOLOGY_PREFIX[gen]}:{topo}", "tpu")
   except Exception as e:  # pylint: disable=broad-except
     raise ConfigError(
         f"cannot describe the TPU topology {slice_name} ({gen}:{topo}): "
@@ -192,44 +194,21 @@ def _cost(compiled) -> tuple[Optional[float], Optional[float]]:
 
 
 def check_stage(stage: str, slice_name: str, devices, chip: Chip, corpus) -> Result:
-  """AOT-compiles one stage's train step on `devices` (a TPU topology)."""
-  import flax.linen as nn
-  from doremi_jax import model as model_lib, proxy, train
+  """AOT-compiles one stage kind's step program on `devices` (a TPU topology)."""
+  from doremi_jax.stages import registry
+  from doremi_jax.state import TrainConfig
 
-  cfg = train.TrainConfig()
-  setup = train.build_setup(corpus, cfg, devices=devices)
-  k = corpus.num_domains
-  batch = {name: jax.ShapeDtypeStruct(shape, np.int32, sharding=setup.batch_shardings[name])
-           for name, shape in (("targets", (cfg.global_batch_size, cfg.seq_len)),
-                               ("domain_ids", (cfg.global_batch_size,)))}
-  if stage == "proxy":
-    from doremi_jax.data import loader as loader_lib
-    loader_lib.StratifiedAssignment(k, cfg.seed).counts(0, cfg.global_batch_size)
-    with gin.config_scope("reference"):
-      ref_cfg = model_lib.ModelConfig().with_data_vocab(corpus.vocab_size)
-    ref_model = model_lib.Transformer(ref_cfg)
-    ref_abstract, ref_shardings = proxy.abstract_params(ref_model, setup, cfg.seq_len)
-    dro_abstract, dro_shardings = proxy.dro_state_shardings(setup, np.full(k, 1.0 / k))
-    state_shardings = {"train": setup.state_shardings, "dro": dro_shardings}
-    step = proxy.make_proxy_step(setup, ref_model, ref_shardings, k, cfg.grad_accum_steps,
-                                 proxy.DROConfig(), state_shardings)
-    args = ({"train": setup.abstract_state, "dro": dro_abstract}, batch, ref_abstract)
-    num_params = setup.model_cfg.num_params()
-    # proxy forward+backward (6N) and reference forward (2N) per token
-    model_flops = (6 * num_params + 2 * ref_cfg.num_params()) * cfg.global_batch_size * \
-        cfg.seq_len
-  else:
-    step = train.make_reference_step(setup, k, cfg.grad_accum_steps)
-    args = (setup.abstract_state, batch)
-    num_params = setup.model_cfg.num_params()
-    model_flops = 6 * num_params * cfg.global_batch_size * cfg.seq_len
+  cfg = TrainConfig()
+  program = registry.get(stage).build_program(corpus, cfg, devices=devices)
+  setup = program.setup
+  tokens = cfg.tokens_per_step
   common = dict(stage=stage, slice_name=slice_name, chip=chip, num_devices=len(devices),
-                mesh=dict(setup.mesh.shape), num_params=num_params,
-                tokens_per_step=cfg.global_batch_size * cfg.seq_len,
-                model_flops_per_device=model_flops / len(devices))
+                mesh=dict(setup.mesh.shape), num_params=setup.model_cfg.num_params(),
+                tokens_per_step=tokens,
+                model_flops_per_device=program.flops_per_token * tokens / len(devices))
   try:
-    with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
-      compiled = step.jitted.lower(*args).compile()
+    with native_stderr_dropped():
+      compiled = program.lower(cfg.global_batch_size, cfg.seq_len).compile()
   except Exception as e:  # pylint: disable=broad-except
     text = str(e)
     if "RESOURCE_EXHAUSTED" not in text:
@@ -237,7 +216,9 @@ def check_stage(stage: str, slice_name: str, devices, chip: Chip, corpus) -> Res
     # The TPU compiler refuses programs that cannot fit; report its numbers.
     m = re.search(r"required for [^(]*\(([\d.]+)([KMGT])\)", text)
     temp = int(float(m.group(1)) * 1024 ** "KMGT".index(m.group(2)) * 1024) if m else 0
-    arg_bytes = _per_device_bytes(args)
+    arg_bytes = _per_device_bytes((program.abstract_state,
+                                   program.abstract_batch(cfg.global_batch_size, cfg.seq_len),
+                                   *program.extra))
     return Result(argument_bytes=arg_bytes, output_bytes=0, alias_bytes=0, temp_bytes=temp,
                   code_bytes=0, flops=None, bytes_accessed=None,
                   compiler_error=text.strip().splitlines()[0][:400], **common)
@@ -261,16 +242,19 @@ def _per_device_bytes(tree) -> int:
 
 @gin.configurable
 def compile_check(topology: str = gin.REQUIRED, stages=None) -> list:
-  """Compiles each stage for `topology`; returns the Results."""
-  from doremi_jax.data import corpus as corpus_lib
+  """Compiles each stage kind for `topology` (default: the kinds `run.stage`
+  trains); returns the Results."""
+  from doremi_jax.data import registry as corpus_registry
+  from doremi_jax.stages import registry
   if stages is None:
     stage = gin.query_parameter("run.stage") if "run.stage" in gin.config_str() else "reference"
-    stages = ["reference", "proxy", "main"] if stage == "pipeline" else [stage]
+    stages = list(registry.get(stage).compiled_kinds)
   for s in stages:
-    if s not in ("reference", "proxy", "main"):
-      raise ConfigError(f"stage {s!r} cannot be compile-checked; use reference, proxy or main.")
+    if registry.get(s).build_program is None:
+      kinds = sorted(n for n, st in registry.STAGES.items() if st.build_program)
+      raise ConfigError(f"stage {s!r} cannot be compile-checked; use one of {kinds}.")
   devices, chip = topology_devices(topology)
-  corpus = corpus_lib.get_corpus()
+  corpus = corpus_registry.get_corpus()
   results = []
   for s in stages:
     with gin.config_scope(s):
@@ -281,24 +265,21 @@ def compile_check(topology: str = gin.REQUIRED, stages=None) -> list:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    raise ConfigError(f"unexpected arguments {argv[1:]}")
+  load_tensorflow_quietly()
+  main_lib.register_configurables()
+  config_lib.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
+  kwargs = {}
+  if FLAGS.topology:
+    kwargs["topology"] = FLAGS.topology
+  if FLAGS.stage:
+    kwargs["stages"] = [FLAGS.stage]
   try:
-    main_lib.register_configurables()
-    config_lib.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
-    kwargs = {}
-    if FLAGS.topology:
-      kwargs["topology"] = FLAGS.topology
-    if FLAGS.stage:
-      kwargs["stages"] = [FLAGS.stage]
     results = compile_check(**kwargs)
-  except ConfigError as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
   except (ValueError, TypeError, RuntimeError) as e:
     if "Required bindings" in str(e) and "topology" in str(e):
-      print("error: no TPU slice given; pass --topology (e.g. v5p-64) or include a "
-            "gin/mesh/*.gin preset.", file=sys.stderr, flush=True)
-      sys.exit(2)
+      raise ConfigError("no TPU slice given; pass --topology (e.g. v5p-64) or include a "
+                        "gin/mesh/*.gin preset.") from e
     raise
   bad = [r for r in results if not r.fits]
   if bad:
@@ -309,9 +290,5 @@ def main(argv):
     sys.exit(1)
 
 
-def cli():
-  app.run(main, argv=config_lib.rewrite_gin_args(sys.argv))
-
-
 if __name__ == "__main__":
-  cli()
+  run_tool(main, gin_args=True)

@@ -1,4 +1,4 @@
-"""Configuration plumbing: gin parsing, user-facing errors, run-directory config.
+"""Configuration plumbing: gin parsing, user-facing errors, value checks.
 
 Gin configures a handful of top-level dataclasses and functions (T5X style);
 everything a user can get wrong is turned into a `ConfigError` whose message
@@ -8,9 +8,7 @@ says what to change.
 from __future__ import annotations
 
 import os
-import re
-import sys
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import gin
 
@@ -25,18 +23,6 @@ class ConfigError(ValueError):
 # from anywhere inside or outside a checkout).
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN_SEARCH_PATHS = (".", _PACKAGE_ROOT, os.path.join(_PACKAGE_ROOT, "gin"))
-
-
-def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
-  """Turns `--gin.NAME=VALUE` flags into `--gin_bindings=NAME=VALUE`."""
-  out = []
-  for arg in argv:
-    m = re.fullmatch(r"--gin\.([^=]+)=(.*)", arg, flags=re.S)
-    if m:
-      out.append(f"--gin_bindings={m.group(1)} = {m.group(2)}")
-    else:
-      out.append(arg)
-  return out
 
 
 def parse_gin(gin_files: Iterable[str], bindings: Iterable[str]) -> None:
@@ -61,37 +47,34 @@ def parse_gin(gin_files: Iterable[str], bindings: Iterable[str]) -> None:
         "valid names).") from e
 
 
-def operative_config() -> str:
-  return gin.operative_config_str()
+def check(condition, message: str) -> None:
+  """Raises `ConfigError(message)` unless `condition` holds."""
+  if not condition:
+    raise ConfigError(message)
 
 
-def write_config(workdir: str, text: str, start_step: int) -> str:
-  """Writes the resolved gin config into the run directory.
-
-  The first run writes `config.gin`. A resumed run never overwrites it: when
-  the config changed it is written next to it as
-  `config.resumed_at_<step>.gin` so that nothing already written is lost.
-  """
-  from doremi_jax import io  # local import: keeps config import-light.
-  path = os.path.join(workdir, "config.gin")
-  if io.exists(path):
-    if io.read_text(path) == text:
-      return path
-    path = os.path.join(workdir, f"config.resumed_at_{start_step}.gin")
-  io.write_text(path, text)
-  return path
-
-
-def run_tool(main_fn) -> None:
-  """Runs an absl `main_fn(argv)` for a command-line tool: warnings-only
-  logging, and a ConfigError becomes `error: ...` with exit status 2."""
-  from absl import app, logging
-
-  def wrapped(argv):
-    try:
-      main_fn(argv)
-    except ConfigError as e:
-      print(f"error: {e}", file=sys.stderr, flush=True)
-      sys.exit(2)
-  logging.set_verbosity(logging.WARNING)
-  app.run(wrapped)
+def check_number(where: str, value, *, integer: bool = False, low=None, high=None,
+                 low_open: bool = False, high_open: bool = False) -> None:
+  """Checks that `value` is a finite number (an int with `integer=True`, never a
+  bool) in the given range; otherwise raises a ConfigError such as
+  "OptimizerConfig.b2 must be in [0, 1), got 1.5."."""
+  import math
+  import numbers
+  is_num = (isinstance(value, numbers.Integral) if integer else
+            isinstance(value, numbers.Real) and math.isfinite(value))
+  is_num = is_num and not isinstance(value, bool)
+  kind = "an integer" if integer else "a finite number"
+  if low is not None and high is not None:
+    rng = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    want = rng if is_num else f"{kind} {rng}"
+  elif low == 0:
+    want = ("a positive " if low_open else "a non-negative ") + kind.split(" ", 1)[1]
+  elif low is not None:
+    want = f"{kind} {'>' if low_open else '>='} {low}"
+  elif high is not None:
+    want = f"{kind} {'<' if high_open else '<='} {high}"
+  else:
+    want = kind
+  ok = is_num and (low is None or (value > low if low_open else value >= low)) and (
+      high is None or (value < high if high_open else value <= high))
+  check(ok, f"{where} must be {want}, got {value!r}.")

@@ -19,7 +19,9 @@ from typing import Optional
 import gin
 import jax
 
-from doremi_jax.config import ConfigError
+from doremi_jax.config import ConfigError, check, check_number
+
+CPU_COLLECTIVES = ("gloo", "mpi")
 
 _TPU_ENV = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "TPU_ACCELERATOR_TYPE")
 
@@ -33,18 +35,41 @@ def on_tpu_vm() -> bool:
       glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
+def _env_int(var: str) -> int:
+  try:
+    return int(os.environ[var])
+  except ValueError:
+    raise ConfigError(f"{var} must be an integer, got {os.environ[var]!r}.") from None
+
+
+def _check_address(address) -> None:
+  """`address` must be host:port (IPv6 hosts in brackets: [::1]:1234)."""
+  host, sep, port = address.rpartition(":") if isinstance(address, str) else ("", "", "")
+  ok = bool(sep and host) and port.isascii() and port.isdigit() and 0 < int(port) < 65536
+  check(ok, "initialize.coordinator_address (DOREMI_COORDINATOR_ADDRESS) must be host:port "
+            f"with an integer port in [1, 65535], e.g. 10.0.0.1:8476; got {address!r}.")
+
+
 @gin.configurable
 def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
                process_id: Optional[int] = None, cpu_collectives: str = "gloo",
                tpu_auto: bool = True) -> bool:
   """Initialises jax.distributed when the run spans several processes;
   returns whether it did."""
+  check(isinstance(cpu_collectives, str) and cpu_collectives in CPU_COLLECTIVES,
+        f"initialize.cpu_collectives must be 'gloo' or 'mpi', got {cpu_collectives!r}.")
   coordinator_address = coordinator_address or os.environ.get("DOREMI_COORDINATOR_ADDRESS")
   if num_processes is None and os.environ.get("DOREMI_NUM_PROCESSES"):
-    num_processes = int(os.environ["DOREMI_NUM_PROCESSES"])
+    num_processes = _env_int("DOREMI_NUM_PROCESSES")
   if process_id is None and os.environ.get("DOREMI_PROCESS_ID"):
-    process_id = int(os.environ["DOREMI_PROCESS_ID"])
+    process_id = _env_int("DOREMI_PROCESS_ID")
+  if num_processes is not None:
+    check_number("initialize.num_processes (DOREMI_NUM_PROCESSES)", num_processes,
+                 integer=True, low=0, low_open=True)
+  if process_id is not None:
+    check_number("initialize.process_id (DOREMI_PROCESS_ID)", process_id, integer=True, low=0)
   if coordinator_address:
+    _check_address(coordinator_address)
     if num_processes is None or process_id is None:
       raise ConfigError(
           f"a coordinator address ({coordinator_address}) is set but not the number of "

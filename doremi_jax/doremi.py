@@ -1,7 +1,7 @@
 """The DoReMi Group-DRO update (Xie et al. 2023, Algorithm 1), as pure jnp.
 
-These functions are the public math of the method; the proxy stage
-(`doremi_jax.proxy`) calls them inside its jitted step. Conventions follow
+These functions are the public math of the method; the Group-DRO step
+program (`doremi_jax.steps`) calls them inside its jitted step. Conventions follow
 `shared/doremi-algorithm.md`:
 
   lambda_t[i] = sum_{x in B_i} sum_j max(l_proxy(x_j) - l_ref(x_j), 0) / sum_{x in B_i} |x|
@@ -10,13 +10,53 @@ These functions are the public math of the method; the proxy stage
 
 The proxy is trained on sum_i alpha_t[i] * (mean proxy token loss of domain
 i); the output is the average of alpha_1..alpha_T (alpha_0 excluded).
+
+`DROConfig` holds the update's settings, including the gate (a warm-up
+before the first update, then an update every N steps) that the Group-DRO
+step program (`doremi_jax.steps.dro_program`) applies.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from doremi_jax.config import ConfigError
+from doremi_jax.loss import per_domain_sums
+
+
+@dataclasses.dataclass(frozen=True)
+class DROConfig:
+  """eta (`step_size`), c (`smoothing`), and when the weights change: not
+  before step `weights_warmup_steps`, then every `update_every` steps. Set
+  through `train_proxy`'s arguments of the same names."""
+  step_size: float = 1.0
+  smoothing: float = 1e-3
+  weights_warmup_steps: int = 0
+  update_every: int = 1
+
+  def __post_init__(self):
+    if not (isinstance(self.step_size, (int, float)) and np.isfinite(self.step_size)
+            and self.step_size > 0):
+      raise ConfigError(f"train_proxy.step_size must be a positive number, got "
+                        f"{self.step_size!r}.")
+    if not (isinstance(self.smoothing, (int, float)) and 0 <= self.smoothing <= 1):
+      raise ConfigError(f"train_proxy.smoothing must be in [0, 1], got {self.smoothing!r}.")
+    if not (isinstance(self.update_every, int) and self.update_every >= 1):
+      raise ConfigError(f"train_proxy.update_every must be an integer >= 1, got "
+                        f"{self.update_every!r}.")
+    if not (isinstance(self.weights_warmup_steps, int) and self.weights_warmup_steps >= 0):
+      raise ConfigError(f"train_proxy.weights_warmup_steps must be an integer >= 0, got "
+                        f"{self.weights_warmup_steps!r}.")
+
+  def update_gate(self, step):
+    """Whether the weights are updated at (traced int) `step`."""
+    w = self.weights_warmup_steps
+    return (step >= w) & ((step - w) % self.update_every == 0)
 
 
 def per_domain_excess_loss(proxy_loss, reference_loss, mask, domain_ids, num_domains: int):
@@ -35,9 +75,7 @@ def per_domain_excess_loss(proxy_loss, reference_loss, mask, domain_ids, num_dom
   mask = mask.astype(jnp.float32)
   excess_BxL = jnp.maximum(proxy_loss.astype(jnp.float32) - reference_loss.astype(jnp.float32),
                            0.0) * mask
-  onehot_BxK = jax.nn.one_hot(domain_ids, num_domains, dtype=jnp.float32)
-  numer_K = onehot_BxK.T @ excess_BxL.sum(axis=1)
-  denom_K = onehot_BxK.T @ mask.sum(axis=1)
+  numer_K, denom_K = per_domain_sums(excess_BxL, mask, domain_ids, num_domains)
   return jnp.where(denom_K > 0, numer_K / jnp.where(denom_K > 0, denom_K, 1.0), 0.0)
 
 
@@ -100,7 +138,7 @@ def token_weights(domain_weights, mask, domain_ids, num_domains: int):
   """[batch, length] weights w such that sum(loss * w) equals
   sum_i alpha[i] * (sum of domain i's token losses / its token count)."""
   mask = mask.astype(jnp.float32)
-  onehot_BxK = jax.nn.one_hot(domain_ids, num_domains, dtype=jnp.float32)
-  counts_K = onehot_BxK.T @ mask.sum(axis=1)
+  _, counts_K = per_domain_sums(mask, mask, domain_ids, num_domains)
   per_token_K = jnp.where(counts_K > 0, domain_weights / jnp.maximum(counts_K, 1.0), 0.0)
+  onehot_BxK = jax.nn.one_hot(domain_ids, num_domains, dtype=jnp.float32)
   return (onehot_BxK @ per_token_K)[:, None] * mask

@@ -1,28 +1,30 @@
 """Per-domain evaluation: mean token loss and perplexity per domain on the
-validation split, their uniform average and the worst case."""
+validation split, their uniform average and the worst case; and the
+comparison of two main models.
+
+`Evaluator` runs one jitted forward over fixed validation batches (the first
+`eval_examples_per_domain` sequences of every domain, the same for every
+stage and every process count).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from doremi_jax import loss as loss_lib
-
-
-def per_domain_sums(loss_BxL, mask_BxL, domain_ids_B, num_domains: int):
-  """Returns (loss_sum_K, token_count_K) in fp32."""
-  onehot_BxK = jax.nn.one_hot(domain_ids_B, num_domains, dtype=jnp.float32)
-  return (onehot_BxK.T @ loss_BxL.sum(axis=1).astype(jnp.float32),
-          onehot_BxK.T @ mask_BxL.sum(axis=1).astype(jnp.float32))
+from doremi_jax import sharding as sharding_lib
+from doremi_jax.data import loader as loader_lib
+from doremi_jax.loss import per_domain_sums, per_token_loss
+from doremi_jax.state import ModelSetup, TrainConfig, to_global
 
 
 def make_eval_step(model, num_domains: int, param_shardings, batch_shardings, out_sharding):
   def eval_step(params, batch):
-    loss_BxL, mask_BxL = loss_lib.per_token_loss(model, params, batch["targets"])
+    loss_BxL, mask_BxL = per_token_loss(model, params, batch["targets"])
     return per_domain_sums(loss_BxL, mask_BxL, batch["domain_ids"], num_domains)
   return jax.jit(eval_step, in_shardings=(param_shardings, batch_shardings),
                  out_shardings=(out_sharding, out_sharding))
@@ -36,6 +38,32 @@ def run_eval(eval_step, params, batches, to_global) -> tuple[np.ndarray, np.ndar
     sums = s if sums is None else sums + s
     counts = c if counts is None else counts + c
   return sums, counts
+
+
+@dataclasses.dataclass
+class Evaluator:
+  """`evaluator(params, step, reference=None) -> summary` (see `summarize`)."""
+  setup: ModelSetup
+  corpus: Any
+  batches: list
+  step_fn: Callable
+
+  @classmethod
+  def create(cls, setup: ModelSetup, corpus, cfg: TrainConfig) -> "Evaluator":
+    batches = loader_lib.eval_batches(
+        corpus, cfg.seq_len, cfg.eval_examples_per_domain, cfg.eval_batch_size,
+        jax.process_index(), jax.process_count(), host_reads=loader_lib.loader_host_reads())
+    step_fn = make_eval_step(
+        setup.model, corpus.num_domains, setup.state_shardings.params,
+        setup.batch_shardings, sharding_lib.replicated(setup.mesh))
+    return cls(setup, corpus, batches, step_fn)
+
+  def __call__(self, params, step: int, reference: Optional[dict] = None) -> dict:
+    with self.setup.scope():
+      sums, counts = run_eval(self.step_fn, params, self.batches,
+                              lambda b: to_global(b, self.setup.batch_shardings))
+    return summarize(self.corpus.domains, sums, counts, step,
+                     self.corpus.entropy_floors, reference)
 
 
 def summarize(domains: Sequence[str], sums, counts, step: int,

@@ -1,4 +1,6 @@
-"""Per-token cross-entropy. Step 1 averages it; Step 2 needs it per token."""
+"""Per-token cross-entropy and per-domain sums: the loss every step and the
+evaluation share. Step 1 and Step 3 average it; Step 2 needs it per token
+and per domain."""
 
 from __future__ import annotations
 
@@ -27,3 +29,12 @@ def per_token_loss(model, params, targets_BxL):
   inputs_BxL, mask_BxL = model_inputs(targets_BxL)
   logits_BxLxV = model.apply({"params": params}, inputs_BxL)
   return per_token_cross_entropy(logits_BxLxV, targets_BxL, mask_BxL), mask_BxL
+
+
+def per_domain_sums(values_BxL, mask_BxL, domain_ids_B, num_domains: int):
+  """Per domain, the sum of `values_BxL` over its sequences and its number of
+  real tokens. Returns (sum_K, token_count_K) in fp32; `values_BxL` should
+  already be zero on padding."""
+  onehot_BxK = jax.nn.one_hot(domain_ids_B, num_domains, dtype=jnp.float32)
+  return (onehot_BxK.T @ values_BxL.sum(axis=1).astype(jnp.float32),
+          onehot_BxK.T @ mask_BxL.sum(axis=1).astype(jnp.float32))

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
-from doremi_jax import io
+from doremi_jax import files
 
 
 def _to_python(v):
@@ -26,20 +26,20 @@ class MetricsWriter:
 
   def __init__(self, workdir: str, domains: Sequence[str], stage: str, tensorboard: bool = True):
     self.enabled = jax.process_index() == 0
-    self.path = io.path(workdir) / "metrics.jsonl"
+    self.path = files.path(workdir) / "metrics.jsonl"
     self.domains = list(domains)
     self.stage = stage
     self._tb = None
     if self.enabled and tensorboard:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(str(io.path(workdir) / "tensorboard"))
+      self._tb = SummaryWriter(str(files.path(workdir) / "tensorboard"))
 
   def write(self, step: int, metrics: dict):
     if not self.enabled:
       return
     row = {"step": int(step), "timestamp": time.time()}
     row.update({k: _to_python(v) for k, v in metrics.items()})
-    io.append_jsonl(self.path, row)
+    files.append_jsonl(self.path, row)
     if self._tb is not None:
       for k, v in row.items():
         if k in ("step", "timestamp"):

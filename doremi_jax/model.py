@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 from typing import Optional
 
 import gin
@@ -21,7 +22,19 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from doremi_jax.config import ConfigError
+from doremi_jax.config import ConfigError, check, check_number
+
+# Floating dtypes the model can store parameters and compute in.
+FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def _check_float_dtype(where: str, value) -> None:
+  try:
+    ok = value is not None and jnp.dtype(value).name in FLOAT_DTYPES
+  except (TypeError, ValueError):
+    ok = False
+  check(ok, f"{where} must be a floating dtype name, one of "
+            f"{', '.join(repr(d) for d in FLOAT_DTYPES)}; got {value!r}.")
 
 
 @gin.configurable
@@ -48,6 +61,27 @@ class ModelConfig:
   unembed_init_scale: float = 0.0
   remat: bool = False   # rematerialise each block in the backward pass
   scan_layers: bool = False  # one scanned block: faster compiles for deep models
+
+  def __post_init__(self):
+    for field in ("d_model", "num_layers", "num_heads", "head_dim", "mlp_dim", "max_len",
+                  "vocab_multiple"):
+      check_number(f"ModelConfig.{field}", getattr(self, field), integer=True, low=0,
+                   low_open=True)
+    check(self.head_dim % 2 == 0,
+          f"ModelConfig.head_dim must be even (rotary embeddings rotate its two halves), "
+          f"got {self.head_dim}.")
+    v = self.vocab_size
+    check(v is None or (isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0),
+          f"ModelConfig.vocab_size must be a positive integer or None (take it from the "
+          f"data), got {v!r}.")
+    check_number("ModelConfig.rope_theta", self.rope_theta, low=0, low_open=True)
+    check_number("ModelConfig.norm_eps", self.norm_eps, low=0, low_open=True)
+    check_number("ModelConfig.unembed_init_scale", self.unembed_init_scale, low=0)
+    for field in ("compute_dtype", "param_dtype"):
+      _check_float_dtype(f"ModelConfig.{field}", getattr(self, field))
+    for field in ("tied_embeddings", "remat", "scan_layers"):
+      value = getattr(self, field)
+      check(isinstance(value, bool), f"ModelConfig.{field} must be True or False, got {value!r}.")
 
   def with_data_vocab(self, data_vocab_size: int) -> "ModelConfig":
     """Returns a copy whose vocab_size fits the data's vocabulary."""

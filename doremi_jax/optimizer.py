@@ -8,7 +8,9 @@ import gin
 import jax
 import optax
 
-from doremi_jax.config import ConfigError
+from doremi_jax.config import check, check_number
+
+SCHEDULES = ("cosine", "linear", "constant")
 
 
 @gin.configurable
@@ -24,6 +26,20 @@ class OptimizerConfig:
   weight_decay: float = 0.1         # applied to matrices only, not norms
   grad_clip_norm: float = 1.0       # 0 disables clipping
 
+  def __post_init__(self):
+    check_number("OptimizerConfig.learning_rate", self.learning_rate, low=0, low_open=True)
+    check_number("OptimizerConfig.warmup_steps", self.warmup_steps, integer=True, low=0)
+    check(isinstance(self.schedule, str) and self.schedule in SCHEDULES,
+          f"OptimizerConfig.schedule must be 'cosine', 'linear' or 'constant', "
+          f"got {self.schedule!r}.")
+    check_number("OptimizerConfig.end_learning_rate_fraction",
+                 self.end_learning_rate_fraction, low=0, high=1)
+    check_number("OptimizerConfig.b1", self.b1, low=0, high=1, high_open=True)
+    check_number("OptimizerConfig.b2", self.b2, low=0, high=1, high_open=True)
+    check_number("OptimizerConfig.eps", self.eps, low=0, low_open=True)
+    check_number("OptimizerConfig.weight_decay", self.weight_decay, low=0)
+    check_number("OptimizerConfig.grad_clip_norm", self.grad_clip_norm, low=0)  # 0: no clipping
+
 
 def learning_rate_schedule(cfg: OptimizerConfig, num_steps: int):
   warmup = min(cfg.warmup_steps, num_steps)
@@ -34,18 +50,13 @@ def learning_rate_schedule(cfg: OptimizerConfig, num_steps: int):
                                         alpha=cfg.end_learning_rate_fraction)
   elif cfg.schedule == "linear":
     decay = optax.linear_schedule(cfg.learning_rate, end, decay_steps)
-  elif cfg.schedule == "constant":
+  else:  # "constant"; OptimizerConfig checks the name when it is constructed.
     decay = optax.constant_schedule(cfg.learning_rate)
-  else:
-    raise ConfigError(f"OptimizerConfig.schedule={cfg.schedule!r}; use 'cosine', "
-                      "'linear' or 'constant'.")
   warm = optax.linear_schedule(0.0, cfg.learning_rate, max(warmup, 1))
   return optax.join_schedules([warm, decay], [warmup])
 
 
 def make_optimizer(cfg: OptimizerConfig, num_steps: int) -> optax.GradientTransformation:
-  if cfg.learning_rate <= 0:
-    raise ConfigError(f"OptimizerConfig.learning_rate must be positive, got {cfg.learning_rate}.")
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
   parts = []
   if cfg.grad_clip_norm > 0:

@@ -13,11 +13,9 @@ from __future__ import annotations
 import json
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import flags
 
-from absl import flags  # noqa: E402
-
-from doremi_jax.config import run_tool  # noqa: E402
+from doremi_jax.cli import load_tensorflow_quietly, run_tool
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("corpus", "local", "Corpus name.")
@@ -31,8 +29,9 @@ flags.DEFINE_float("validation_fraction", 0.05, "Fraction of documents for valid
 
 def main(argv):
   del argv
+  load_tensorflow_quietly()
   from doremi_jax.config import ConfigError
-  from doremi_jax.data import local
+  from doremi_jax.data import local_prepare
   if not FLAGS.domain:
     raise ConfigError("give at least one --domain NAME=GLOB.")
   specs = []
@@ -45,14 +44,14 @@ def main(argv):
   if len(set(names)) != len(names):
     raise ConfigError(f"duplicate domain names in {names}.")
   for name, pattern in specs:  # fail on a missing path before preparing anything
-    local.expand(pattern, name)
+    local_prepare.expand(pattern, name)
   summaries = []
   for i, (name, pattern) in enumerate(specs, 1):
     print(f"[prepare] {i}/{len(specs)} {name}: {pattern}", flush=True)
-    summaries.append(local.prepare_domain(
+    summaries.append(local_prepare.prepare_domain(
         FLAGS.corpus, name, pattern, FLAGS.data_dir, FLAGS.text_field, FLAGS.text_format,
         FLAGS.validation_fraction))
-  mpath = local.manifest_path(FLAGS.data_dir, FLAGS.corpus)
+  mpath = local_prepare.manifest_path(FLAGS.data_dir, FLAGS.corpus)
   os.makedirs(os.path.dirname(mpath), exist_ok=True)
   old = {}
   if os.path.exists(mpath):

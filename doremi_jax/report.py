@@ -8,14 +8,15 @@ because a stage has not run yet. Plots go to RUN_DIR/plots/.
 
 from __future__ import annotations
 
-import io as pyio
 import re
 import time
 from typing import Optional
 
 from doremi_jax import evaluate
-from doremi_jax import io
-from doremi_jax import pipeline
+from doremi_jax import files
+from doremi_jax import rundir
+from doremi_jax.plots import (plot_final_vs_reference, plot_main_comparison,
+                              plot_proxy_weights, plot_rounds, plot_training_curves)
 from doremi_jax.config import ConfigError
 
 REPORT_FILE = "report.md"
@@ -27,7 +28,7 @@ PLOTS_DIR = "plots"
 
 
 def _read(path) -> Optional[dict]:
-  return io.read_json(path) if io.exists(path) else None
+  return files.read_json(path) if files.exists(path) else None
 
 
 def _by_step(rows: list) -> list:
@@ -43,13 +44,13 @@ class Stage:
   """What one stage directory holds."""
 
   def __init__(self, name: str, kind: str, path):
-    self.name, self.kind, self.path = name, kind, io.path(path)
-    self.exists = io.exists(self.path)
+    self.name, self.kind, self.path = name, kind, files.path(path)
+    self.exists = files.exists(self.path)
     self.info = _read(self.path / "run_info.json") if self.exists else None
     self.complete = _read(self.path / "complete.json") if self.exists else None
     self.eval = _read(self.path / "eval.json") if self.complete else None
-    self.metrics = _by_step(io.read_jsonl(self.path / "metrics.jsonl")) if self.exists else []
-    self.weights_log = (_by_step(io.read_jsonl(self.path / "doremi_weights.jsonl"))
+    self.metrics = _by_step(files.read_jsonl(self.path / "metrics.jsonl")) if self.exists else []
+    self.weights_log = (_by_step(files.read_jsonl(self.path / "doremi_weights.jsonl"))
                         if self.exists and kind == "proxy" else [])
 
   @property
@@ -59,7 +60,7 @@ class Stage:
   @property
   def last_step(self) -> Optional[int]:
     ckpts = self.path / "checkpoints"
-    steps = [int(p.name) for p in ckpts.iterdir() if p.name.isdigit()] if io.exists(ckpts) else []
+    steps = [int(p.name) for p in ckpts.iterdir() if p.name.isdigit()] if files.exists(ckpts) else []
     return max(steps) if steps else None
 
   def status(self) -> str:
@@ -76,17 +77,17 @@ class Stage:
 
 def discover(run_dir) -> tuple[list, Optional[dict]]:
   """Returns (stages in pipeline order, pipeline.json or None)."""
-  root = io.path(run_dir)
-  if not io.exists(root):
+  root = files.path(run_dir)
+  if not files.exists(root):
     raise ConfigError(f"run directory {run_dir!r} does not exist.")
-  state = pipeline.load_state(root)
+  state = rundir.load_pipeline_state(root)
   rounds = {int(m.group(1)) for p in root.iterdir() if (m := re.fullmatch(r"round_(\d+)", p.name))}
   if state:
     rounds |= set(range(1, len(state["rounds"]) + 1))
     if state.get("status") != "complete" and state.get("converged_at_round") is None:
       rounds |= set(range(1, state.get("rounds_requested", 1) + 1))
-  is_pipeline = bool(state or rounds or io.exists(root / pipeline.MAIN_DOREMI)
-                     or io.exists(root / pipeline.MAIN_BASELINE))
+  is_pipeline = bool(state or rounds or files.exists(root / rundir.MAIN_MODEL_DOREMI)
+                     or files.exists(root / rundir.MAIN_MODEL_BASELINE))
   if not is_pipeline:
     info = _read(root / "run_info.json")
     if info is None:
@@ -97,170 +98,11 @@ def discover(run_dir) -> tuple[list, Optional[dict]]:
   stages = []
   for r in sorted(rounds) or [1]:
     for kind in ("reference", "proxy"):
-      stages.append(Stage(f"round_{r}/{kind}", kind, pipeline.round_dir(root, r, kind)))
-  for name, key in ((pipeline.MAIN_DOREMI, "run_main"), (pipeline.MAIN_BASELINE, "run_baseline")):
-    if (state or {}).get(key, True) or io.exists(root / name):
+      stages.append(Stage(f"round_{r}/{kind}", kind, rundir.round_dir(root, r, kind)))
+  for name, key in ((rundir.MAIN_MODEL_DOREMI, "run_main"), (rundir.MAIN_MODEL_BASELINE, "run_baseline")):
+    if (state or {}).get(key, True) or files.exists(root / name):
       stages.append(Stage(name, "main", root / name))
   return stages, state
-
-
-# --------------------------------------------------------------------------
-# Plots
-
-
-def _plt():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
-
-
-def _colors(domains):
-  plt = _plt()
-  cmap = plt.get_cmap("tab10" if len(domains) <= 10 else "tab20")
-  return {d: cmap(i % cmap.N) for i, d in enumerate(domains)}
-
-
-def _save(fig, path):
-  buf = pyio.BytesIO()
-  fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-  _plt().close(fig)
-  io.path(path).parent.mkdir(parents=True, exist_ok=True)
-  io.path(path).write_bytes(buf.getvalue())
-
-
-def plot_proxy_weights(stage: Stage, path) -> bool:
-  rows = stage.weights_log
-  if not rows:
-    return False
-  plt = _plt()
-  domains = rows[0]["domain_names"]
-  colors = _colors(domains)
-  steps = [r["step"] for r in rows]
-  fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
-  for ax, key, title in ((axes[0], "domain_weights", "current weights $\\alpha_t$"),
-                         (axes[1], "average_weights", "running average (the DoReMi weights)")):
-    for i, d in enumerate(domains):
-      ax.plot(steps, [r[key][i] for r in rows], label=d, color=colors[d], marker=".")
-    ax.set_title(title)
-    ax.set_xlabel("proxy step")
-    ax.grid(alpha=0.3)
-  axes[0].set_ylabel("domain weight")
-  axes[1].legend(title="domain", loc="center left", bbox_to_anchor=(1.01, 0.5))
-  total = stage.num_steps
-  note = "" if stage.complete else f" (unfinished: {steps[-1]} of {total or '?'} steps)"
-  fig.suptitle(f"Step 2 domain weights over proxy steps, {stage.name}{note}")
-  _save(fig, path)
-  return True
-
-
-def _grouped_bars(ax, domains, series: list, ylabel: str, fmt: str = "{:.3f}"):
-  import numpy as np
-  x = np.arange(len(domains))
-  width = 0.8 / len(series)
-  for j, (label, values, color) in enumerate(series):
-    bars = ax.bar(x + (j - (len(series) - 1) / 2) * width, values, width, label=label,
-                  color=color)
-    for b, v in zip(bars, values):
-      ax.annotate(fmt.format(v), (b.get_x() + b.get_width() / 2, b.get_height()),
-                  ha="center", va="bottom", fontsize=8)
-  ax.set_xticks(x, domains, rotation=30 if len(domains) > 6 else 0, ha="right"
-                if len(domains) > 6 else "center")
-  ax.set_ylabel(ylabel)
-  ax.grid(axis="y", alpha=0.3)
-  ax.legend()
-
-
-def plot_final_vs_reference(domains, reference: dict, final: dict, path, label: str) -> bool:
-  plt = _plt()
-  fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(domains)), 4.2))
-  _grouped_bars(ax, domains, [("reference weights (round 1)", [reference[d] for d in domains],
-                               "#9e9e9e"),
-                              (label, [final[d] for d in domains], "#1f77b4")], "domain weight")
-  ax.set_xlabel("domain")
-  ax.set_title("DoReMi domain weights vs the reference weights")
-  _save(fig, path)
-  return True
-
-
-def plot_rounds(domains, trajectory: list, path) -> bool:
-  """trajectory: [(round, {domain: weight})], round 0 = initial weights."""
-  if len(trajectory) < 2:
-    return False
-  plt = _plt()
-  colors = _colors(domains)
-  fig, ax = plt.subplots(figsize=(8, 4.2))
-  xs = [r for r, _ in trajectory]
-  for d in domains:
-    ax.plot(xs, [w[d] for _, w in trajectory], marker="o", label=d, color=colors[d])
-  ax.set_xticks(xs, ["initial" if r == 0 else f"round {r}" for r in xs])
-  ax.set_xlabel("iterated DoReMi round (averaged weights at the end of each round)")
-  ax.set_ylabel("domain weight")
-  ax.set_title("Domain weights across rounds")
-  ax.grid(alpha=0.3)
-  ax.legend(title="domain", loc="center left", bbox_to_anchor=(1.01, 0.5))
-  _save(fig, path)
-  return True
-
-
-def plot_main_comparison(cmp: dict, path) -> bool:
-  plt = _plt()
-  domains = list(cmp["per_domain"])
-  fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(domains)), 4.4))
-  rows = cmp["per_domain"]
-  _grouped_bars(ax, domains, [("main model, DoReMi weights", [rows[d]["doremi"] for d in domains],
-                               "#1f77b4"),
-                              ("main model, baseline weights",
-                               [rows[d]["baseline"] for d in domains], "#ff7f0e")],
-                "validation loss (nats/token)", "{:.2f}")
-  floors = [rows[d].get("entropy_floor") for d in domains]
-  if all(f is not None for f in floors):
-    ax.scatter(range(len(domains)), floors, marker="_", s=900, color="black", zorder=3,
-               label="entropy floor")
-    ax.legend()
-  ax.set_xlabel("domain")
-  ax.set_title(f"Per-domain validation loss: DoReMi better on {cmp['domains_improved']} of "
-               f"{cmp['num_domains']} domains")
-  _save(fig, path)
-  return True
-
-
-def plot_training_curves(stages: list, path) -> bool:
-  stages = [s for s in stages if s.metrics]
-  if not stages:
-    return False
-  plt = _plt()
-  cols = 2 if len(stages) > 1 else 1
-  rows_n = (len(stages) + cols - 1) // cols
-  fig, axes = plt.subplots(rows_n, cols, figsize=(6.5 * cols, 3.6 * rows_n), squeeze=False)
-  domains = (stages[0].info or {}).get("domains")
-  colors = _colors(domains or [])
-  for ax, s in zip(axes.flat, stages):
-    steps = [r["step"] for r in s.metrics]
-    key = "proxy_domain_loss" if s.kind == "proxy" else "domain_loss"
-    if domains and key in s.metrics[0]:
-      for i, d in enumerate(domains):
-        # A domain absent from a logged batch has no loss at that step.
-        ys = [r[key][i] if r.get("domain_tokens", [1] * len(domains))[i] > 0 else float("nan")
-              for r in s.metrics]
-        ax.plot(steps, ys, label=d, color=colors[d], marker="." if len(steps) < 30 else None)
-    ax.plot(steps, [r["loss"] for r in s.metrics], color="black", linestyle="--",
-            label="DRO objective" if s.kind == "proxy" else "mean loss")
-    ax.set_title(s.name + ("" if s.complete else " (unfinished)"))
-    ax.set_xlabel("step")
-    ax.set_ylabel("train loss (nats/token)")
-    ax.grid(alpha=0.3)
-  for ax in list(axes.flat)[len(stages):]:
-    ax.axis("off")
-  axes.flat[0].legend(fontsize=8)
-  fig.suptitle("Training curves (per-domain train loss)")
-  fig.tight_layout()
-  _save(fig, path)
-  return True
-
-
-# --------------------------------------------------------------------------
-# The report
 
 
 def _table(header: list, rows: list) -> list:
@@ -276,7 +118,7 @@ def _f(x, nd=4):
 def write_report(run_dir, out_dir=None) -> str:
   """Writes RUN_DIR/report.md and RUN_DIR/plots/*.png; returns the report path."""
   stages, state = discover(run_dir)
-  root = io.path(out_dir or run_dir)
+  root = files.path(out_dir or run_dir)
   plots = root / PLOTS_DIR
   md = [f"# DoReMi report: `{run_dir}`", "",
         f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
@@ -355,7 +197,7 @@ def write_report(run_dir, out_dir=None) -> str:
   # Main models
   mains = {s.name: s for s in stages if s.kind == "main"}
   md += ["## Main model: DoReMi vs baseline weights", ""]
-  dm, bm = mains.get(pipeline.MAIN_DOREMI), mains.get(pipeline.MAIN_BASELINE)
+  dm, bm = mains.get(rundir.MAIN_MODEL_DOREMI), mains.get(rundir.MAIN_MODEL_BASELINE)
   if dm and bm and dm.eval and bm.eval:
     cmp = evaluate.compare(dm.eval, bm.eval)
     md += ["Validation loss per domain (nats/token, lower is better; delta = DoReMi − "
@@ -383,7 +225,7 @@ def write_report(run_dir, out_dir=None) -> str:
   md += [f"- {m}" for m in missing] or ["Nothing: every stage finished."]
   md.append("")
   path = root / REPORT_FILE
-  io.write_text(path, "\n".join(md))
+  files.write_text(path, "\n".join(md))
   return str(path)
 
 
@@ -399,5 +241,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from doremi_jax import config as _config
-  _config.run_tool(main)
+  from doremi_jax.cli import run_tool
+  run_tool(main)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Sequence
 
 import gin
@@ -22,7 +23,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from doremi_jax.config import ConfigError
+from doremi_jax.config import ConfigError, check
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -53,9 +54,53 @@ class MeshConfig:
   tensor: int = 1
   rules: tuple = DEFAULT_RULES
 
+  def __post_init__(self):
+    sizes = dict(zip(MESH_AXES, self.shape))
+    for name, size in sizes.items():
+      is_int = isinstance(size, numbers.Integral) and not isinstance(size, bool)
+      check(is_int and (size > 0 or size == -1),
+            f"MeshConfig.{name} must be a positive integer or -1 (filled from the device "
+            f"count), got {size!r}.")
+    check(list(sizes.values()).count(-1) <= 1,
+          "at most one of MeshConfig.data/fsdp/tensor may be -1 (filled from the device "
+          f"count), got {', '.join(f'{n}={s}' for n, s in sizes.items())}.")
+    # Gin files give lists where tuples are expected: store nested tuples.
+    object.__setattr__(self, "rules", normalize_rules(self.rules))
+
   @property
   def shape(self) -> tuple[int, int, int]:
     return (self.data, self.fsdp, self.tensor)
+
+
+def normalize_rules(rules) -> tuple:
+  """Checks logical-axis rules and returns them as nested tuples.
+
+  Each rule is a `(logical_name, mesh_axes)` pair; `mesh_axes` is one of
+  MESH_AXES, a tuple (or list) of them, or None (replicated)."""
+  valid = ", ".join(repr(a) for a in MESH_AXES)
+  example = "e.g. ('embed', 'fsdp') or ('act_batch', ('data', 'fsdp'))"
+  check(isinstance(rules, (tuple, list)),
+        f"MeshConfig.rules must be a list of (logical_name, mesh_axes) pairs ({example}), "
+        f"got {rules!r}.")
+  out = []
+  for rule in rules:
+    check(isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)
+          and rule[0],
+          f"every entry of MeshConfig.rules must be a (logical_name, mesh_axes) pair "
+          f"({example}), got {rule!r}.")
+    name, axes = rule
+    many = isinstance(axes, (tuple, list))
+    for axis in (axes if many else [axes] if axes is not None else []):
+      check(isinstance(axis, str) and axis in MESH_AXES,
+            f"MeshConfig.rules maps {name!r} to unknown mesh axis {axis!r}; the mesh axes "
+            f"are {valid} (or None to replicate).")
+    if many:
+      check(len(set(axes)) == len(axes),
+            f"MeshConfig.rules maps {name!r} to {tuple(axes)!r}, which repeats a mesh axis; "
+            "name each mesh axis at most once.")
+      axes = tuple(axes)
+    out.append((name, axes))
+  return tuple(out)
 
 
 def resolve_mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, ...]:

@@ -15,11 +15,9 @@ import json
 import os
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import flags
 
-from absl import flags  # noqa: E402
-
-from doremi_jax.config import run_tool  # noqa: E402
+from doremi_jax.cli import load_tensorflow_quietly, run_tool
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("corpus", "local", "Corpus name (as given to doremi_jax.prepare).")
@@ -34,8 +32,8 @@ def balanced_sample(corpus: str, data_dir: str, chars_per_domain: int) -> dict:
   """{domain: [documents]} from each domain's train split, in file order."""
   import tensorflow as tf
   from doremi_jax.config import ConfigError
-  from doremi_jax.data import local
-  mpath = local.manifest_path(data_dir, corpus)
+  from doremi_jax.data import local_prepare
+  mpath = local_prepare.manifest_path(data_dir, corpus)
   if not os.path.exists(mpath):
     raise ConfigError(f"no prepared corpus {corpus!r} in {data_dir!r} ({mpath} is missing); "
                       "run `python -m doremi_jax.prepare` first.")
@@ -43,7 +41,7 @@ def balanced_sample(corpus: str, data_dir: str, chars_per_domain: int) -> dict:
     domains = json.load(f)["domains"]
   out = {}
   for d in domains:
-    files = tf.io.gfile.glob(os.path.join(d["path"], f"{local.BUILDER_NAME}-train.tfrecord*"))
+    files = tf.io.gfile.glob(os.path.join(d["path"], f"{local_prepare.BUILDER_NAME}-train.tfrecord*"))
     ds = tf.data.TFRecordDataset(sorted(files)).map(
         lambda r: tf.io.parse_single_example(r, {"text": tf.io.FixedLenFeature([], tf.string)}))
     docs, n = [], 0
@@ -84,6 +82,7 @@ def train(corpus, data_dir, vocab_size, chars_per_domain, output, model_type="un
 
 def main(argv):
   del argv
+  load_tensorflow_quietly()
   from doremi_jax.config import ConfigError
   if not FLAGS.output:
     raise ConfigError("--output is required (an output path prefix).")

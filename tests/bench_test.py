@@ -6,7 +6,11 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
+import pytest
+
+from helpers import REPO
+
+pytestmark = pytest.mark.slow  # spawns processes or compiles with libtpu
 
 
 def _run(args, timeout=900):

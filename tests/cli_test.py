@@ -8,7 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from conftest import run_cli, run_cli_many, run_cli_until
+from helpers import run_cli, run_cli_many, run_cli_until
+
+pytestmark = pytest.mark.slow  # spawns processes or compiles with libtpu
 
 SMALL = ["--gin_file=gin/reference.gin",
          "--gin.TrainConfig.num_steps=60", "--gin.TrainConfig.checkpoint_every=10",

@@ -9,11 +9,13 @@ import sys
 import gin
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 from doremi_jax import compile_check
 from doremi_jax import config as config_lib
 from doremi_jax import main as main_lib
 from doremi_jax.config import ConfigError
+
+pytestmark = pytest.mark.slow  # spawns processes or compiles with libtpu
 
 
 def _check(files, bindings=(), **kwargs):

@@ -1,17 +1,24 @@
+import ast
+import json
 import math
+import os
 
+import gin
 import numpy as np
 import pytest
 
 from doremi_jax.config import ConfigError
 from doremi_jax.data import corpus as corpus_lib
 from doremi_jax.data import loader as loader_lib
+from doremi_jax.data import registry
 from doremi_jax.data import synthetic
+from doremi_jax.data import synthetic_tasks
+from doremi_jax.data import weights as weights_lib
 
 
 @pytest.fixture(scope="module")
 def corpus():
-  return corpus_lib.synthetic_corpus(synthetic.SyntheticCorpusConfig(seq_len=64))
+  return synthetic_tasks.synthetic_corpus(synthetic.SyntheticCorpusConfig(seq_len=64))
 
 
 def test_synthetic_deterministic_and_split_disjoint():
@@ -77,25 +84,79 @@ def test_seqio_tasks_and_mixture(corpus):
 
 
 def test_resolve_weights(corpus):
-  np.testing.assert_allclose(corpus_lib.resolve_weights("uniform", corpus), 0.2)
-  prop = corpus_lib.resolve_weights("proportional", corpus)
+  np.testing.assert_allclose(weights_lib.resolve_weights("uniform", corpus), 0.2)
+  prop = weights_lib.resolve_weights("proportional", corpus)
   np.testing.assert_allclose(prop, np.array(corpus.train_tokens) / sum(corpus.train_tokens))
-  w = corpus_lib.resolve_weights({"noise": 1, "repeat": 1, "markov": 2, "arithmetic": 0,
-                                  "sort": 0}, corpus)
+  w = weights_lib.resolve_weights({"noise": 1, "repeat": 1, "markov": 2, "arithmetic": 0,
+                                   "sort": 0}, corpus)
   np.testing.assert_allclose(w, [0.25, 0.25, 0.5, 0, 0])
   full = {d: 1.0 for d in corpus.domains}
   with pytest.raises(ConfigError, match="unknown domains \\['wiki'\\]"):
-    corpus_lib.resolve_weights({**full, "wiki": 1.0}, corpus)
+    weights_lib.resolve_weights({**full, "wiki": 1.0}, corpus)
   with pytest.raises(ConfigError, match="missing domains \\['sort'\\]"):
-    corpus_lib.resolve_weights({d: 1.0 for d in corpus.domains[:-1]}, corpus)
+    weights_lib.resolve_weights({d: 1.0 for d in corpus.domains[:-1]}, corpus)
   with pytest.raises(ConfigError, match="non-negative.*markov"):
-    corpus_lib.resolve_weights({**full, "markov": -0.5}, corpus)
+    weights_lib.resolve_weights({**full, "markov": -0.5}, corpus)
   with pytest.raises(ConfigError, match="NaN"):
-    corpus_lib.resolve_weights({**full, "markov": float("nan")}, corpus)
+    weights_lib.resolve_weights({**full, "markov": float("nan")}, corpus)
   with pytest.raises(ConfigError, match="all weights are zero"):
-    corpus_lib.resolve_weights([0, 0, 0, 0, 0], corpus)
+    weights_lib.resolve_weights([0, 0, 0, 0, 0], corpus)
   with pytest.raises(ConfigError, match="got 3 weights for 5 domains"):
-    corpus_lib.resolve_weights([1, 2, 3], corpus)
+    weights_lib.resolve_weights([1, 2, 3], corpus)
+
+
+def _pile_corpus():
+  domains = tuple(weights_lib.PILE_BASELINE)
+  return corpus_lib.Corpus(name="pile", domains=domains, task_names=domains, vocabulary=None,
+                           train_tokens=(1,) * len(domains))
+
+
+def test_resolve_weights_presets_files_and_run_dirs(corpus, tmp_path):
+  pile = _pile_corpus()
+  for name, table in weights_lib.PRESETS.items():
+    w = weights_lib.resolve_weights(name, pile, "w")
+    assert w.dtype == np.float64 and w.shape == (22,)
+    expected = np.array([table[d] for d in pile.domains])
+    np.testing.assert_allclose(w, expected / expected.sum())
+  with pytest.raises(ConfigError, match="unknown domains.*Pile-CC"):
+    weights_lib.resolve_weights("pile_baseline", corpus)
+  # a {domain: weight} JSON file, keys in any order
+  table = {"sort": 4, "noise": 0, "repeat": 1, "markov": 2, "arithmetic": 3}
+  path = tmp_path / "w.json"
+  path.write_text(json.dumps(table))
+  np.testing.assert_allclose(weights_lib.resolve_weights(str(path), corpus, "w"),
+                             [0, 0.1, 0.2, 0.3, 0.4])
+  # a Step 2 run directory: its average_domain_weights.json
+  run = tmp_path / "proxy_run"
+  run.mkdir()
+  (run / "average_domain_weights.json").write_text(json.dumps({d: 1.0 for d in corpus.domains}))
+  np.testing.assert_allclose(weights_lib.resolve_weights(str(run), corpus, "w"), 0.2)
+  presets = "\\(uniform, proportional, pile_baseline, pile_doremi_280m\\)"
+  with pytest.raises(ConfigError, match=f"my.weights: .*neither a preset {presets}.*does not exist"):
+    weights_lib.resolve_weights(str(tmp_path / "nope.json"), corpus, "my.weights")
+  with pytest.raises(ConfigError, match="does not exist"):
+    weights_lib.resolve_weights(str(tmp_path), corpus, "w")  # a directory without the file
+  with pytest.raises(ConfigError, match="neither a preset"):
+    weights_lib.resolve_weights("pile_basline", corpus, "w")
+  bad = tmp_path / "bad.json"
+  bad.write_text("{not json")
+  with pytest.raises(ConfigError, match="not valid JSON"):
+    weights_lib.resolve_weights(str(bad), corpus, "w")
+  bad.write_text("[1, 2, 3, 4, 5]")
+  with pytest.raises(ConfigError, match="must hold a JSON object"):
+    weights_lib.resolve_weights(str(bad), corpus, "w")
+  bad.write_text(json.dumps({**table, "sort": "lots"}))
+  with pytest.raises(ConfigError, match="cannot read .* as weights"):
+    weights_lib.resolve_weights(str(bad), corpus, "w")
+
+
+def test_as_dict(corpus):
+  w = weights_lib.resolve_weights("proportional", corpus)
+  d = weights_lib.as_dict(corpus.domains, w)
+  assert list(d) == list(corpus.domains) and all(type(x) is float for x in d.values())
+  np.testing.assert_allclose(weights_lib.resolve_weights(d, corpus), w)
+  with pytest.raises(ValueError, match="3 weights for 5 domains"):
+    weights_lib.as_dict(corpus.domains, [1, 2, 3])
 
 
 def test_stratified_assignment_exact_counts():
@@ -203,3 +264,69 @@ def test_stratified_loader_batches_hold_exact_counts(corpus):
     np.testing.assert_array_equal(counts, expected)
     assert counts.min() == 4
   loader.close()
+
+
+_SIZES = synthetic.SyntheticCorpusConfig.train_examples
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(seq_len=0), "SyntheticCorpusConfig.seq_len must be a positive integer, got 0."),
+    (dict(seq_len=64.0), "seq_len must be a positive integer, got 64.0"),
+    (dict(seq_len=True), "seq_len must be a positive integer, got True"),
+    (dict(seed=-1), "SyntheticCorpusConfig.seed must be a non-negative integer, got -1."),
+    (dict(validation_examples=0), "validation_examples must be a positive integer, got 0."),
+    (dict(domains=()), "SyntheticCorpusConfig.domains is empty"),
+    (dict(domains="noise"), "domains must be a tuple of domain names"),
+    (dict(domains=("noise", "sort", "noise")), "lists \\['noise'\\] more than once"),
+    (dict(domains=("noise", "wiki")), "domains has unknown domains \\['wiki'\\]"),
+    (dict(train_examples=(("noise", 0),) + _SIZES[1:]),
+     "train_examples must give each domain a positive integer number of sequences, "
+     "got \\{'noise': 0\\}"),
+    (dict(train_examples=(("noise", 8.5),) + _SIZES[1:]), "positive integer number"),
+    (dict(train_examples=_SIZES + (("noise", 8),)), "gives \\['noise'\\] more than one size"),
+    (dict(train_examples=_SIZES + (("nosie", 8),)),
+     "train_examples has unknown domains \\['nosie'\\]"),
+    (dict(train_examples="noise"), "must be \\(domain, count\\) pairs"),
+    (dict(train_examples=_SIZES[1:]), "train_examples has no size for \\['noise'\\]"),
+])
+def test_synthetic_config_rejects_what_cannot_work(kwargs, message):
+  with pytest.raises(ConfigError, match=message):
+    synthetic.SyntheticCorpusConfig(**kwargs)
+
+
+def test_synthetic_config_normalises_lists_and_mappings():
+  cfg = synthetic.SyntheticCorpusConfig(seq_len=16, domains=["sort", "noise"],
+                                        train_examples={"noise": 4, "sort": 8})
+  assert cfg.domains == ("sort", "noise")
+  assert cfg.train_examples == (("noise", 4), ("sort", 8))
+  hash(cfg)  # the generated-array cache is keyed by the config
+  c = synthetic_tasks.synthetic_corpus(cfg)
+  assert c.domains == ("sort", "noise") and c.train_tokens == (8 * 16, 4 * 16)
+
+
+def test_get_corpus_dispatch_and_config_errors_through_gin():
+  assert set(registry.CORPORA) == {"synthetic", "local"}
+  gin.bind_parameter("get_corpus.name", "nope")
+  with pytest.raises(ConfigError, match="unknown corpus 'nope'; set get_corpus.name to one of "
+                     "'synthetic', 'local'"):
+    registry.get_corpus()
+  gin.bind_parameter("get_corpus.name", "synthetic")
+  gin.bind_parameter("SyntheticCorpusConfig.seq_len", 16)
+  gin.bind_parameter("SyntheticCorpusConfig.domains", ("markov", "sort"))
+  c = registry.get_corpus()
+  assert c.domains == ("markov", "sort") and len(c.task_names) == 2
+  assert c.entropy_floors[0] == pytest.approx(synthetic.entropy_floor("markov", 16))
+  gin.bind_parameter("SyntheticCorpusConfig.seq_len", 0)
+  with pytest.raises(ConfigError, match="SyntheticCorpusConfig.seq_len must be a positive"):
+    registry.get_corpus()
+
+
+def test_synthetic_generator_imports_neither_seqio_nor_tensorflow():
+  # (import cycles and private names: tests/structure_test.py, package-wide)
+  with open(synthetic.__file__) as f:
+    tree = ast.parse(f.read())
+  names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
+           for a in n.names}
+  names |= {n.module.split(".")[0] for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.module}
+  assert not names & {"seqio", "tensorflow", "tensorflow_datasets"}, names

@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
+
+pytestmark = pytest.mark.slow  # spawns processes or compiles with libtpu
 
 SCRIPT = os.path.join(REPO, "launch", "tpu_vm.sh")
 WHERE = ["--project", "my-proj", "--zone", "us-east5-a", "--name", "doremi-1"]

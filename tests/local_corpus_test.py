@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli
+from helpers import REPO, run_cli
 
 WORDS = ("the of and to in is was for on that with as by at from his her it an were are "
          "which this be or had not but").split()
@@ -52,6 +52,7 @@ def prepared(tmp_path_factory):
   return root, data, r.stdout
 
 
+@pytest.mark.slow
 def test_prepare_summary_and_manifest(prepared):
   root, data, out = prepared
   assert "documents" in out and "wiki" in out and "manifest" in out
@@ -64,11 +65,12 @@ def test_prepare_summary_and_manifest(prepared):
 
 
 def _corpus(data, vocabulary="byte"):
-  from doremi_jax.data import local
-  return local.local_corpus(local.LocalCorpusConfig(name="byod", data_dir=str(data),
-                                                    vocabulary=vocabulary))
+  from doremi_jax.data import local_tasks
+  return local_tasks.local_corpus(local_tasks.LocalCorpusConfig(
+      name="byod", data_dir=str(data), vocabulary=vocabulary))
 
 
+@pytest.mark.slow
 def test_seqio_tasks_tokenize_with_both_vocabularies(prepared, tmp_path):
   import seqio
   root, data, _ = prepared
@@ -98,6 +100,7 @@ STAGE = ["--gin_file=gin/models/tiny.gin", "--gin.get_corpus.name='local'",
          "--gin.TrainConfig.log_every=4", "--gin.TrainConfig.eval_examples_per_domain=8"]
 
 
+@pytest.mark.slow
 def test_three_stages_end_to_end(prepared, tmp_path):
   _, data, _ = prepared
   base = STAGE + [f"--gin.LocalCorpusConfig.data_dir='{data}'"]
@@ -110,7 +113,7 @@ def test_three_stages_end_to_end(prepared, tmp_path):
   w = json.loads((tmp_path / "proxy" / "average_domain_weights.json").read_text())
   assert list(w) == ["wiki", "code", "books"] and abs(sum(w.values()) - 1) < 1e-5
   main = run_cli(base + ["--gin.run.stage='main'",
-                         f"--gin.train_main.weights='{tmp_path / 'proxy'}'"],
+                         f"--gin.train_main_model.weights='{tmp_path / 'proxy'}'"],
                  workdir=tmp_path / "main")
   assert main.returncode == 0, main.stderr[-3000:]
   used = json.loads((tmp_path / "main" / "main_weights.json").read_text())
@@ -119,6 +122,7 @@ def test_three_stages_end_to_end(prepared, tmp_path):
   assert info["tokenizer"]["class"] == "ByteVocabulary"
 
 
+@pytest.mark.slow
 def test_sentencepiece_reference_rejects_byte_proxy(prepared, tmp_path):
   _, data, _ = prepared
   from doremi_jax import tokenizer
@@ -137,6 +141,7 @@ def test_sentencepiece_reference_rejects_byte_proxy(prepared, tmp_path):
   assert prx.returncode == 2 and "must share the tokenizer" in prx.stderr, prx.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_prepare_errors_name_the_file_or_domain(prepared, tmp_path):
   root, data, _ = prepared
   manifest = (data / "doremi_corpora" / "byod.json").read_text()
@@ -157,6 +162,7 @@ def test_prepare_errors_name_the_file_or_domain(prepared, tmp_path):
   assert (data / "doremi_corpora" / "byod.json").read_text() == manifest
 
 
+@pytest.mark.slow
 def test_unknown_local_domain(prepared, tmp_path):
   _, data, _ = prepared
   r = run_cli(STAGE + [f"--gin.LocalCorpusConfig.data_dir='{data}'", "--gin.run.stage='reference'",
@@ -165,16 +171,17 @@ def test_unknown_local_domain(prepared, tmp_path):
   assert r.returncode == 2 and "'news' is not in the prepared corpus" in r.stderr, r.stderr
 
 
+@pytest.mark.slow
 def test_tfds_and_tfrecord_domain_sources(prepared):
   import glob as glob_lib
   import seqio
-  from doremi_jax.data import local
+  from doremi_jax.data import local_tasks
   _, data, _ = prepared
   code_dir = json.loads((data / "doremi_corpora" / "byod.json").read_text())["domains"][1]["path"]
   train_glob = os.path.join(code_dir, "*-train.tfrecord*")
   val_glob = os.path.join(code_dir, "*-validation.tfrecord*")
   assert glob_lib.glob(train_glob)
-  corpus = local.local_corpus(local.LocalCorpusConfig(
+  corpus = local_tasks.local_corpus(local_tasks.LocalCorpusConfig(
       name="byod", data_dir=str(data),
       domains=("wiki", "code_tfds=tfds:doremi_local_corpus/byod__code:1.0.0",
                f"code_rec=tfrecord:{train_glob}|{val_glob}")))
@@ -187,5 +194,62 @@ def test_tfds_and_tfrecord_domain_sources(prepared):
   np.testing.assert_array_equal(first[0], first[1])  # same data through both source kinds
   from doremi_jax.config import ConfigError
   with pytest.raises(ConfigError, match="not prepared"):
-    local.local_corpus(local.LocalCorpusConfig(
+    local_tasks.local_corpus(local_tasks.LocalCorpusConfig(
         name="byod", data_dir=str(data), domains=("x=tfds:no_such_dataset:1.0.0",)))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(name=""), "LocalCorpusConfig.name must be a non-empty string, got ''."),
+    (dict(name="!!!"), "'!!!' has no usable characters"),
+    (dict(data_dir=""), "LocalCorpusConfig.data_dir must be a non-empty string, got ''."),
+    (dict(vocabulary=""), "LocalCorpusConfig.vocabulary must be a non-empty string"),
+    (dict(text_feature=None), "LocalCorpusConfig.text_feature must be a non-empty string, "
+     "got None."),
+    (dict(domains="wiki"), "LocalCorpusConfig.domains must be a tuple of strings"),
+    (dict(domains=("wiki", "code", "wiki")), "names \\['wiki'\\] more than once"),
+    (dict(domains=("Wiki-EN", "wiki_en=tfds:x")), "names \\['wiki_en'\\] more than once"),
+    (dict(domains=("=tfds:x",)), "entry '=tfds:x' has no domain name"),
+    (dict(domains=("x=hdfs:/a/*",)), "domain entry 'x=hdfs:/a/\\*': use 'NAME' \\(prepared\\)"),
+    (dict(domains=("x=tfrecord:",)), "domain entry 'x=tfrecord:': use"),
+])
+def test_local_config_rejects_what_cannot_work(kwargs, message):
+  from doremi_jax.config import ConfigError
+  from doremi_jax.data import local_tasks
+  with pytest.raises(ConfigError, match=message):
+    local_tasks.LocalCorpusConfig(**kwargs)
+
+
+def test_local_corpus_checks_data_dir_and_vocabulary(tmp_path):
+  import gin
+  from doremi_jax.config import ConfigError
+  from doremi_jax.data import local_prepare, local_tasks, registry
+  cfg = lambda **kw: local_tasks.LocalCorpusConfig(**{"name": "byod", **kw})
+  assert cfg(domains=["a"]).domains == ("a",)
+  with pytest.raises(ConfigError, match="LocalCorpusConfig.data_dir '.*missing' does not exist"):
+    local_tasks.local_corpus(cfg(data_dir=str(tmp_path / "missing")))
+  # TFRecord-only domains do not need the data dir
+  with pytest.raises(ConfigError, match="no TFRecord files match"):
+    local_tasks.local_corpus(cfg(data_dir=str(tmp_path / "missing"),
+                                 domains=(f"x=tfrecord:{tmp_path}/*.tfrecord",)))
+  with pytest.raises(ConfigError, match="SentencePiece model '.*nope.model' does not exist"):
+    local_tasks.local_corpus(cfg(data_dir=str(tmp_path), vocabulary=str(tmp_path / "nope.model")))
+  with pytest.raises(ConfigError, match="SentencePiece model .* does not exist"):
+    local_tasks.local_corpus(cfg(data_dir=str(tmp_path), vocabulary=str(tmp_path)))
+  garbage = tmp_path / "garbage.model"
+  garbage.write_bytes(b"not a model")
+  with pytest.raises(ConfigError, match="garbage.model' is not a SentencePiece model"):
+    local_tasks.local_corpus(cfg(data_dir=str(tmp_path), vocabulary=str(garbage)))
+  with pytest.raises(ConfigError, match="local corpus 'byod': no domains"):
+    local_tasks.local_corpus(cfg(data_dir=str(tmp_path)))
+  assert local_prepare.sanitize("My Corpus!") == "my_corpus"
+  assert local_prepare.manifest_path(str(tmp_path), "My Corpus!") == str(
+      tmp_path / "doremi_corpora" / "my_corpus.json")
+  # through gin, as a run reads it
+  gin.bind_parameter("get_corpus.name", "local")
+  gin.bind_parameter("LocalCorpusConfig.data_dir", str(tmp_path / "missing"))
+  with pytest.raises(ConfigError, match="LocalCorpusConfig.data_dir"):
+    registry.get_corpus()
+  gin.bind_parameter("LocalCorpusConfig.data_dir", str(tmp_path))
+  gin.bind_parameter("LocalCorpusConfig.name", "")
+  with pytest.raises(ConfigError, match="LocalCorpusConfig.name must be a non-empty string"):
+    registry.get_corpus()

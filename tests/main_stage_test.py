@@ -7,17 +7,18 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from conftest import run_cli, run_cli_many
+from helpers import run_cli, run_cli_many
 from doremi_jax.config import ConfigError
 from doremi_jax.data import corpus as corpus_lib
 from doremi_jax.data import loader as loader_lib
-from doremi_jax.data import presets
 from doremi_jax.data import synthetic
+from doremi_jax.data import weights as presets
+from doremi_jax.data.synthetic_tasks import synthetic_corpus
 
 
 @pytest.fixture(scope="module")
 def corpus():
-  return corpus_lib.synthetic_corpus(synthetic.SyntheticCorpusConfig(seq_len=32))
+  return synthetic_corpus(synthetic.SyntheticCorpusConfig(seq_len=32))
 
 
 def test_presets_are_the_published_pile_weights():
@@ -31,8 +32,7 @@ def test_presets_are_the_published_pile_weights():
 def test_step3_stream_frequencies_match_weights(corpus, tmp_path):
   weights = {"noise": 0.02, "repeat": 0.08, "markov": 0.3, "arithmetic": 0.25, "sort": 0.35}
   (tmp_path / "average_domain_weights.json").write_text(json.dumps(weights))
-  spec = corpus_lib.load_weights_spec(str(tmp_path), "train_main.weights")
-  w = corpus_lib.resolve_weights(spec, corpus)
+  w = presets.resolve_weights(str(tmp_path), corpus, "train_main_model.weights")
   name = corpus_lib.register_mixture("test_step3", corpus, w)
   rates = corpus_lib.mixture_rates(name, corpus)
   loader = loader_lib.BatchLoader(corpus, loader_lib.MixtureAssignment(rates, seed=0), 64, 32,
@@ -51,14 +51,14 @@ def test_step3_stream_frequencies_match_weights(corpus, tmp_path):
 
 def test_weight_specs(corpus, tmp_path):
   with pytest.raises(ConfigError, match="unknown domains.*Pile-CC"):
-    corpus_lib.resolve_weights(corpus_lib.load_weights_spec("pile_baseline", "w"), corpus)
+    presets.resolve_weights("pile_baseline", corpus, "w")
   with pytest.raises(ConfigError, match="does not exist"):
-    corpus_lib.load_weights_spec(str(tmp_path / "nope.json"), "w")
+    presets.resolve_weights(str(tmp_path / "nope.json"), corpus, "w")
   bad = tmp_path / "bad.json"
   bad.write_text("{not json")
   with pytest.raises(ConfigError, match="not valid JSON"):
-    corpus_lib.load_weights_spec(str(bad), "w")
-  assert corpus_lib.load_weights_spec("uniform", "w") == "uniform"
+    presets.resolve_weights(str(bad), corpus, "w")
+  np.testing.assert_allclose(presets.resolve_weights("uniform", corpus, "w"), np.full(5, 0.2))
 
 
 SHORT = ["--gin_file=gin/main.gin", "--gin.TrainConfig.num_steps=20",
@@ -66,11 +66,12 @@ SHORT = ["--gin_file=gin/main.gin", "--gin.TrainConfig.num_steps=20",
          "--gin.TrainConfig.eval_examples_per_domain=16"]
 
 
+@pytest.mark.slow
 def test_main_stage_cli(tmp_path):
   weights = {"noise": 0.0, "repeat": 0.1, "markov": 0.3, "arithmetic": 0.3, "sort": 0.3}
   wfile = tmp_path / "w.json"
   wfile.write_text(json.dumps(weights))
-  r = run_cli(SHORT + [f"--gin.train_main.weights='{wfile}'"], workdir=tmp_path / "main")
+  r = run_cli(SHORT + [f"--gin.train_main_model.weights='{wfile}'"], workdir=tmp_path / "main")
   assert r.returncode == 0, r.stderr[-3000:]
   used = json.loads((tmp_path / "main" / "main_weights.json").read_text())
   assert used == pytest.approx(weights)
@@ -79,7 +80,7 @@ def test_main_stage_cli(tmp_path):
   bad = tmp_path / "bad.json"
   bad.write_text(json.dumps({**weights, "wiki": 0.2}))
   cases = ((bad, "unknown domains ['wiki']"), (tmp_path / "missing.json", "does not exist"))
-  results = run_cli_many([(SHORT + [f"--gin.train_main.weights='{spec}'"], tmp_path / f"bad{i}")
+  results = run_cli_many([(SHORT + [f"--gin.train_main_model.weights='{spec}'"], tmp_path / f"bad{i}")
                           for i, (spec, _) in enumerate(cases)])
   for i, ((_, msg), r) in enumerate(zip(cases, results)):
     assert r.returncode == 2 and msg in r.stderr, r.stderr[-2000:]

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, run_cli, run_cli_until
+from helpers import REPO, run_cli, run_cli_until
 from doremi_jax import config as config_lib
 from doremi_jax import main as main_lib
 from doremi_jax import report
@@ -56,6 +56,7 @@ def three_rounds(tmp_path_factory):
   return tmp, wd, state
 
 
+@pytest.mark.slow  # trains 6 stages
 def test_iterated_doremi_records_every_round(three_rounds):
   _, wd, state = three_rounds
   assert state == json.loads((wd / "pipeline.json").read_text())
@@ -87,6 +88,7 @@ def test_iterated_doremi_records_every_round(three_rounds):
   assert (wd / "plots" / "proxy_weights_round_3.png").exists()
 
 
+@pytest.mark.slow  # trains 6 stages
 def test_iterated_doremi_stops_when_tolerance_met(three_rounds, capsys):
   tmp, wd, state = three_rounds
   changes = [r["l1_change"] for r in state["rounds"]]
@@ -111,6 +113,7 @@ def test_iterated_doremi_stops_when_tolerance_met(three_rounds, capsys):
   assert f"converged at round {expect}" in (copy / "report.md").read_text()
 
 
+@pytest.mark.slow  # trains 6 stages
 def test_rerun_with_other_reference_weights_is_refused(three_rounds):
   tmp, wd, _ = three_rounds
   before = sorted(p.name for p in (wd / "round_1" / "reference").iterdir())
@@ -136,6 +139,7 @@ def test_pipeline_bad_input(tmp_path, binding, message):
   assert [p.name for p in wd.iterdir()] == ["notes.txt"]
 
 
+@pytest.mark.slow  # trains 6 stages
 def test_report_on_a_run_with_only_step1(three_rounds, tmp_path):
   _, wd, _ = three_rounds
   part = tmp_path / "partial"
@@ -158,6 +162,7 @@ def test_report_errors_clearly_on_a_non_run(tmp_path):
     report.write_report(str(tmp_path / "empty"))
 
 
+@pytest.mark.slow
 def test_pipeline_killed_in_step2_resumes_identically(quickstart_run, tmp_path):
   """README's first command, killed in the middle of Step 2, then re-run."""
   full, _, r = quickstart_run

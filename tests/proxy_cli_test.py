@@ -6,7 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_cli, run_cli_many, run_cli_until
+from helpers import run_cli, run_cli_many, run_cli_until
+
+pytestmark = pytest.mark.slow  # spawns processes or compiles with libtpu
 
 
 def _proxy_args(reference_dir, *extra):

@@ -7,15 +7,15 @@ import pytest
 
 from doremi_jax import doremi
 from doremi_jax import loss as loss_lib
-from doremi_jax import proxy
 from doremi_jax import sharding as sharding_lib
-from doremi_jax import train
-from doremi_jax.data import corpus as corpus_lib
+from doremi_jax import state as state_lib
+from doremi_jax import steps
 from doremi_jax.data import loader as loader_lib
 from doremi_jax.data import synthetic
+from doremi_jax.data.synthetic_tasks import synthetic_corpus
 from doremi_jax.model import ModelConfig
 
-from doremi_test import np_excess, np_update
+from np_reference import np_excess, np_update
 
 TINY = ModelConfig(d_model=32, num_layers=2, num_heads=4, head_dim=8, mlp_dim=64,
                    unembed_init_scale=1.0)
@@ -24,7 +24,7 @@ K = 5
 
 @pytest.fixture(scope="module")
 def corpus():
-  return corpus_lib.synthetic_corpus(synthetic.SyntheticCorpusConfig(seq_len=32))
+  return synthetic_corpus(synthetic.SyntheticCorpusConfig(seq_len=32))
 
 
 def _batches(corpus, n, bs=20):
@@ -34,22 +34,20 @@ def _batches(corpus, n, bs=20):
   return out
 
 
-def _run(corpus, mesh_cfg, devices, batches, accum=1, dro_cfg=proxy.DROConfig()):
-  cfg = train.TrainConfig(num_steps=len(batches), global_batch_size=20, seq_len=32,
-                          grad_accum_steps=accum)
-  setup = train.build_setup(corpus, cfg, model_cfg=TINY, mesh_cfg=mesh_cfg, devices=devices)
-  ref_params = train.init_state(setup, seed=123).params   # a different model as reference
-  rep = sharding_lib.replicated(setup.mesh)
-  dro = jax.device_put(doremi.DROState.create(np.full(K, 1 / K)), rep)
-  state = {"train": train.init_state(setup, seed=0), "dro": dro}
-  shardings = {"train": setup.state_shardings, "dro": jax.tree.map(lambda _: rep, dro)}
-  step = proxy.make_proxy_step(setup, setup.model, setup.state_shardings.params, K, accum,
-                               dro_cfg, shardings)
+def _run(corpus, mesh_cfg, devices, batches, accum=1, dro_cfg=doremi.DROConfig()):
+  cfg = state_lib.TrainConfig(num_steps=len(batches), global_batch_size=20, seq_len=32,
+                              grad_accum_steps=accum)
+  setup = state_lib.build_setup(corpus.vocab_size, cfg, model_cfg=TINY, mesh_cfg=mesh_cfg,
+                                devices=devices)
+  ref_params = state_lib.init_state(setup, seed=123).params   # a different model as reference
+  program = steps.dro_program(setup, setup.model, ref_params, setup.state_shardings.params, K,
+                              accum, dro_cfg, np.full(K, 1 / K), cfg.seq_len)
+  state = program.init(0)
   history = []
   for b in batches:
     before = jax.device_get(state["dro"])
     params_before = jax.device_get(state["train"].params)
-    state, m = step(state, train.to_global(b, setup.batch_shardings), ref_params)
+    state, m = program(state, state_lib.to_global(b, setup.batch_shardings))
     history.append((jax.device_get(m), before, params_before))
   return setup, state, history, jax.device_get(ref_params)
 
@@ -100,7 +98,7 @@ def test_dro_accumulation_uses_the_whole_global_batch(corpus):
 
 def test_weights_warmup_and_interval(corpus):
   batches = _batches(corpus, 5)
-  cfg = proxy.DROConfig(weights_warmup_steps=2, update_every=2)
+  cfg = doremi.DROConfig(weights_warmup_steps=2, update_every=2)
   _, _, hist, _ = _run(corpus, sharding_lib.MeshConfig(1, 1, 1), jax.devices()[:1], batches,
                        dro_cfg=cfg)
   updated = [bool(m["weights_updated"]) for m, _, _ in hist]

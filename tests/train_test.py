@@ -7,10 +7,11 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from doremi_jax import sharding as sharding_lib
-from doremi_jax import train
-from doremi_jax.data import corpus as corpus_lib
+from doremi_jax import state as state_lib
+from doremi_jax import steps as steps_lib
 from doremi_jax.data import loader as loader_lib
 from doremi_jax.data import synthetic
+from doremi_jax.data.synthetic_tasks import synthetic_corpus
 from doremi_jax.model import ModelConfig
 
 TINY = ModelConfig(d_model=32, num_layers=2, num_heads=4, head_dim=8, mlp_dim=64)
@@ -18,7 +19,7 @@ TINY = ModelConfig(d_model=32, num_layers=2, num_heads=4, head_dim=8, mlp_dim=64
 
 @pytest.fixture(scope="module")
 def corpus():
-  return corpus_lib.synthetic_corpus(synthetic.SyntheticCorpusConfig(seq_len=32))
+  return synthetic_corpus(synthetic.SyntheticCorpusConfig(seq_len=32))
 
 
 def _batches(corpus, n, batch_size=16, seq_len=32):
@@ -30,14 +31,15 @@ def _batches(corpus, n, batch_size=16, seq_len=32):
 
 
 def _run(corpus, mesh_cfg, devices, batches, accum=1, steps=4):
-  cfg = train.TrainConfig(num_steps=steps, global_batch_size=16, seq_len=32,
-                          grad_accum_steps=accum)
-  setup = train.build_setup(corpus, cfg, model_cfg=TINY, mesh_cfg=mesh_cfg, devices=devices)
-  state = train.init_state(setup, seed=0)
-  step = train.make_reference_step(setup, corpus.num_domains, accum)
+  cfg = state_lib.TrainConfig(num_steps=steps, global_batch_size=16, seq_len=32,
+                              grad_accum_steps=accum)
+  setup = state_lib.build_setup(corpus.vocab_size, cfg, model_cfg=TINY, mesh_cfg=mesh_cfg,
+                                devices=devices)
+  program = steps_lib.lm_program(setup, corpus.num_domains, accum, cfg.seq_len)
+  state = program.init(0)
   losses = []
   for b in batches[:steps]:
-    state, m = step(state, train.to_global(b, setup.batch_shardings))
+    state, m = program(state, state_lib.to_global(b, setup.batch_shardings))
     losses.append(np.asarray(m["loss"]))
   return setup, state, np.array(losses)
 
@@ -80,8 +82,8 @@ def test_gradient_accumulation_matches_full_batch(corpus):
 
 def test_batch_not_divisible_by_data_parallel(corpus):
   from doremi_jax.config import ConfigError
-  cfg = train.TrainConfig(global_batch_size=12, seq_len=32)
+  cfg = state_lib.TrainConfig(global_batch_size=12, seq_len=32)
   with pytest.raises(ConfigError, match="not divisible by the data-parallel size 8"):
-    train.build_setup(corpus, cfg, model_cfg=TINY, mesh_cfg=sharding_lib.MeshConfig(8, 1, 1))
+    state_lib.build_setup(corpus.vocab_size, cfg, model_cfg=TINY, mesh_cfg=sharding_lib.MeshConfig(8, 1, 1))
   with pytest.raises(ConfigError, match="needs 16 devices but 8"):
-    train.build_setup(corpus, cfg, model_cfg=TINY, mesh_cfg=sharding_lib.MeshConfig(4, 4, 1))
+    state_lib.build_setup(corpus.vocab_size, cfg, model_cfg=TINY, mesh_cfg=sharding_lib.MeshConfig(4, 4, 1))

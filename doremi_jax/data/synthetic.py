@@ -22,10 +22,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
+from typing import Mapping
 
 import gin
 import numpy as np
 from scipy.special import xlogy
+
+from doremi_jax.config import ConfigError
 
 VOCAB_SIZE = 128
 PAD, EOS = 0, 1
@@ -52,10 +56,68 @@ class SyntheticCorpusConfig:
   validation_examples: int = 256
   domains: tuple = DOMAINS
 
+  def __post_init__(self):
+    """Rejects values that cannot work (gin builds the config where the corpus
+    is read, so the error surfaces there) and turns lists into tuples: the
+    config is hashed (its repr names the seqio tasks; it keys the cache of
+    generated arrays)."""
+    for field, lowest in (("seq_len", 1), ("seed", 0), ("validation_examples", 1)):
+      value = getattr(self, field)
+      if not _is_int(value) or value < lowest:
+        kind = "a positive" if lowest == 1 else "a non-negative"
+        raise ConfigError(f"SyntheticCorpusConfig.{field} must be {kind} integer, "
+                          f"got {value!r}.")
+    domains = self.domains
+    if isinstance(domains, str) or not isinstance(domains, (tuple, list)) or not all(
+        isinstance(d, str) for d in domains):
+      raise ConfigError(f"SyntheticCorpusConfig.domains must be a tuple of domain names "
+                        f"(from {list(DOMAINS)}), got {domains!r}.")
+    domains = tuple(domains)
+    if not domains:
+      raise ConfigError(f"SyntheticCorpusConfig.domains is empty; name at least one of "
+                        f"{list(DOMAINS)}.")
+    repeated = sorted({d for d in domains if domains.count(d) > 1})
+    if repeated:
+      raise ConfigError(f"SyntheticCorpusConfig.domains lists {repeated} more than once; "
+                        "name each domain once.")
+    unknown = sorted(set(domains) - set(DOMAINS))
+    if unknown:
+      raise ConfigError(f"SyntheticCorpusConfig.domains has unknown domains {unknown}; "
+                        f"choose from {list(DOMAINS)}.")
+    sizes = self.train_examples
+    sizes = tuple(sizes.items()) if isinstance(sizes, Mapping) else sizes
+    if isinstance(sizes, str) or not isinstance(sizes, (tuple, list)) or not all(
+        isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[0], str) for p in sizes):
+      raise ConfigError("SyntheticCorpusConfig.train_examples must be (domain, count) pairs, "
+                        f"e.g. (('noise', 2048), ('repeat', 1024)), got {sizes!r}.")
+    sizes = tuple((d, n) for d, n in sizes)
+    named = [d for d, _ in sizes]
+    repeated = sorted({d for d in named if named.count(d) > 1})
+    if repeated:
+      raise ConfigError(f"SyntheticCorpusConfig.train_examples gives {repeated} more than one "
+                        "size; give each domain one.")
+    unknown = sorted(set(named) - set(DOMAINS))
+    if unknown:
+      raise ConfigError(f"SyntheticCorpusConfig.train_examples has unknown domains {unknown}; "
+                        f"choose from {list(DOMAINS)}.")
+    bad = {d: n for d, n in sizes if not _is_int(n) or n <= 0}
+    if bad:
+      raise ConfigError(f"SyntheticCorpusConfig.train_examples must give each domain a "
+                        f"positive integer number of sequences, got {bad}.")
+    missing = [d for d in domains if d not in named]
+    if missing:
+      raise ConfigError(f"SyntheticCorpusConfig.train_examples has no size for {missing}.")
+    object.__setattr__(self, "domains", domains)
+    object.__setattr__(self, "train_examples", sizes)
+
   def num_examples(self, domain: str, split: str) -> int:
     if split == "validation":
       return self.validation_examples
     return dict(self.train_examples)[domain]
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def _rng(seed, *keys) -> np.random.Generator:

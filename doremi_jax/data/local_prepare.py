@@ -1,4 +1,4 @@
-"""Local multi-domain corpora, fully offline.
+"""Local multi-domain corpora, fully offline: preparation.
 
 `python -m doremi_jax.prepare --domain NAME=GLOB [...] --data_dir DIR` reads
 each domain's files — plain text (one document per file, or per line with
@@ -9,15 +9,12 @@ deterministic train/validation split (by a hash of file name and document
 index). A manifest `DIR/doremi_corpora/<corpus>.json` lists the domains and
 their document and byte counts.
 
-The `local` corpus (`get_corpus.name = 'local'`, `LocalCorpusConfig`) turns
-each domain into a seqio Task: read text, tokenize, append EOS, concatenate
-and chunk into sequences of the training length. Domain sources may also be
-TFRecord files of tf.train.Example with a text feature (`tfrecord:GLOB`).
+`local_tasks` serves a prepared corpus as seqio Tasks. TFDS is imported
+inside the functions that need it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import glob
 import gzip
@@ -25,17 +22,18 @@ import hashlib
 import json
 import os
 import re
-from typing import Iterator, Optional
-
-import gin
+from typing import Iterator
 
 from doremi_jax.config import ConfigError
+from doremi_jax.data import corpus as corpus_lib
 
 BUILDER_NAME = "doremi_local_corpus"
 VERSION = "1.0.0"
 
 
-def _sanitize(name: str) -> str:
+def sanitize(name: str) -> str:
+  """Lower-case letters, digits and underscores only: the form of a name in
+  TFDS config names, seqio task names and the manifest file name."""
   s = re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_")
   if not s:
     raise ConfigError(f"domain/corpus name {name!r} has no usable characters; use letters, "
@@ -44,7 +42,7 @@ def _sanitize(name: str) -> str:
 
 
 def config_name(corpus: str, domain: str) -> str:
-  return f"{_sanitize(corpus)}__{_sanitize(domain)}"
+  return f"{sanitize(corpus)}__{sanitize(domain)}"
 
 
 def expand(pattern: str, domain: str) -> list[str]:
@@ -140,8 +138,7 @@ def prepare_domain(corpus: str, domain: str, pattern: str, data_dir: str, text_f
                    text_format="file", validation_fraction=0.05) -> dict:
   """Prepares one domain into `data_dir`; returns its summary."""
   import tensorflow_datasets as tfds
-  from doremi_jax.data.corpus import _disable_tfds_gcs
-  _disable_tfds_gcs()
+  corpus_lib.disable_tfds_gcs()
   files = expand(pattern, domain)
   # Validate and count before writing anything (a corrupt line fails here).
   n_docs, n_bytes, n_val = 0, 0, 0
@@ -171,116 +168,6 @@ def prepare_domain(corpus: str, domain: str, pattern: str, data_dir: str, text_f
 
 
 def manifest_path(data_dir: str, corpus: str) -> str:
-  return os.path.join(data_dir, "doremi_corpora", f"{_sanitize(corpus)}.json")
-
-
-@gin.configurable
-@dataclasses.dataclass(frozen=True)
-class LocalCorpusConfig:
-  """A corpus prepared by `doremi_jax.prepare` (or given as TFRecords).
-
-  domains: () for every domain in the manifest, or entries "NAME" (a
-    prepared domain), "NAME=tfds:DATASET[/CONFIG][:VERSION]" (any TFDS
-    dataset already prepared in `data_dir`, with a `text_feature` string
-    feature and train/validation splits) or "NAME=tfrecord:GLOB"
-    (tf.train.Example files with `text_feature`; give a validation split as
-    `NAME=tfrecord:TRAIN_GLOB|VAL_GLOB`). For the last two, the size used by
-    'proportional' weights is the train example count / file bytes.
-  vocabulary: 'byte' (seqio.ByteVocabulary) or the path of a SentencePiece
-    .model file (see `python -m doremi_jax.tokenizer`).
-  """
-  name: str = "local"
-  data_dir: str = "data"
-  domains: tuple = ()
-  vocabulary: str = "byte"
-  text_feature: str = "text"
-
-
-def make_vocabulary(spec: str):
-  import seqio
-  if spec == "byte":
-    return seqio.ByteVocabulary()
-  if not os.path.exists(spec):
-    raise ConfigError(f"LocalCorpusConfig.vocabulary: SentencePiece model {spec!r} does not "
-                      "exist; train one with `python -m doremi_jax.tokenizer` or use 'byte'.")
-  return seqio.SentencePieceVocabulary(os.path.abspath(spec))
-
-
-def _chunk(dataset, sequence_length, output_features):
-  """Concatenates the token streams of consecutive documents and splits them
-  into sequences of exactly `sequence_length['targets']` tokens (the last
-  piece of an epoch may be shorter; it is padded by the loader)."""
-  import tensorflow as tf
-  del output_features
-  length = sequence_length["targets"]
-  tokens = dataset.flat_map(lambda ex: tf.data.Dataset.from_tensor_slices(ex["targets"]))
-  return tokens.batch(length).map(lambda t: {"targets": t})
-
-
-def local_corpus(cfg: Optional[LocalCorpusConfig] = None):
-  import seqio
-  import tensorflow as tf
-  from doremi_jax.data.corpus import Corpus, register_task
-  cfg = cfg or LocalCorpusConfig()
-  vocab = make_vocabulary(cfg.vocabulary)
-  mpath = manifest_path(cfg.data_dir, cfg.name)
-  manifest = None
-  if os.path.exists(mpath):
-    with open(mpath) as f:
-      manifest = json.load(f)
-  entries = list(cfg.domains) or [d["domain"] for d in (manifest or {}).get("domains", [])]
-  if not entries:
-    raise ConfigError(f"local corpus {cfg.name!r}: no domains. Prepare it with `python -m "
-                      f"doremi_jax.prepare --corpus {cfg.name} --data_dir {cfg.data_dir} "
-                      "--domain NAME=GLOB ...` or list LocalCorpusConfig.domains.")
-  prepared = {d["domain"]: d for d in (manifest or {}).get("domains", [])}
-  names, tasks, sizes = [], [], []
-  for entry in entries:
-    name, _, source = entry.partition("=")
-    if source.startswith("tfrecord:"):
-      train_glob, _, val_glob = source[len("tfrecord:"):].partition("|")
-      split_map = {"train": train_glob, "validation": val_glob or train_glob}
-      for split, pattern in split_map.items():
-        if not glob.glob(pattern):
-          raise ConfigError(f"domain {name!r}: no TFRecord files match {pattern!r} ({split}).")
-      src = seqio.TFExampleDataSource(
-          split_map, {cfg.text_feature: tf.io.FixedLenFeature([], tf.string)})
-      size = sum(os.path.getsize(p) for p in glob.glob(train_glob))
-    elif source.startswith("tfds:"):
-      tfds_name = source[len("tfds:"):]
-      src = seqio.TfdsDataSource(tfds_name, tfds_data_dir=cfg.data_dir)
-      try:
-        size = src.num_input_examples("train")
-      except Exception as e:  # tfds raises several types for a missing dataset
-        raise ConfigError(f"domain {name!r}: TFDS dataset {tfds_name!r} is not prepared in "
-                          f"{cfg.data_dir!r} ({type(e).__name__}: {e}).") from e
-      if not size:
-        raise ConfigError(f"domain {name!r}: TFDS dataset {tfds_name!r} has no train examples.")
-    elif not source:
-      if name not in prepared:
-        raise ConfigError(
-            f"domain {name!r} is not in the prepared corpus {cfg.name!r} "
-            f"({mpath}: {sorted(prepared) if prepared else 'no manifest'}). Prepare it with "
-            "`python -m doremi_jax.prepare`, or fix LocalCorpusConfig.domains.")
-      d = prepared[name]
-      base = d["path"]
-      split_map = {s: os.path.join(base, f"{BUILDER_NAME}-{s}.tfrecord*")
-                   for s in ("train", "validation")}
-      src = seqio.TFExampleDataSource(
-          split_map, {"text": tf.io.FixedLenFeature([], tf.string)})
-      size = d["bytes"]
-    else:
-      raise ConfigError(f"domain entry {entry!r}: use 'NAME' (prepared), "
-                        "'NAME=tfds:DATASET[/CONFIG][:VERSION]' or 'NAME=tfrecord:GLOB'.")
-    task = f"doremi_local_{_sanitize(cfg.name)}_{_sanitize(name)}"
-    key = cfg.text_feature if source else "text"
-    pre = [functools.partial(seqio.preprocessors.rekey, key_map={"targets": key}),
-           seqio.preprocessors.tokenize, seqio.preprocessors.append_eos, _chunk]
-    register_task(task, source=src, preprocessors=pre,
-                  output_features={"targets": seqio.Feature(vocab, add_eos=True)},
-                  shuffle_buffer_size=10_000)
-    names.append(name)
-    tasks.append(task)
-    sizes.append(size)
-  return Corpus(name=f"local_{_sanitize(cfg.name)}", domains=tuple(names),
-                task_names=tuple(tasks), vocabulary=vocab, train_tokens=tuple(sizes))
+  """`DATA_DIR/doremi_corpora/<corpus>.json`: the domains `prepare` wrote
+  (name, source pattern, document/byte counts, TFDS path)."""
+  return os.path.join(data_dir, "doremi_corpora", f"{sanitize(corpus)}.json")

@@ -21,39 +21,31 @@ checkpoint, so re-running after a kill ends where an uninterrupted run would.
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any
 
 import gin
 import numpy as np
 
 from doremi_jax import evaluate
-from doremi_jax import io
-from doremi_jax import train
+from doremi_jax import files
+from doremi_jax import report
+from doremi_jax import rundir
 from doremi_jax.config import ConfigError
-from doremi_jax.data import corpus as corpus_lib
-
-STATE_FILE = "pipeline.json"
-COMPARISON_FILE = "comparison.json"
-MAIN_DOREMI, MAIN_BASELINE = "main_doremi", "main_baseline"
-
-
-def round_dir(workdir, r: int, stage: str):
-  return io.path(workdir) / f"round_{r}" / stage
+from doremi_jax.data.registry import get_corpus
+from doremi_jax.data import weights as weights_lib
+from doremi_jax.rundir import MAIN_MODEL_BASELINE, MAIN_MODEL_DOREMI, round_dir
+from doremi_jax.stages import registry
 
 
 def l1_change(a: dict, b: dict) -> float:
   return float(sum(abs(a[d] - b[d]) for d in a))
 
 
-def _as_dict(domains, w) -> dict:
-  return {d: float(x) for d, x in zip(domains, np.asarray(w, np.float64))}
-
-
 class _Log:
   """The pipeline's record of what ran, written after every stage."""
 
   def __init__(self, workdir, header: dict):
-    self.path = io.path(workdir) / STATE_FILE
+    self.path = files.path(workdir) / rundir.PIPELINE_STATE
     self.data = dict(header, status="running", rounds=[], stages={},
                      converged_at_round=None, final_weights=None)
 
@@ -63,36 +55,35 @@ class _Log:
     self.write()
 
   def write(self):
-    if train.is_writer():
-      io.write_json(self.path, self.data)
+    if rundir.is_writer():
+      files.write_json(self.path, self.data)
 
 
 def _say(msg: str):
-  if train.is_writer():
-    print(f"[pipeline] {msg}", flush=True)
+  rundir.announce("pipeline", msg)
 
 
-def _run_stage(log: _Log, name: str, title: str, subdir, scope: str, fn):
-  """Runs `fn()` under gin scope `scope` unless `subdir` is already complete."""
-  if train.is_complete(subdir):
+def _run_stage(log: _Log, name: str, title: str, subdir, kind: str, **kwargs):
+  """Runs the registered stage `kind` in `subdir` under the gin scope of its
+  name, with `kwargs`, unless `subdir` is already complete."""
+  if rundir.is_complete(subdir):
     _say(f"{title}: already complete in {subdir}, skipping")
     log.stage(name, "skipped", 0.0, subdir)
     return
-  verb = "resuming" if io.exists(io.path(subdir) / "checkpoints") else "starting"
+  verb = "resuming" if files.exists(files.path(subdir) / "checkpoints") else "starting"
   _say(f"{title}: {verb} in {subdir}")
   t0 = time.time()
-  with gin.config_scope(scope):
-    fn()
+  registry.get(kind)(str(subdir), **kwargs)
   log.stage(name, "ran", time.time() - t0, subdir)
 
 
 def _check_reference_weights(subdir, expected: dict):
   """A finished or interrupted reference must have used the weights this run
   would give it; otherwise the run directory belongs to another config."""
-  path = io.path(subdir) / "reference_weights.json"
-  if not io.exists(path):
+  path = files.path(subdir) / "reference_weights.json"
+  if not files.exists(path):
     return
-  recorded = io.read_json(path)
+  recorded = files.read_json(path)
   if set(recorded) != set(expected) or l1_change(recorded, expected) > 1e-6:
     raise ConfigError(
         f"{subdir} was trained on reference weights {recorded}, but this configuration "
@@ -125,18 +116,17 @@ def train_pipeline(workdir: str, rounds: int = 1, tolerance: float = 1e-2,
   if run_baseline and not run_main:
     raise ConfigError("train_pipeline.run_baseline needs run_main = True (the baseline is "
                       "compared with the DoReMi main model).")
-  corpus = corpus_lib.get_corpus()
+  corpus = get_corpus()
   domains = list(corpus.domains)
-  what = "train_pipeline.reference_weights"
-  w0 = _as_dict(domains, corpus_lib.resolve_weights(
-      corpus_lib.load_weights_spec(reference_weights, what), corpus, what))
+  w0 = weights_lib.as_dict(domains, weights_lib.resolve_weights(
+      reference_weights, corpus, "train_pipeline.reference_weights"))
   workdir = str(workdir)
   log = _Log(workdir, {"domains": domains, "rounds_requested": rounds,
                        "tolerance": float(tolerance), "run_main": run_main,
                        "run_baseline": run_baseline, "initial_reference_weights": w0})
-  if train.is_writer():
-    io.path(workdir).mkdir(parents=True, exist_ok=True)
-    io.write_text(io.path(workdir) / "pipeline_config.gin", gin.config_str())
+  if rundir.is_writer():
+    files.path(workdir).mkdir(parents=True, exist_ok=True)
+    files.write_text(files.path(workdir) / "pipeline_config.gin", gin.config_str())
   plan = 2 * rounds + int(run_main) + int(run_baseline)
   _say(f"DoReMi in {workdir}: {rounds} round(s) of reference + proxy"
        + (", then the main model on the DoReMi weights" if run_main else "")
@@ -149,13 +139,10 @@ def train_pipeline(workdir: str, rounds: int = 1, tolerance: float = 1e-2,
     ref_dir, proxy_dir = round_dir(workdir, r, "reference"), round_dir(workdir, r, "proxy")
     _check_reference_weights(ref_dir, current)
     _run_stage(log, f"round_{r}/reference", f"round {r}/{rounds}, Step 1: reference model",
-               ref_dir, "reference",
-               lambda: train.train_reference(str(ref_dir), weights=dict(current),
-                                             devices=devices))
+               ref_dir, "reference", weights=dict(current), devices=devices)
     _run_stage(log, f"round_{r}/proxy", f"round {r}/{rounds}, Step 2: Group-DRO proxy",
-               proxy_dir, "proxy",
-               lambda: _proxy(proxy_dir, ref_dir, devices))
-    new = io.read_json(io.path(proxy_dir) / "average_domain_weights.json")
+               proxy_dir, "proxy", reference_dir=str(ref_dir), devices=devices)
+    new = files.read_json(files.path(proxy_dir) / "average_domain_weights.json")
     change = l1_change(new, current)
     log.data["rounds"].append({"round": r, "reference_weights": current, "weights": new,
                                "l1_change": change,
@@ -171,20 +158,18 @@ def train_pipeline(workdir: str, rounds: int = 1, tolerance: float = 1e-2,
   log.write()
 
   if run_main:
-    _run_stage(log, MAIN_DOREMI, "Step 3: main model on the DoReMi weights",
-               io.path(workdir) / MAIN_DOREMI, "main",
-               lambda: train.train_main(str(io.path(workdir) / MAIN_DOREMI),
-                                        weights=dict(current), devices=devices))
+    _run_stage(log, MAIN_MODEL_DOREMI, "Step 3: main model on the DoReMi weights",
+               files.path(workdir) / MAIN_MODEL_DOREMI, "main", weights=dict(current),
+               devices=devices)
   if run_baseline:
-    _run_stage(log, MAIN_BASELINE, "baseline: main model on the reference weights",
-               io.path(workdir) / MAIN_BASELINE, "main",
-               lambda: train.train_main(str(io.path(workdir) / MAIN_BASELINE),
-                                        weights=dict(w0), devices=devices))
+    _run_stage(log, MAIN_MODEL_BASELINE, "baseline: main model on the reference weights",
+               files.path(workdir) / MAIN_MODEL_BASELINE, "main", weights=dict(w0),
+               devices=devices)
     comparison = evaluate.compare(
-        io.read_json(io.path(workdir) / MAIN_DOREMI / "eval.json"),
-        io.read_json(io.path(workdir) / MAIN_BASELINE / "eval.json"))
-    if train.is_writer():
-      io.write_json(io.path(workdir) / COMPARISON_FILE, comparison)
+        files.read_json(files.path(workdir) / MAIN_MODEL_DOREMI / "eval.json"),
+        files.read_json(files.path(workdir) / MAIN_MODEL_BASELINE / "eval.json"))
+    if rundir.is_writer():
+      files.write_json(files.path(workdir) / rundir.COMPARISON, comparison)
       print("[pipeline] main model, per-domain validation loss, DoReMi vs baseline:\n"
             + evaluate.format_comparison(comparison), flush=True)
 
@@ -192,20 +177,12 @@ def train_pipeline(workdir: str, rounds: int = 1, tolerance: float = 1e-2,
   log.data["seconds"] = round(time.time() - t_start, 2)
   log.write()
   _say("final DoReMi weights: " + ", ".join(f"{d} {w:.4f}" for d, w in current.items()))
-  if write_report and train.is_writer():
-    from doremi_jax import report
+  if write_report and rundir.is_writer():
     path = report.write_report(workdir)
     _say(f"report: {path}")
   _say(f"done in {time.time() - t_start:.0f}s")
   return log.data
 
 
-def _proxy(proxy_dir, ref_dir, devices):
-  from doremi_jax import proxy
-  return proxy.train_proxy(str(proxy_dir), reference_dir=str(ref_dir), devices=devices)
-
-
-def load_state(workdir) -> Optional[dict]:
-  path = io.path(workdir) / STATE_FILE
-  return io.read_json(path) if io.exists(path) else None
-
+registry.register(registry.Stage("pipeline", train_pipeline,
+                                 runs=("reference", "proxy", "main")))

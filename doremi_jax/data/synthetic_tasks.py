@@ -1,0 +1,63 @@
+"""The built-in synthetic corpus as seqio Tasks (the data is `synthetic`'s).
+
+seqio and TensorFlow are imported inside `synthetic_corpus`, so importing
+this module (e.g. to register gin configurables) stays cheap.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from typing import Optional
+
+import numpy as np
+
+from doremi_jax.data import synthetic
+from doremi_jax.data.corpus import Corpus, register_task
+
+
+@functools.lru_cache(maxsize=None)
+def _synthetic_arrays(cfg: synthetic.SyntheticCorpusConfig, domain: str,
+                      split: str) -> np.ndarray:
+  """int32 [num_examples(domain, split), seq_len], generated once per process
+  (the config is frozen, so it is a cache key)."""
+  return synthetic.generate(domain, cfg.num_examples(domain, split), cfg.seq_len, cfg.seed, split)
+
+
+def synthetic_corpus(cfg: Optional[synthetic.SyntheticCorpusConfig] = None) -> Corpus:
+  """Registers one seqio Task per synthetic domain and returns the Corpus.
+
+  The config is validated when it is built (`SyntheticCorpusConfig.__post_init__`).
+  Task names carry a hash of the config, so corpora of different configs
+  can be registered side by side.
+  """
+  import seqio
+  import tensorflow as tf
+  from doremi_jax.data.vocab import SyntheticVocabulary
+
+  cfg = cfg or synthetic.SyntheticCorpusConfig()
+  vocab = SyntheticVocabulary()
+  tag = hashlib.sha1(repr(cfg).encode()).hexdigest()[:8]
+  task_names = []
+  for domain in cfg.domains:
+    def dataset_fn(split, shuffle_files, seed=None, domain=domain):
+      del shuffle_files, seed  # the source is in memory; the Task shuffles.
+      return tf.data.Dataset.from_tensor_slices({"targets": _synthetic_arrays(cfg, domain, split)})
+    name = f"doremi_synthetic_{tag}_{domain}"
+    register_task(
+        name,
+        source=seqio.FunctionDataSource(
+            dataset_fn, splits=synthetic.SPLITS,
+            num_input_examples={s: cfg.num_examples(domain, s) for s in synthetic.SPLITS}),
+        preprocessors=[],
+        output_features={"targets": seqio.Feature(vocab, add_eos=False, dtype=tf.int32)},
+        shuffle_buffer_size=10_000)
+    task_names.append(name)
+  return Corpus(
+      name=f"synthetic_{tag}",
+      domains=tuple(cfg.domains),
+      task_names=tuple(task_names),
+      vocabulary=vocab,
+      train_tokens=tuple(cfg.num_examples(d, "train") * cfg.seq_len for d in cfg.domains),
+      entropy_floors=tuple(synthetic.entropy_floor(d, cfg.seq_len, cfg.seed) for d in cfg.domains),
+  )

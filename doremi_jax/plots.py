@@ -1,0 +1,165 @@
+"""The report's plots (matplotlib, Agg backend), one function per figure.
+Each takes what `report` read from a run directory (a `report.Stage` has
+`name`, `metrics` and `weights_log`) and a path, draws, saves and returns
+whether there was anything to draw."""
+
+from __future__ import annotations
+
+import io
+
+from doremi_jax import files
+
+
+def _plt():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def _colors(domains):
+  plt = _plt()
+  cmap = plt.get_cmap("tab10" if len(domains) <= 10 else "tab20")
+  return {d: cmap(i % cmap.N) for i, d in enumerate(domains)}
+
+
+def _save(fig, path):
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+  _plt().close(fig)
+  files.path(path).parent.mkdir(parents=True, exist_ok=True)
+  files.path(path).write_bytes(buf.getvalue())
+
+
+def plot_proxy_weights(stage, path) -> bool:
+  rows = stage.weights_log
+  if not rows:
+    return False
+  plt = _plt()
+  domains = rows[0]["domain_names"]
+  colors = _colors(domains)
+  steps = [r["step"] for r in rows]
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+  for ax, key, title in ((axes[0], "domain_weights", "current weights $\\alpha_t$"),
+                         (axes[1], "average_weights", "running average (the DoReMi weights)")):
+    for i, d in enumerate(domains):
+      ax.plot(steps, [r[key][i] for r in rows], label=d, color=colors[d], marker=".")
+    ax.set_title(title)
+    ax.set_xlabel("proxy step")
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel("domain weight")
+  axes[1].legend(title="domain", loc="center left", bbox_to_anchor=(1.01, 0.5))
+  total = stage.num_steps
+  note = "" if stage.complete else f" (unfinished: {steps[-1]} of {total or '?'} steps)"
+  fig.suptitle(f"Step 2 domain weights over proxy steps, {stage.name}{note}")
+  _save(fig, path)
+  return True
+
+
+def _grouped_bars(ax, domains, series: list, ylabel: str, fmt: str = "{:.3f}"):
+  import numpy as np
+  x = np.arange(len(domains))
+  width = 0.8 / len(series)
+  for j, (label, values, color) in enumerate(series):
+    bars = ax.bar(x + (j - (len(series) - 1) / 2) * width, values, width, label=label,
+                  color=color)
+    for b, v in zip(bars, values):
+      ax.annotate(fmt.format(v), (b.get_x() + b.get_width() / 2, b.get_height()),
+                  ha="center", va="bottom", fontsize=8)
+  ax.set_xticks(x, domains, rotation=30 if len(domains) > 6 else 0, ha="right"
+                if len(domains) > 6 else "center")
+  ax.set_ylabel(ylabel)
+  ax.grid(axis="y", alpha=0.3)
+  ax.legend()
+
+
+def plot_final_vs_reference(domains, reference: dict, final: dict, path, label: str) -> bool:
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(domains)), 4.2))
+  _grouped_bars(ax, domains, [("reference weights (round 1)", [reference[d] for d in domains],
+                               "#9e9e9e"),
+                              (label, [final[d] for d in domains], "#1f77b4")], "domain weight")
+  ax.set_xlabel("domain")
+  ax.set_title("DoReMi domain weights vs the reference weights")
+  _save(fig, path)
+  return True
+
+
+def plot_rounds(domains, trajectory: list, path) -> bool:
+  """trajectory: [(round, {domain: weight})], round 0 = initial weights."""
+  if len(trajectory) < 2:
+    return False
+  plt = _plt()
+  colors = _colors(domains)
+  fig, ax = plt.subplots(figsize=(8, 4.2))
+  xs = [r for r, _ in trajectory]
+  for d in domains:
+    ax.plot(xs, [w[d] for _, w in trajectory], marker="o", label=d, color=colors[d])
+  ax.set_xticks(xs, ["initial" if r == 0 else f"round {r}" for r in xs])
+  ax.set_xlabel("iterated DoReMi round (averaged weights at the end of each round)")
+  ax.set_ylabel("domain weight")
+  ax.set_title("Domain weights across rounds")
+  ax.grid(alpha=0.3)
+  ax.legend(title="domain", loc="center left", bbox_to_anchor=(1.01, 0.5))
+  _save(fig, path)
+  return True
+
+
+def plot_main_comparison(cmp: dict, path) -> bool:
+  plt = _plt()
+  domains = list(cmp["per_domain"])
+  fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(domains)), 4.4))
+  rows = cmp["per_domain"]
+  _grouped_bars(ax, domains, [("main model, DoReMi weights", [rows[d]["doremi"] for d in domains],
+                               "#1f77b4"),
+                              ("main model, baseline weights",
+                               [rows[d]["baseline"] for d in domains], "#ff7f0e")],
+                "validation loss (nats/token)", "{:.2f}")
+  floors = [rows[d].get("entropy_floor") for d in domains]
+  if all(f is not None for f in floors):
+    ax.scatter(range(len(domains)), floors, marker="_", s=900, color="black", zorder=3,
+               label="entropy floor")
+    ax.legend()
+  ax.set_xlabel("domain")
+  ax.set_title(f"Per-domain validation loss: DoReMi better on {cmp['domains_improved']} of "
+               f"{cmp['num_domains']} domains")
+  _save(fig, path)
+  return True
+
+
+def plot_training_curves(stages: list, path) -> bool:
+  stages = [s for s in stages if s.metrics]
+  if not stages:
+    return False
+  plt = _plt()
+  cols = 2 if len(stages) > 1 else 1
+  rows_n = (len(stages) + cols - 1) // cols
+  fig, axes = plt.subplots(rows_n, cols, figsize=(6.5 * cols, 3.6 * rows_n), squeeze=False)
+  domains = (stages[0].info or {}).get("domains")
+  colors = _colors(domains or [])
+  for ax, s in zip(axes.flat, stages):
+    steps = [r["step"] for r in s.metrics]
+    key = "proxy_domain_loss" if s.kind == "proxy" else "domain_loss"
+    if domains and key in s.metrics[0]:
+      for i, d in enumerate(domains):
+        # A domain absent from a logged batch has no loss at that step.
+        ys = [r[key][i] if r.get("domain_tokens", [1] * len(domains))[i] > 0 else float("nan")
+              for r in s.metrics]
+        ax.plot(steps, ys, label=d, color=colors[d], marker="." if len(steps) < 30 else None)
+    ax.plot(steps, [r["loss"] for r in s.metrics], color="black", linestyle="--",
+            label="DRO objective" if s.kind == "proxy" else "mean loss")
+    ax.set_title(s.name + ("" if s.complete else " (unfinished)"))
+    ax.set_xlabel("step")
+    ax.set_ylabel("train loss (nats/token)")
+    ax.grid(alpha=0.3)
+  for ax in list(axes.flat)[len(stages):]:
+    ax.axis("off")
+  axes.flat[0].legend(fontsize=8)
+  fig.suptitle("Training curves (per-domain train loss)")
+  fig.tight_layout()
+  _save(fig, path)
+  return True
+
+
+# --------------------------------------------------------------------------
+# The report

@@ -1,0 +1,121 @@
+"""Run-directory bookkeeping: what a stage writes besides checkpoints and
+metrics, and the layout of a pipeline run.
+
+    STAGE_DIR/config.gin          the operative gin config (config.resumed_at_<step>.gin
+                                  beside it when a resume changed it)
+    STAGE_DIR/run_info.json       corpus, domains, tokenizer, model, mesh, versions
+    STAGE_DIR/complete.json       written last, after the final checkpoint
+
+    RUN/round_<r>/reference, RUN/round_<r>/proxy, RUN/main_doremi,
+    RUN/main_baseline, RUN/pipeline.json   (the `pipeline` stage)
+
+Only process 0 writes; `is_writer()` says whether this process is it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from typing import Optional
+
+import gin
+import jax
+
+from doremi_jax import files
+
+COMPLETE = "complete.json"
+PIPELINE_STATE = "pipeline.json"
+COMPARISON = "comparison.json"
+# The pipeline's two Step 3 ("main model") runs.
+MAIN_MODEL_DOREMI = "main_doremi"
+MAIN_MODEL_BASELINE = "main_baseline"
+
+
+def is_writer() -> bool:
+  return jax.process_index() == 0
+
+
+def announce(stage: str, msg: str):
+  """`[stage] msg` on process 0's stdout."""
+  if is_writer():
+    print(f"[{stage}] {msg}", flush=True)
+
+
+def round_dir(workdir, r: int, stage: str):
+  return files.path(workdir) / f"round_{r}" / stage
+
+
+def load_pipeline_state(workdir) -> Optional[dict]:
+  path = files.path(workdir) / PIPELINE_STATE
+  return files.read_json(path) if files.exists(path) else None
+
+
+def write_config(workdir: str, text: str, start_step: int) -> str:
+  """Writes the resolved gin config into the run directory.
+
+  The first run writes `config.gin`. A resumed run never overwrites it: when
+  the config changed it is written next to it as
+  `config.resumed_at_<step>.gin` so that nothing already written is lost.
+  """
+  path = files.path(workdir) / "config.gin"
+  if files.exists(path):
+    if files.read_text(path) == text:
+      return str(path)
+    path = files.path(workdir) / f"config.resumed_at_{start_step}.gin"
+  files.write_text(path, text)
+  return str(path)
+
+
+def describe_vocabulary(vocab) -> dict:
+  d = {"class": type(vocab).__name__, "vocab_size": int(vocab.vocab_size)}
+  path = getattr(vocab, "sentencepiece_model_file", None)
+  if path:
+    d["sentencepiece_model_file"] = str(path)
+    # Identity by content: the same model copied elsewhere is the same tokenizer.
+    d["sentencepiece_sha256"] = hashlib.sha256(files.path(path).read_bytes()).hexdigest()
+  return d
+
+
+def write_run_info(workdir: str, stage: str, start_step: int, corpus, setup,
+                   extra: Optional[dict] = None):
+  """config.gin and run_info.json (or `run_info.resumed_at_<step>.json` when
+  a resumed run would overwrite the first)."""
+  if not is_writer():
+    return
+  write_config(workdir, gin.operative_config_str(), start_step)
+  info = {
+      "stage": stage,
+      "corpus": corpus.name,
+      "domains": list(corpus.domains),
+      "tokenizer": describe_vocabulary(corpus.vocabulary),
+      "model": dataclasses.asdict(setup.model_cfg),
+      "num_params": setup.model_cfg.num_params(),
+      "mesh": dict(setup.mesh.shape),
+      "num_devices": setup.mesh.size,
+      "process_count": jax.process_count(),
+      "jax_version": jax.__version__,
+      "backend": jax.default_backend(),
+  }
+  info.update(extra or {})
+  name = "run_info.json"
+  if start_step and files.exists(files.path(workdir) / name):
+    name = f"run_info.resumed_at_{start_step}.json"
+  files.write_json(files.path(workdir) / name, info)
+
+
+def mark_complete(workdir: str, stage: str, num_steps: int, seconds: float, summary: str,
+                  timing: Optional[dict] = None):
+  """Written last, once the final checkpoint is on disk: the stage is done.
+  The pipeline skips stages that have it. `timing` (this invocation's first
+  step and later steps) is recorded with it."""
+  if is_writer():
+    files.write_json(files.path(workdir) / COMPLETE, {
+        "stage": stage, "num_steps": int(num_steps), "seconds": round(seconds, 2),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "summary": summary, "timing": timing or {}})
+    print(f"[{stage}] done in {seconds:.0f}s: {summary}", flush=True)
+
+
+def is_complete(workdir: str) -> bool:
+  return files.exists(files.path(workdir) / COMPLETE)

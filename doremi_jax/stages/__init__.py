@@ -1,0 +1,7 @@
+"""Stages: each a short function over `doremi_jax.runner.run_stage`.
+
+lm.py        `reference` (DoReMi Step 1) and `main` (Step 3, the main model)
+proxy.py     `proxy` (Step 2, Group DRO against a reference)
+pipeline.py  `pipeline` (all of DoReMi, iterated rounds, the report)
+registry.py  stage name -> function, gin scope and step program kind
+"""

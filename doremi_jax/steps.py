@@ -1,0 +1,256 @@
+"""Step programs: each kind of training step as one object that holds its
+abstract state (with shardings), the state shardings, `init(seed)`, the
+jitted step and its extra (non-donated) inputs.
+
+* `lm_program`: the plain LM step (Step 1's reference and Step 3's main
+  model): mean token loss over the global batch.
+* `dro_program`: the Group-DRO step of DoReMi Step 2. In one XLA program:
+  the proxy's per-token losses (forward + vjp), the frozen reference's
+  per-token losses on the same tokens, the clipped per-domain excess, the
+  new domain weights (`doremi.dro_update`), the gradient of the
+  weight-averaged per-domain mean proxy loss, and the optimizer update.
+  With gradient accumulation (A > 1 micro-batches) the excess must be known
+  over the whole global batch before any gradient is taken, so the step
+  first runs proxy and reference forwards over all micro-batches, then a
+  second forward + backward with the new weights (one extra proxy forward).
+
+The stage runner trains a program; `compile_check` lowers one for a TPU
+topology; the benchmarks time one. Every step returns `(state, metrics)`
+where metrics hold at least `loss`, `grad_norm`, `learning_rate`,
+`domain_tokens` and the per-domain loss under `program.domain_loss_key`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from doremi_jax import checkpoint as ckpt_lib
+from doremi_jax import doremi
+from doremi_jax import sharding as sharding_lib
+from doremi_jax.loss import per_domain_sums, per_token_loss
+from doremi_jax.state import ModelSetup, TrainState, init_state
+
+
+@dataclasses.dataclass
+class StepProgram:
+  """One kind of training step, ready to run or to compile ahead of time.
+
+  `abstract_state` (ShapeDtypeStructs with shardings) is the restore target
+  of a checkpoint and the argument of ahead-of-time lowering; `extra` are
+  the step's inputs after the batch (concrete arrays to run, abstract ones
+  to lower); `flops_per_token` is the model FLOPs of one training token
+  (the one MFU convention of the benchmarks and `compile_check`).
+  """
+  name: str
+  setup: ModelSetup
+  abstract_state: Any
+  state_shardings: Any
+  init: Callable[[int], Any]         # seed -> state, written into its shards
+  jitted: Any                        # jax.jit(step_fn): (state, batch, *extra) -> (state, metrics)
+  extra: tuple
+  params_of: Callable[[Any], Any]    # state -> the parameters evaluation uses
+  domain_loss_key: str
+  flops_per_token: float
+
+  def __call__(self, state, batch):
+    with self.setup.scope():
+      return self.jitted(state, batch, *self.extra)
+
+  def abstract_batch(self, global_batch_size: int, seq_len: int) -> dict:
+    sh = self.setup.batch_shardings
+    return {"targets": jax.ShapeDtypeStruct((global_batch_size, seq_len), np.int32,
+                                            sharding=sh["targets"]),
+            "domain_ids": jax.ShapeDtypeStruct((global_batch_size,), np.int32,
+                                               sharding=sh["domain_ids"])}
+
+  def lower(self, global_batch_size: int, seq_len: int, extra=None):
+    """`jax.jit(...).lower` on abstract state and batch (and `extra`, default
+    this program's)."""
+    extra = self.extra if extra is None else extra
+    with self.setup.scope():
+      return self.jitted.lower(self.abstract_state,
+                               self.abstract_batch(global_batch_size, seq_len), *extra)
+
+
+# --------------------------------------------------------------------------
+# Loss and gradients with optional accumulation
+
+
+def split_micro(x, accum: int):
+  """[B, ...] -> [A, B/A, ...]; micro-batch m holds rows m, m+A, m+2A, ...
+
+  so each micro-batch keeps the batch sharding of the global batch."""
+  b = x.shape[0]
+  x = x.reshape((b // accum, accum) + x.shape[1:])
+  return jnp.swapaxes(x, 0, 1)
+
+
+def merge_micro(x):
+  """Inverse of `split_micro`."""
+  x = jnp.swapaxes(x, 0, 1)
+  return x.reshape((-1,) + x.shape[2:])
+
+
+def _constrain_micro(x):
+  return nn.with_logical_constraint(x, (None, "act_batch") + (None,) * (x.ndim - 2))
+
+
+def forward_losses(model, params, targets_BxL, accum: int):
+  """Per-token losses (no gradient), micro-batched. Returns (loss_BxL, mask_BxL)."""
+  if accum == 1:
+    return per_token_loss(model, params, targets_BxL)
+  def body(_, t):
+    return None, per_token_loss(model, params, _constrain_micro(t[None])[0])
+  _, (loss, mask) = jax.lax.scan(body, None, split_micro(targets_BxL, accum))
+  return merge_micro(loss), merge_micro(mask)
+
+
+def weighted_grads(model, params, targets_BxL, weights_BxL, accum: int):
+  """Gradient of sum(loss_BxL * weights_BxL) w.r.t. params, accumulated over
+  `accum` micro-batches; also returns loss_BxL (for metrics)."""
+  def micro(t, w):
+    loss, vjp = jax.vjp(lambda p: per_token_loss(model, p, t)[0], params)
+    return vjp(w.astype(loss.dtype))[0], loss
+  if accum == 1:
+    return micro(targets_BxL, weights_BxL)
+  def body(acc, tw):
+    g, loss = micro(*tw)
+    return jax.tree.map(jnp.add, acc, g), loss
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  grads, loss = jax.lax.scan(body, zeros, (split_micro(targets_BxL, accum),
+                                           split_micro(weights_BxL, accum)))
+  return grads, merge_micro(loss)
+
+
+def apply_gradients(setup: ModelSetup, state: TrainState, grads) -> TrainState:
+  updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+
+
+def jit_step(setup: ModelSetup, step_fn, state_shardings, extra_shardings: tuple = ()):
+  """jax.jit of `step_fn(state, batch, *extra)` with explicit shardings and
+  donated state (not the extra inputs, e.g. frozen reference parameters)."""
+  replicated = sharding_lib.replicated(setup.mesh)
+  return jax.jit(step_fn,
+                 in_shardings=(state_shardings, setup.batch_shardings, *extra_shardings),
+                 out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+
+
+# --------------------------------------------------------------------------
+# The LM step (Step 1 and Step 3)
+
+
+def lm_program(setup: ModelSetup, num_domains: int, accum: int, seq_len: int) -> StepProgram:
+  """Plain LM step: mean token loss over the global batch, with `accum`
+  micro-batches."""
+  model = setup.model
+
+  def step(state: TrainState, batch):
+    targets_BxL = batch["targets"]
+    mask_BxL = (targets_BxL != 0).astype(jnp.float32)
+    total = jnp.maximum(mask_BxL.sum(), 1.0)
+    grads, loss_BxL = weighted_grads(model, state.params, targets_BxL, mask_BxL / total, accum)
+    new_state = apply_gradients(setup, state, grads)
+    sums, counts = per_domain_sums(loss_BxL, mask_BxL, batch["domain_ids"], num_domains)
+    metrics = {
+        "loss": loss_BxL.sum() / total,
+        "grad_norm": optax.tree.norm(grads),
+        "learning_rate": setup.lr_schedule(state.step),
+        "domain_loss": sums / jnp.maximum(counts, 1.0),
+        "domain_tokens": counts,
+    }
+    return new_state, metrics
+
+  return StepProgram(
+      name="lm", setup=setup, abstract_state=setup.abstract_state,
+      state_shardings=setup.state_shardings, init=lambda seed: init_state(setup, seed),
+      jitted=jit_step(setup, step, setup.state_shardings), extra=(),
+      params_of=lambda s: s.params, domain_loss_key="domain_loss",
+      flops_per_token=float(setup.model_cfg.flops_per_token(seq_len)))
+
+
+# --------------------------------------------------------------------------
+# The Group-DRO step (Step 2)
+
+
+def dro_state(setup: ModelSetup, initial_weights):
+  """(abstract DROState with shardings, shardings): replicated on the mesh."""
+  replicated = sharding_lib.replicated(setup.mesh)
+  abstract = jax.eval_shape(lambda: doremi.DROState.create(initial_weights))
+  shardings = jax.tree.map(lambda _: replicated, abstract)
+  return ckpt_lib.abstract_with_shardings(abstract, shardings), shardings
+
+
+def dro_program(setup: ModelSetup, ref_model, ref_params, ref_shardings, num_domains: int,
+                accum: int, dro_cfg: doremi.DROConfig, initial_weights,
+                seq_len: int) -> StepProgram:
+  """The Group-DRO step against the frozen reference (`ref_model`,
+  `ref_params`: arrays to train, or their abstract shapes to compile). The
+  state is `{"train": TrainState, "dro": doremi.DROState}`."""
+  model = setup.model
+  initial_weights = np.asarray(initial_weights, np.float32)
+  dro_abstract, dro_shardings = dro_state(setup, initial_weights)
+  state_shardings = {"train": setup.state_shardings, "dro": dro_shardings}
+
+  def step(state, batch, ref_params):
+    ts: TrainState = state["train"]
+    dro: doremi.DROState = state["dro"]
+    targets_BxL, dom_B = batch["targets"], batch["domain_ids"]
+    ref_params = jax.lax.stop_gradient(ref_params)
+    ref_loss_BxL, mask_BxL = forward_losses(ref_model, ref_params, targets_BxL, accum)
+    if accum == 1:
+      proxy_loss_BxL, vjp = jax.vjp(
+          lambda p: per_token_loss(model, p, targets_BxL)[0], ts.params)
+    else:
+      proxy_loss_BxL, _ = forward_losses(model, ts.params, targets_BxL, accum)
+    excess_K = doremi.per_domain_excess_loss(proxy_loss_BxL, ref_loss_BxL, mask_BxL, dom_B,
+                                             num_domains)
+    t = ts.step
+    do_update = dro_cfg.update_gate(t)
+    new_dro = doremi.dro_update(dro, excess_K, dro_cfg.step_size, dro_cfg.smoothing, do_update)
+    w_BxL = doremi.token_weights(new_dro.weights, mask_BxL, dom_B, num_domains)
+    if accum == 1:
+      grads = vjp(w_BxL)[0]
+    else:
+      grads, proxy_loss_BxL = weighted_grads(model, ts.params, targets_BxL, w_BxL, accum)
+    new_ts = apply_gradients(setup, ts, grads)
+    p_sum, counts = per_domain_sums(proxy_loss_BxL, mask_BxL, dom_B, num_domains)
+    r_sum, _ = per_domain_sums(ref_loss_BxL, mask_BxL, dom_B, num_domains)
+    proxy_dom = p_sum / jnp.maximum(counts, 1.0)
+    metrics = {
+        "loss": jnp.sum(new_dro.weights * proxy_dom),  # the DRO objective
+        "proxy_domain_loss": proxy_dom,
+        "reference_domain_loss": r_sum / jnp.maximum(counts, 1.0),
+        "excess": excess_K,
+        "domain_weights": new_dro.weights,
+        "average_weights": new_dro.average_weights,
+        "weights_updated": do_update,
+        "domain_tokens": counts,
+        "grad_norm": optax.tree.norm(grads),
+        "learning_rate": setup.lr_schedule(t),
+    }
+    return {"train": new_ts, "dro": new_dro}, metrics
+
+  def init(seed):
+    return {"train": init_state(setup, seed),
+            "dro": jax.device_put(doremi.DROState.create(initial_weights), dro_shardings)}
+
+  # proxy forward + backward, reference forward, and with accumulation a
+  # second proxy forward (a forward is a third of a training token's FLOPs).
+  proxy_flops = setup.model_cfg.flops_per_token(seq_len)
+  ref_flops = ref_model.cfg.flops_per_token(seq_len) / 3
+  return StepProgram(
+      name="dro", setup=setup,
+      abstract_state={"train": setup.abstract_state, "dro": dro_abstract},
+      state_shardings=state_shardings, init=init,
+      jitted=jit_step(setup, step, state_shardings, (ref_shardings,)), extra=(ref_params,),
+      params_of=lambda s: s["train"].params, domain_loss_key="proxy_domain_loss",
+      flops_per_token=float(proxy_flops + ref_flops + (proxy_flops / 3 if accum > 1 else 0)))

@@ -1,0 +1,97 @@
+"""Golden values: the first steps' metrics of the LM step and the Group-DRO
+step on a fixed tiny setup (one device), and the headline behaviour of
+DoReMi on the built-in corpus, in process.
+
+A change that moves these numbers must be deliberate. If it is, regenerate
+them with
+
+    DOREMI_UPDATE_GOLDEN=1 python -m pytest tests/golden_test.py
+
+and commit tests/golden/*.json with a note saying why they moved.
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from doremi_jax import config as config_lib
+from doremi_jax import doremi
+from doremi_jax import main as main_lib
+from doremi_jax import state as state_lib
+from doremi_jax import steps
+from doremi_jax.data import loader as loader_lib
+from doremi_jax.data import synthetic
+from doremi_jax.data.synthetic_tasks import synthetic_corpus
+from doremi_jax.model import ModelConfig
+from doremi_jax.stages import registry
+
+GOLDEN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
+UPDATE = bool(os.environ.get("DOREMI_UPDATE_GOLDEN"))
+HOW = ("If the change is intended, run `DOREMI_UPDATE_GOLDEN=1 python -m pytest "
+       "tests/golden_test.py` and commit tests/golden/*.json.")
+TINY = ModelConfig(d_model=32, num_layers=2, num_heads=4, head_dim=8, mlp_dim=64,
+                   unembed_init_scale=1.0)
+KEYS = {"lm": ("loss", "grad_norm", "domain_loss"),
+        "dro": ("loss", "grad_norm", "proxy_domain_loss", "reference_domain_loss", "excess",
+                "domain_weights", "average_weights")}
+
+
+def _check_golden(name: str, got: dict, rtol: float):
+  path = os.path.join(GOLDEN_DIR, f"{name}.json")
+  if UPDATE:
+    with open(path, "w") as f:
+      json.dump(got, f, indent=1)
+    pytest.skip(f"wrote {path}")
+  assert os.path.exists(path), f"no golden file {path}. {HOW}"
+  with open(path) as f:
+    want = json.load(f)
+  assert sorted(got) == sorted(want), HOW
+  for key in want:
+    np.testing.assert_allclose(np.asarray(got[key]), np.asarray(want[key]), rtol=rtol,
+                               atol=1e-7, err_msg=f"{name}: {key} moved. {HOW}")
+
+
+def _first_steps(kind: str, n: int = 3) -> dict:
+  corpus = synthetic_corpus(synthetic.SyntheticCorpusConfig(seq_len=32))
+  k = corpus.num_domains
+  cfg = state_lib.TrainConfig(num_steps=10, global_batch_size=10, seq_len=32)
+  setup = state_lib.build_setup(corpus.vocab_size, cfg, model_cfg=TINY,
+                                devices=jax.devices()[:1])
+  if kind == "lm":
+    program = steps.lm_program(setup, k, 1, cfg.seq_len)
+    assignment = loader_lib.MixtureAssignment(np.full(k, 1 / k), 0)
+  else:
+    ref = state_lib.init_state(setup, 123).params
+    program = steps.dro_program(setup, setup.model, ref, setup.state_shardings.params, k, 1,
+                                doremi.DROConfig(), np.full(k, 1 / k), cfg.seq_len)
+    assignment = loader_lib.StratifiedAssignment(k, 0)
+  loader = loader_lib.BatchLoader(corpus, assignment, cfg.global_batch_size, cfg.seq_len, 0)
+  state, rows = program.init(0), {key: [] for key in KEYS[kind]}
+  for _ in range(n):
+    state, m = program(state, state_lib.to_global(loader.next()[0], setup.batch_shardings))
+    for key in KEYS[kind]:
+      rows[key].append(np.asarray(jax.device_get(m[key]), np.float64).tolist())
+  loader.close()
+  return rows
+
+
+@pytest.mark.parametrize("kind", ["lm", "dro"])
+def test_first_steps_match_golden_values(kind):
+  _check_golden(f"first_steps_{kind}", _first_steps(kind), rtol=2e-5)
+
+
+def test_quickstart_doremi_weights_in_process(tmp_path):
+  """The quickstart's Step 1 and Step 2 (gin/quickstart.gin settings, one
+  device): the noise domain, which has nothing to learn, ends below 0.05 and
+  the averaged weights are the recorded ones."""
+  main_lib.register_configurables()
+  config_lib.parse_gin(["gin/quickstart.gin"], ["TrainConfig.tensorboard = False"])
+  devices = jax.devices()[:1]
+  registry.get("reference")(str(tmp_path / "reference"), devices=devices)
+  weights = registry.get("proxy")(str(tmp_path / "proxy"), reference_dir=str(tmp_path / "reference"),
+                                  devices=devices)
+  assert weights["noise"] < 0.05, weights
+  _check_golden("quickstart_weights", {d: [w] for d, w in weights.items()}, rtol=1e-4)

@@ -1,0 +1,58 @@
+"""Test helpers: running the command-line tools in subprocesses, and small
+in-process setups shared by several test modules."""
+
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(args, workdir=None, timeout=600, env_extra=None):
+  """Runs `python -m doremi_jax.main ARGS` in a subprocess (1 CPU device)."""
+  import subprocess
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = ""
+  env.update(env_extra or {})
+  cmd = [sys.executable, "-m", "doremi_jax.main", *args]
+  if workdir is not None:
+    cmd.append(f"--workdir={workdir}")
+  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_cli_many(jobs, timeout=600):
+  """Runs several `(args, workdir)` CLI invocations concurrently (the bad-input
+  tests spend most of their time importing TF/JAX); returns CompletedProcess-
+  like objects in order."""
+  import subprocess
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = ""
+  procs = []
+  for args, workdir in jobs:
+    cmd = [sys.executable, "-m", "doremi_jax.main", *args]
+    if workdir is not None:
+      cmd.append(f"--workdir={workdir}")
+    procs.append((cmd, subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)))
+  out = []
+  for cmd, p in procs:
+    stdout, stderr = p.communicate(timeout=timeout)
+    out.append(subprocess.CompletedProcess(cmd, p.returncode, stdout, stderr))
+  return out
+
+
+def run_cli_until(args, workdir, marker, timeout=400):
+  """Starts `python -m doremi_jax.main ARGS --workdir=WORKDIR` and SIGKILLs it
+  as soon as the path `marker` exists (e.g. a checkpoint directory)."""
+  import signal
+  import subprocess
+  import time
+  proc = subprocess.Popen([sys.executable, "-m", "doremi_jax.main", *args,
+                           f"--workdir={workdir}"], cwd=REPO,
+                          env=dict(os.environ, XLA_FLAGS=""), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + timeout
+  while not os.path.exists(marker) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  assert proc.poll() is None, "run finished before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()

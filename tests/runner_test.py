@@ -1,0 +1,124 @@
+"""The stage runner in process: exact resume, the guard against a
+non-finite loss, and a damaged newest checkpoint."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from doremi_jax import checkpoint as ckpt_lib
+from doremi_jax import config as config_lib
+from doremi_jax import main as main_lib
+from doremi_jax import runner
+from doremi_jax.runner import TrainingDiverged
+from doremi_jax.stages import registry
+
+# A tiny Step 1 on one device: 20 steps, a checkpoint every 5.
+SMALL = [
+    "include 'gin/cpu.gin'",
+    "SEQ_LEN = 32", "STEPS = 20", "BATCH = 8",
+    "TrainConfig.checkpoint_every = 5", "TrainConfig.log_every = 5",
+    "TrainConfig.eval_examples_per_domain = 8", "TrainConfig.eval_batch_size = 8",
+    "TrainConfig.tensorboard = False", "TrainConfig.async_checkpointing = False",
+]
+
+
+def _reference(workdir, *bindings):
+  import gin
+  gin.clear_config()
+  main_lib.register_configurables()
+  config_lib.parse_gin([], SMALL + list(bindings))
+  return registry.get("reference")(str(workdir), devices=jax.devices()[:1])
+
+
+def _params(workdir, step):
+  restored = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
+  return jax.tree.leaves(restored["params"])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  wd = tmp_path_factory.mktemp("runner") / "full"
+  return wd, _reference(wd)
+
+
+def _interrupted_copy(src, dst, keep_through: int):
+  """`src` as a run killed after its checkpoint `keep_through` would leave it."""
+  shutil.copytree(src, dst)
+  for p in (dst / "checkpoints").iterdir():
+    if p.name.isdigit() and int(p.name) > keep_through:
+      shutil.rmtree(p)
+  for name in ("complete.json", "eval.json"):
+    (dst / name).unlink()
+
+
+def test_resume_ends_bitwise_where_the_uninterrupted_run_ends(uninterrupted, tmp_path):
+  full, final = uninterrupted
+  wd = tmp_path / "resumed"
+  _interrupted_copy(full, wd, keep_through=10)
+  again = _reference(wd)
+  assert again["per_domain"] == final["per_domain"]
+  for a, b in zip(_params(full, 20), _params(wd, 20)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  info = json.loads((wd / "run_info.resumed_at_10.json").read_text())
+  assert info["num_steps"] == 20
+
+
+def test_non_finite_loss_stops_and_leaves_a_resumable_run(uninterrupted, tmp_path, capsys):
+  full, final = uninterrupted
+  wd = tmp_path / "diverged"
+  _interrupted_copy(full, wd, keep_through=10)
+  # From step 10 on, a learning rate of 1e30: step 11's update is finite
+  # but enormous, and step 12's gradient overflows.
+  with pytest.raises(TrainingDiverged) as e:
+    _reference(wd, "OptimizerConfig.learning_rate = 1e30", "OptimizerConfig.warmup_steps = 0",
+               "OptimizerConfig.schedule = 'constant'")
+  msg = str(e.value)
+  assert "training diverged at step 12 of 20" in msg, msg
+  assert "gradient norm nan; the gradient is not finite" in msg, msg
+  assert "the last good checkpoint is step 10" in msg and "resume from step 10" in msg, msg
+  assert not (wd / "complete.json").exists()
+  steps = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps == [10]     # (5 was rotated out by keep_checkpoints = 3)
+  for s in steps:
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in _params(wd, s))
+  # Fixed settings: the same command resumes from the last good checkpoint.
+  capsys.readouterr()
+  again = _reference(wd)
+  assert "resuming from step 10" in capsys.readouterr().out
+  assert again["per_domain"] == final["per_domain"]
+
+
+def test_check_finite_names_the_domains(tmp_path):
+  ckpt = ckpt_lib.Checkpointer(tmp_path / "checkpoints", 5, 3, async_save=False)
+  host = {"loss": 1.0, "grad_norm": 0.5, "domain_loss": np.array([1.0, np.nan, 2.0, np.inf])}
+  with pytest.raises(TrainingDiverged) as e:
+    runner.check_finite(7, 10, host, "domain_loss", ["a", "b", "c", "d"], ckpt)
+  assert "at step 7 of 10" in str(e.value)
+  assert "the loss is not finite on domains ['b', 'd']" in str(e.value)
+  assert "no checkpoint was written yet" in str(e.value)
+  runner.check_finite(7, 10, dict(host, domain_loss=np.ones(4)), "domain_loss", "abcd", ckpt)
+  ckpt.close()
+
+
+def test_unreadable_newest_checkpoint_is_set_aside(uninterrupted, tmp_path, capsys):
+  full, final = uninterrupted
+  wd = tmp_path / "truncated"
+  _interrupted_copy(full, wd, keep_through=15)
+  # Truncate the largest file of checkpoint 15's state (its array data).
+  data = max((p for p in (wd / "checkpoints" / "15" / "state").rglob("*") if p.is_file()),
+             key=lambda p: p.stat().st_size)
+  data.write_bytes(data.read_bytes()[: data.stat().st_size // 3])
+  capsys.readouterr()
+  again = _reference(wd)
+  out = capsys.readouterr().out
+  assert "the checkpoint at step 15 cannot be read" in out, out
+  assert "resuming from step 10" in out
+  aside = wd / "checkpoints_unreadable" / "15"
+  assert aside.is_dir() and (aside / "state").is_dir()     # moved, not deleted
+  assert again["per_domain"] == final["per_domain"]
+  for a, b in zip(_params(full, 20), _params(wd, 20)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -1,0 +1,127 @@
+"""The package's shape: no import cycles, no private names used across
+modules, no module over 400 lines, and the model, step programs, DRO math
+and runner usable without TensorFlow, seqio or TFDS."""
+
+import ast
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import REPO
+
+PKG = os.path.join(REPO, "doremi_jax")
+MAX_LINES = 400
+
+
+def _modules() -> dict:
+  """{dotted module name: path} for every module of the package."""
+  out = {}
+  for root, _, names in os.walk(PKG):
+    for n in names:
+      if n.endswith(".py"):
+        rel = os.path.relpath(os.path.join(root, n), REPO)[:-3].replace(os.sep, ".")
+        out[rel[:-len(".__init__")] if rel.endswith(".__init__") else rel] = os.path.join(root, n)
+  return out
+
+
+MODULES = _modules()
+
+
+def _imports(path: str) -> tuple[set, dict]:
+  """(package modules imported anywhere in the file, including inside
+  functions; {local alias: module} of the imported package modules)."""
+  tree = ast.parse(open(path).read())
+  deps, aliases = set(), {}
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      for a in node.names:
+        if a.name in MODULES:
+          deps.add(a.name)
+          aliases[a.asname or a.name] = a.name
+    elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("doremi_jax"):
+      for a in node.names:
+        sub = f"{node.module}.{a.name}"
+        if sub in MODULES:          # from pkg import module
+          deps.add(sub)
+          aliases[a.asname or a.name] = sub
+        elif node.module in MODULES:  # from module import name
+          deps.add(node.module)
+  return deps, aliases
+
+
+def test_no_import_cycles():
+  graph = {m: _imports(p)[0] - {m} for m, p in MODULES.items()}
+  cycles, state = [], {}
+
+  def visit(m, stack):
+    state[m] = "open"
+    for d in sorted(graph.get(m, ())):
+      if state.get(d) == "open":
+        cycles.append(stack[stack.index(d):] + [d])
+      elif d not in state:
+        visit(d, stack + [d])
+    state[m] = "done"
+
+  for m in sorted(graph):
+    if m not in state:
+      visit(m, [m])
+  assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_no_private_names_across_modules():
+  bad = []
+  for m, path in MODULES.items():
+    tree = ast.parse(open(path).read())
+    _, aliases = _imports(path)
+    for node in ast.walk(tree):
+      if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("doremi_jax"):
+        bad += [f"{m}: from {node.module} import {a.name}" for a in node.names
+                if a.name.startswith("_")]
+      elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+            and node.value.id in aliases and node.attr.startswith("_")
+            and not node.attr.startswith("__")):
+        bad.append(f"{m}:{node.lineno}: {node.value.id}.{node.attr}")
+  assert not bad, "private names used from another module:\n" + "\n".join(bad)
+
+
+def test_no_module_over_400_lines():
+  long = {m: n for m, p in MODULES.items() if (n := len(open(p).read().splitlines())) > MAX_LINES}
+  assert not long, f"modules over {MAX_LINES} lines (split them by concern): {long}"
+
+
+IMPORT_WITHOUT_TF = r"""
+import sys
+for name in ("tensorflow", "seqio", "tensorflow_datasets"):
+  sys.modules[name] = None   # `import name` now raises ImportError
+import jax, numpy as np
+from doremi_jax import doremi, model, runner, state, steps
+from doremi_jax.stages import registry
+
+cfg = state.TrainConfig(num_steps=2, global_batch_size=8, seq_len=16)
+setup = state.build_setup(128, cfg, model_cfg=model.ModelConfig(d_model=32, num_layers=1,
+                          num_heads=2, head_dim=16, mlp_dim=64), devices=jax.devices()[:1])
+rng = np.random.default_rng(0)
+batch = state.to_global({"targets": rng.integers(2, 128, (8, 16)).astype(np.int32),
+                         "domain_ids": (np.arange(8) % 4).astype(np.int32)},
+                        setup.batch_shardings)
+lm = steps.lm_program(setup, 4, 1, cfg.seq_len)
+_, m = lm(lm.init(0), batch)
+ref = lm.init(1).params
+dro = steps.dro_program(setup, setup.model, ref, setup.state_shardings.params, 4, 1,
+                        doremi.DROConfig(), np.full(4, 0.25), cfg.seq_len)
+_, d = dro(dro.init(0), batch)
+assert np.isfinite(float(m["loss"])) and np.isfinite(float(d["loss"]))
+assert all(sys.modules.get(n) is None for n in ("tensorflow", "seqio", "tensorflow_datasets"))
+print("ran both steps without tensorflow")
+"""
+
+
+@pytest.mark.slow
+def test_model_steps_and_runner_import_and_run_without_tensorflow():
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  r = subprocess.run([sys.executable, "-c", IMPORT_WITHOUT_TF], cwd=REPO, env=env,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "ran both steps without tensorflow" in r.stdout
