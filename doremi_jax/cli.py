@@ -86,7 +86,10 @@ def init_backends_quietly():
 
 
 def fail(message: str):
-  print(f"error: {message}", file=sys.stderr, flush=True)
+  # Gin appends where the error surfaced ("In call to configurable ..."):
+  # the message already names the binding to change.
+  lines = [l for l in message.splitlines() if not re.match(r"\s+In call to configurable", l)]
+  print("error: " + "\n".join(lines), file=sys.stderr, flush=True)
   sys.exit(2)
 
 

@@ -30,8 +30,12 @@ flags.DEFINE_float("validation_fraction", 0.05, "Fraction of documents for valid
 def main(argv):
   del argv
   load_tensorflow_quietly()
-  from doremi_jax.config import ConfigError
+  from doremi_jax.config import ConfigError, check_number
   from doremi_jax.data import local_prepare
+  check_number("--validation_fraction", FLAGS.validation_fraction, low=0, high=1,
+               low_open=True, high_open=True)
+  if not FLAGS.corpus or not FLAGS.data_dir:
+    raise ConfigError("--corpus and --data_dir must be non-empty.")
   if not FLAGS.domain:
     raise ConfigError("give at least one --domain NAME=GLOB.")
   specs = []

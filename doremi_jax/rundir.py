@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+import os
 import time
 from typing import Optional
 
@@ -23,6 +25,7 @@ import gin
 import jax
 
 from doremi_jax import files
+from doremi_jax.config import ConfigError
 
 COMPLETE = "complete.json"
 PIPELINE_STATE = "pipeline.json"
@@ -49,6 +52,52 @@ def round_dir(workdir, r: int, stage: str):
 def load_pipeline_state(workdir) -> Optional[dict]:
   path = files.path(workdir) / PIPELINE_STATE
   return files.read_json(path) if files.exists(path) else None
+
+
+def check_writable(workdir: str):
+  """Refuses a run directory that is a file or cannot be written (local
+  paths; gs:// is checked by its first write)."""
+  if "://" in str(workdir):
+    return
+  path = os.path.abspath(str(workdir))
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ConfigError(f"the run directory {workdir} is a file, not a directory; choose "
+                      "another --workdir (or run.workdir).")
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+    raise ConfigError(f"cannot create or write the run directory {workdir}: {existing} is "
+                      "not a writable directory. Choose another --workdir.")
+
+
+def check_resumable(workdir: str, stage: str, model_cfg, domains):
+  """Before anything is written: a run directory that already holds a run
+  must hold this stage's run, on the same domains, with the same model, or
+  its checkpoints could not be resumed."""
+  check_writable(workdir)
+  path = files.path(workdir) / "run_info.json"
+  if not files.exists(path):
+    return
+  try:
+    info = files.read_json(path)
+  except ValueError as e:
+    raise ConfigError(f"{path} is not valid JSON ({e}); this run directory is damaged. "
+                      "Use a new --workdir, or remove the file to start afresh.") from e
+  redo = "Use a new --workdir for this configuration, or resume with the recorded one."
+  if info.get("stage") != stage:
+    raise ConfigError(f"{workdir} holds a {info.get('stage')!r} run, not a {stage!r} run. "
+                      "Use another --workdir.")
+  if info.get("domains") != list(domains):
+    raise ConfigError(f"{workdir} was trained on domains {info.get('domains')}, but this "
+                      f"configuration has {list(domains)}. {redo}")
+  now = json.loads(json.dumps(dataclasses.asdict(model_cfg)))
+  was = info.get("model", {})
+  changed = {k: (was.get(k), v) for k, v in now.items() if was.get(k) != v}
+  if changed:
+    raise ConfigError(f"{workdir} was trained with another model: "
+                      + ", ".join(f"ModelConfig.{k} {a!r} then, {b!r} now"
+                                  for k, (a, b) in changed.items()) + f". {redo}")
 
 
 def write_config(workdir: str, text: str, start_step: int) -> str:

@@ -73,7 +73,7 @@ def summary_line(final: dict) -> str:
 
 def run_stage(*, workdir: str, stage: str, corpus, cfg: TrainConfig, program: StepProgram,
               assignment, info: Optional[dict] = None, start_files: Optional[dict] = None,
-              hooks: Hooks = Hooks()) -> dict:
+              hooks: Optional[Hooks] = None) -> dict:
   """Trains `program` for `cfg.num_steps` in `workdir` (resuming if it holds
   checkpoints) and returns the final evaluation summary.
 
@@ -83,6 +83,8 @@ def run_stage(*, workdir: str, stage: str, corpus, cfg: TrainConfig, program: St
   """
   t0 = time.time()
   workdir = str(workdir)
+  hooks = hooks or Hooks()
+  rundir.check_resumable(workdir, stage, program.setup.model_cfg, corpus.domains)
   checkpointer = ckpt_lib.Checkpointer(files.path(workdir) / "checkpoints", cfg.checkpoint_every,
                                        cfg.keep_checkpoints, cfg.async_checkpointing)
   loader = None

@@ -25,11 +25,7 @@ from doremi_jax import checkpoint as ckpt_lib
 from doremi_jax import model as model_lib
 from doremi_jax import optimizer as opt_lib
 from doremi_jax import sharding as sharding_lib
-from doremi_jax.config import ConfigError
-
-
-def _is_int(x) -> bool:
-  return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+from doremi_jax.config import ConfigError, check_number
 
 
 @gin.configurable
@@ -55,13 +51,10 @@ class TrainConfig:
     positive = ("num_steps", "global_batch_size", "seq_len", "grad_accum_steps", "log_every",
                 "keep_checkpoints", "eval_examples_per_domain", "eval_batch_size")
     for name in positive:
-      v = getattr(self, name)
-      if not (_is_int(v) and v > 0):
-        raise ConfigError(f"TrainConfig.{name} must be a positive integer, got {v!r}.")
+      check_number(f"TrainConfig.{name}", getattr(self, name), integer=True, low=0,
+                   low_open=True)
     for name in ("seed", "checkpoint_every", "eval_every"):
-      v = getattr(self, name)
-      if not (_is_int(v) and v >= 0):
-        raise ConfigError(f"TrainConfig.{name} must be an integer >= 0, got {v!r}.")
+      check_number(f"TrainConfig.{name}", getattr(self, name), integer=True, low=0)
     for name in ("async_checkpointing", "tensorboard"):
       if not isinstance(getattr(self, name), bool):
         raise ConfigError(f"TrainConfig.{name} must be True or False, got "

@@ -24,7 +24,8 @@ flags.DEFINE_string("corpus", "local", "Corpus name (as given to doremi_jax.prep
 flags.DEFINE_string("data_dir", "data", "TFDS data dir the corpus was prepared into.")
 flags.DEFINE_integer("vocab_size", 32000, "Vocabulary size.")
 flags.DEFINE_integer("chars_per_domain", 5_000_000, "Characters sampled from each domain.")
-flags.DEFINE_string("model_type", "unigram", "SentencePiece model type (unigram or bpe).")
+flags.DEFINE_enum("model_type", "unigram", ["unigram", "bpe", "char", "word"],
+                  "SentencePiece model type.")
 flags.DEFINE_string("output", None, "Output prefix; writes OUTPUT.model and OUTPUT.vocab.")
 
 
@@ -83,9 +84,11 @@ def train(corpus, data_dir, vocab_size, chars_per_domain, output, model_type="un
 def main(argv):
   del argv
   load_tensorflow_quietly()
-  from doremi_jax.config import ConfigError
+  from doremi_jax.config import ConfigError, check_number
   if not FLAGS.output:
     raise ConfigError("--output is required (an output path prefix).")
+  check_number("--vocab_size", FLAGS.vocab_size, integer=True, low=3)
+  check_number("--chars_per_domain", FLAGS.chars_per_domain, integer=True, low=0, low_open=True)
   train(FLAGS.corpus, FLAGS.data_dir, FLAGS.vocab_size, FLAGS.chars_per_domain, FLAGS.output,
         FLAGS.model_type)
 

@@ -69,6 +69,9 @@ def test_quickstart_command(quickstart_run):
                f"[pipeline] report: {wd / 'report.md'}"):
     assert line in r.stdout, line
   assert "ETA" in r.stdout and "tok/s" in r.stdout
+  # A newcomer's first screen: no TensorFlow/CUDA/libtpu start-up chatter.
+  for word in ("cuInit", "cudart", "TPU_ACCELERATOR_TYPE", "libtpu", "absl::InitializeLog"):
+    assert word not in r.stdout + r.stderr, word
 
 
 def test_quickstart_reference_stage(quickstart_run):
@@ -81,7 +84,8 @@ def test_quickstart_reference_stage(quickstart_run):
     assert (wd / f).exists(), f
   assert (wd / "checkpoints" / "200").exists()
   assert any((wd / "tensorboard").iterdir())
-  assert "reference/TrainConfig.num_steps = 200" in (wd / "config.gin").read_text()
+  config = (wd / "config.gin").read_text()
+  assert "reference/TrainConfig.num_steps = %STEPS" in config and "STEPS = 200" in config
   evals = [json.loads(l) for l in (wd / "eval.jsonl").read_text().splitlines()]
   first, last = evals[0], json.loads((wd / "eval.json").read_text())
   assert first["step"] == 0 and last["step"] == 200

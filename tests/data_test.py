@@ -1,7 +1,6 @@
 import ast
 import json
 import math
-import os
 
 import gin
 import numpy as np

@@ -23,14 +23,19 @@ def run_cli_many(jobs, timeout=600):
   """Runs several `(args, workdir)` CLI invocations concurrently (the bad-input
   tests spend most of their time importing TF/JAX); returns CompletedProcess-
   like objects in order."""
+  return run_tools_many([("main", list(args) + ([f"--workdir={workdir}"] if workdir else []))
+                         for args, workdir in jobs], timeout)
+
+
+def run_tools_many(jobs, timeout=600):
+  """Runs several `(tool, args)` invocations of `python -m doremi_jax.TOOL
+  ARGS` concurrently; returns CompletedProcess-like objects in order."""
   import subprocess
   env = dict(os.environ)
   env["XLA_FLAGS"] = ""
   procs = []
-  for args, workdir in jobs:
-    cmd = [sys.executable, "-m", "doremi_jax.main", *args]
-    if workdir is not None:
-      cmd.append(f"--workdir={workdir}")
+  for tool, args in jobs:
+    cmd = [sys.executable, "-m", f"doremi_jax.{tool}", *args]
     procs.append((cmd, subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True)))
   out = []

@@ -122,3 +122,14 @@ def test_unreadable_newest_checkpoint_is_set_aside(uninterrupted, tmp_path, caps
   assert again["per_domain"] == final["per_domain"]
   for a, b in zip(_params(full, 20), _params(wd, 20)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_run_directory_of_another_model_is_refused_before_writing(uninterrupted, tmp_path):
+  full, _ = uninterrupted
+  wd = tmp_path / "other_model"
+  _interrupted_copy(full, wd, keep_through=10)
+  before = sorted(p.relative_to(wd) for p in wd.rglob("*"))
+  with pytest.raises(config_lib.ConfigError,
+                     match="was trained with another model: ModelConfig.d_model 64 then, 32 now"):
+    _reference(wd, "ModelConfig.d_model = 32")
+  assert sorted(p.relative_to(wd) for p in wd.rglob("*")) == before

@@ -116,6 +116,7 @@ def train_pipeline(workdir: str, rounds: int = 1, tolerance: float = 1e-2,
   if run_baseline and not run_main:
     raise ConfigError("train_pipeline.run_baseline needs run_main = True (the baseline is "
                       "compared with the DoReMi main model).")
+  rundir.check_writable(workdir)
   corpus = get_corpus()
   domains = list(corpus.domains)
   w0 = weights_lib.as_dict(domains, weights_lib.resolve_weights(
