@@ -163,3 +163,54 @@ def plot_training_curves(stages: list, path) -> bool:
 
 # --------------------------------------------------------------------------
 # The report
+
+
+def plot_forest(study: dict, path) -> bool:
+  """The paired differences (arm - baseline) with their adjusted intervals:
+  the uniform average and every domain, one row per arm."""
+  arms = [a for a in study["arms"] if "vs_baseline" in study["results"][a]]
+  if not arms:
+    return False
+  plt = _plt()
+  keys = ["uniform_avg"] + list(study["domains"])
+  fig, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys), 0.5 * len(arms) + 1.6),
+                           sharey=True, squeeze=False)
+  for ax, key in zip(axes[0], keys):
+    for i, arm in enumerate(arms):
+      vs = study["results"][arm]["vs_baseline"]
+      x = vs[key] if key == "uniform_avg" else vs["domains"][key]
+      color = {"wins": "tab:green", "loses": "tab:red"}.get(x["verdict"], "tab:gray")
+      ax.errorbar(x["diff"], i, xerr=[[x["diff"] - x["ci"][0]], [x["ci"][1] - x["diff"]]],
+                  fmt="o", color=color, capsize=3)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_title("uniform avg" if key == "uniform_avg" else key, fontsize=9)
+    ax.tick_params(labelsize=8)
+  axes[0][0].set_yticks(range(len(arms)))
+  axes[0][0].set_yticklabels(arms)
+  fig.suptitle(f"loss difference vs {study['baseline']} (green wins, red loses)", fontsize=10)
+  _save(fig, path)
+  return True
+
+
+def plot_study_curves(study: dict, path) -> bool:
+  """Each arm's uniform-average eval loss over steps: mean and the range over
+  seeds."""
+  import numpy as np
+  curves = study.get("curves", {})
+  if not curves:
+    return False
+  plt = _plt()
+  colors = _colors(list(curves))
+  fig, ax = plt.subplots(figsize=(6.5, 4))
+  for arm, seeds in curves.items():
+    steps = seeds[0][0]
+    if not all(s[0] == steps for s in seeds):
+      continue
+    loss = np.array([s[1] for s in seeds])
+    ax.plot(steps, loss.mean(0), color=colors[arm], label=arm)
+    ax.fill_between(steps, loss.min(0), loss.max(0), color=colors[arm], alpha=0.2)
+  ax.set_xlabel("step")
+  ax.set_ylabel("uniform-average validation loss (nats)")
+  ax.legend(fontsize=8)
+  _save(fig, path)
+  return True

@@ -94,8 +94,11 @@ def run_stage(*, workdir: str, stage: str, corpus, cfg: TrainConfig, program: St
       start_step, state, data_state = 0, program.init(cfg.seed), None
     else:
       start_step, state, data_state = restored
-    rundir.write_run_info(workdir, stage, start_step, corpus, program.setup,
-                          dict(num_steps=cfg.num_steps, **(info or {})))
+    rundir.write_run_info(workdir, stage, start_step, corpus, program.setup, dict(
+        num_steps=cfg.num_steps, seq_len=cfg.seq_len, seed=cfg.seed,
+        tokens_per_step=cfg.tokens_per_step, flops_per_token=program.flops_per_token,
+        eval_tokens=cfg.eval_examples_per_domain * corpus.num_domains * cfg.seq_len,
+        **(info or {})))
     if rundir.is_writer():
       for name, obj in (start_files or {}).items():
         files.write_json(files.path(workdir) / name, obj)

@@ -168,6 +168,9 @@ def test_pipeline_killed_in_step2_resumes_identically(quickstart_run, tmp_path):
   full, _, r = quickstart_run
   assert r.returncode == 0, r.stderr[-3000:]
   wd = tmp_path / "run"
+  # Step 1 as the uninterrupted run finished it (the CLI skips a complete
+  # stage; tests/cli_test.py covers a kill in Step 1), then a kill in Step 2.
+  shutil.copytree(full / "round_1" / "reference", wd / "round_1" / "reference")
   run_cli_until(["--gin_file=gin/quickstart.gin"], wd,
                 wd / "round_1" / "proxy" / "checkpoints" / "100")
   proxy_dir = wd / "round_1" / "proxy"

@@ -5,7 +5,8 @@ back from a registered seqio Mixture) and train the plain LM step program.
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Optional
 
 import gin
 
@@ -29,28 +30,41 @@ def train_reference(workdir: str, weights: Any = "uniform", devices=None) -> dic
 
 
 @gin.configurable
-def train_main_model(workdir: str, weights: Any = gin.REQUIRED, devices=None) -> dict:
+def train_main_model(workdir: str, weights: Any = gin.REQUIRED, devices=None,
+                     seed: Optional[int] = None) -> dict:
   """DoReMi Step 3: trains the main model on a seqio Mixture whose rates are
   `weights`: a Step 2 run directory or `{domain: weight}` JSON file
   (typically `.../average_domain_weights.json`), a preset ('uniform',
-  'proportional', 'pile_baseline', 'pile_doremi_280m'), or a mapping.
-  Domains are resampled with these probabilities (not loss-reweighted).
-  Writes main_weights.json (the rates used) and the runner's files."""
-  return train_on_mixture(workdir, "main", weights, "train_main_model.weights", devices)
+  'proportional', 'pile_baseline', 'pile_doremi_280m'), a mapping, or
+  'stratified' (exactly equal rows of every domain in every batch). Domains
+  are resampled with these probabilities (not loss-reweighted). `seed`
+  overrides TrainConfig.seed (the study's seeds). Writes main_weights.json
+  (the rates used) and the runner's files."""
+  return train_on_mixture(workdir, "main", weights, "train_main_model.weights", devices, seed)
 
 
-def train_on_mixture(workdir: str, stage: str, weights: Any, what: str, devices=None) -> dict:
+def train_on_mixture(workdir: str, stage: str, weights: Any, what: str, devices=None,
+                     seed: Optional[int] = None) -> dict:
   """Registers the seqio Mixture `<corpus>_<stage>` with rates `weights` and
-  trains an LM on it in `workdir` under the stage name `stage`."""
+  trains an LM on it in `workdir` under the stage name `stage`; the weights
+  'stratified' give every domain the same rows of every batch instead."""
   cfg = TrainConfig()
+  if seed is not None:
+    cfg = dataclasses.replace(cfg, seed=seed)
   corpus = get_corpus()
-  w = weights_lib.resolve_weights(weights, corpus, what)
+  stratified = isinstance(weights, str) and weights == "stratified"
+  w = weights_lib.resolve_weights("uniform" if stratified else weights, corpus, what)
   mixture = corpus_lib.register_mixture(f"{corpus.name}_{stage}", corpus, w)
   rates = corpus_lib.mixture_rates(mixture, corpus)
+  if stratified:
+    assignment = loader_lib.StratifiedAssignment(corpus.num_domains, cfg.seed)
+    assignment.counts(0, cfg.global_batch_size)  # batch >= k, else a clear error
+  else:
+    assignment = loader_lib.MixtureAssignment(rates, cfg.seed)
   program = build_program(corpus, cfg, devices)
   return runner.run_stage(
       workdir=workdir, stage=stage, corpus=corpus, cfg=cfg, program=program,
-      assignment=loader_lib.MixtureAssignment(rates, cfg.seed),
+      assignment=assignment, info={"sampling": "stratified" if stratified else "mixture"},
       start_files={f"{stage}_weights.json": weights_lib.as_dict(corpus.domains, rates)})
 
 

@@ -1,0 +1,170 @@
+"""Stage `study`: which mixture trains the better main model on this corpus,
+by how much, with what certainty, at equal compute.
+
+Named arms x seeds. Every arm trains the same main model (gin's `main/`
+scope) for the same number of tokens; seed s uses the same initialisation
+and the same data-order seed in every arm (a paired design); every run is
+evaluated on the same validation examples at the same steps
+(`main/TrainConfig.eval_every`). An arm is any Step 3 weights spec
+('uniform', 'proportional', a preset, a {domain: weight} file or mapping, a
+Step 2 run directory), or:
+
+  'stratified'  exactly equal rows of every domain in every batch
+  'unimax'      UniMax (Chung et al. 2023): uniform over domains, each capped
+                at `unimax_epochs` epochs of its data for the run's token
+                budget, what capped domains cannot use spread over the rest
+  'doremi'      the study runs DoReMi's reference + proxy itself (iterated
+                when `rounds` > 1) in RUN/doremi and uses its weights
+
+    RUN/arms/<arm>/seed_<s>/   one main-model run (resumable, skipped when complete)
+    RUN/study.json, study.md   the statistics (doremi_jax.stats) and the verdicts
+
+Re-running the command after a kill finishes the study with identical
+numbers: finished runs are skipped and the interrupted one resumes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping, Optional
+
+import gin
+import numpy as np
+
+from doremi_jax import files
+from doremi_jax import rundir
+from doremi_jax import study_report
+from doremi_jax.config import ConfigError
+from doremi_jax.data import weights as weights_lib
+from doremi_jax.data.registry import get_corpus
+from doremi_jax.stages import registry
+from doremi_jax.state import TrainConfig
+
+STUDY_FILE = "study.json"
+METHOD_ARMS = ("stratified", "unimax", "doremi")
+
+
+def _say(msg: str):
+  rundir.announce("study", msg)
+
+
+def parse_arms(arms) -> dict:
+  """{name: spec} from a mapping or a list of specs named by themselves."""
+  if isinstance(arms, Mapping):
+    items = list(arms.items())
+  elif isinstance(arms, (list, tuple)):
+    bad = [a for a in arms if not isinstance(a, str)]
+    if bad:
+      raise ConfigError(f"train_study.arms: in a list every arm is a name or path (named by "
+                        f"itself); give a dict {{name: spec}} for {bad}.")
+    items = [(a, a) for a in arms]
+  else:
+    raise ConfigError(f"train_study.arms must be a dict {{name: spec}} or a list of specs, "
+                      f"got {arms!r}.")
+  names = [n for n, _ in items]
+  if not items or any(not isinstance(n, str) or not n for n in names):
+    raise ConfigError(f"train_study.arms needs at least one arm, each with a non-empty name; "
+                      f"got {names}.")
+  if len(set(names)) != len(names):
+    raise ConfigError(f"train_study.arms names an arm twice: {names}.")
+  return dict(items)
+
+
+def unimax_weights(train_tokens, budget_tokens: float, max_epochs: float) -> np.ndarray:
+  """UniMax (Chung et al. 2023, Algorithm 1): visit domains from the smallest;
+  each gets the uniform share of the budget still unallocated, or
+  `max_epochs` x its size if that is less. Returns the shares of the budget."""
+  sizes = np.asarray(train_tokens, np.float64)
+  alloc = np.zeros_like(sizes)
+  left = float(budget_tokens)
+  order = np.argsort(sizes, kind="stable")
+  for i, d in enumerate(order):
+    share = left / (len(order) - i)
+    alloc[d] = min(share, sizes[d] * max_epochs)
+    left -= alloc[d]
+  return alloc / alloc.sum()
+
+
+def main_config() -> TrainConfig:
+  """The main model's TrainConfig (gin's `main/` scope)."""
+  with gin.config_scope("main"):
+    return TrainConfig()
+
+
+def resolve_arm(name: str, spec: Any, corpus, cfg: TrainConfig,
+                unimax_epochs: float) -> Optional[np.ndarray]:
+  """The arm's rates in domain order; None for 'doremi' (known after its
+  Step 2). Raises ConfigError before any training for a spec that cannot
+  work."""
+  what = f"train_study.arms[{name!r}]"
+  if spec == "doremi":
+    return None
+  if spec == "stratified":
+    return np.full(corpus.num_domains, 1.0 / corpus.num_domains)
+  if spec == "unimax":
+    budget = cfg.num_steps * cfg.tokens_per_step
+    return unimax_weights(corpus.train_tokens, budget, unimax_epochs)
+  return weights_lib.resolve_weights(spec, corpus, what)
+
+
+@gin.configurable
+def train_study(workdir: str, arms: Any = gin.REQUIRED, seeds: int = 3,
+                baseline: str = "stratified", rounds: int = 1, unimax_epochs: float = 1.0,
+                level: float = 0.95, devices=None) -> dict:
+  """Trains every arm x seed and writes study.json and study.md (see the
+  module docstring). `level` is the confidence of every interval (before the
+  Bonferroni adjustment for the number of arms). Returns study.json."""
+  arms = parse_arms(arms)
+  if not (isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 2):
+    raise ConfigError(f"train_study.seeds must be an integer >= 2 (intervals need two "
+                      f"seeds), got {seeds!r}.")
+  if baseline not in arms:
+    raise ConfigError(f"train_study.baseline={baseline!r} is not one of the arms "
+                      f"{list(arms)}; add it to train_study.arms or choose one of them.")
+  if not (0 < level < 1):
+    raise ConfigError(f"train_study.level must be in (0, 1), got {level!r}.")
+  if not (isinstance(unimax_epochs, (int, float)) and unimax_epochs > 0):
+    raise ConfigError(f"train_study.unimax_epochs must be > 0, got {unimax_epochs!r}.")
+  rundir.check_writable(workdir)
+  corpus = get_corpus()
+  cfg = main_config()
+  rates = {n: resolve_arm(n, s, corpus, cfg, unimax_epochs) for n, s in arms.items()}
+  root = files.path(workdir)
+  t_start = time.time()
+  _say(f"{len(arms)} arms x {seeds} seeds in {workdir}: {', '.join(arms)}; baseline "
+       f"{baseline}.")
+
+  method_runs = {}
+  for name, spec in arms.items():
+    if spec == "doremi":
+      doremi_dir = root / "doremi"
+      _say(f"arm {name}: DoReMi's reference + proxy in {doremi_dir}")
+      state = registry.get("pipeline")(str(doremi_dir), rounds=rounds, run_main=False,
+                                       run_baseline=False, devices=devices)
+      w = state["final_weights"]
+      rates[name] = np.array([w[d] for d in corpus.domains], np.float64)
+      method_runs[name] = [r[k] for r in state["rounds"] for k in ("reference_dir", "proxy_dir")]
+
+  for name, spec in arms.items():
+    for seed in range(seeds):
+      run_dir = root / "arms" / name / f"seed_{seed}"
+      if rundir.is_complete(run_dir):
+        _say(f"arm {name}, seed {seed}: already complete, skipping")
+        continue
+      _say(f"arm {name}, seed {seed}: training in {run_dir}")
+      weights = "stratified" if spec == "stratified" else weights_lib.as_dict(
+          corpus.domains, rates[name])
+      registry.get("main")(str(run_dir), weights=weights, seed=seed, devices=devices)
+
+  result = study_report.analyse(root, list(arms), seeds, baseline, corpus, rates, method_runs,
+                                level)
+  if rundir.is_writer():
+    files.write_json(root / STUDY_FILE, result)
+    path = study_report.write(root, result)
+    print(study_report.format_verdicts(result), flush=True)
+    _say(f"report: {path}")
+  _say(f"done in {time.time() - t_start:.0f}s")
+  return result
+
+
+registry.register(registry.Stage("study", train_study, runs=("main",)))

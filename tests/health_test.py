@@ -1,0 +1,49 @@
+"""Health checks fire on planted cases and pass on healthy ones."""
+
+import math
+
+from doremi_jax import health
+
+DOMAINS = ["a", "b", "c", "d"]
+
+
+def test_collapsed_step2_log_warns():
+  collapsed = [{"domain_weights": [0.97, 0.01, 0.01, 0.01]} for _ in range(8)]
+  healthy = [{"domain_weights": [0.3, 0.3, 0.2, 0.2]} for _ in range(8)]
+  bad = health.weight_collapse(collapsed)
+  assert [l["status"] for l in bad] == ["WARN", "WARN"]
+  assert "100% of logged steps" in bad[0]["value"] and bad[0]["advice"]
+  assert [l["status"] for l in health.weight_collapse(healthy)] == ["PASS", "PASS"]
+  assert health.entropy([0.25] * 4) == math.log(4)
+
+
+def test_weight_that_rounds_to_zero_examples_warns():
+  w = {"a": 0.0004, "b": 0.3333, "c": 0.3333, "d": 0.333}
+  line = health.starved_domains(DOMAINS, w, num_steps=200, batch=32)
+  assert line["status"] == "WARN" and "a 2.6" in line["value"]
+  ok = health.starved_domains(DOMAINS, {d: 0.25 for d in DOMAINS}, 200, 32)
+  assert ok["status"] == "PASS"
+
+
+def test_domain_repeated_many_epochs_warns():
+  sizes = {"a": 1000, "b": 10**6, "c": 10**6, "d": 10**6}
+  line = health.repetition(DOMAINS, {d: 0.25 for d in DOMAINS}, 100_000, sizes)
+  assert line["status"] == "WARN" and "a 25.00 epochs" in line["value"]
+  assert health.repetition(DOMAINS, {d: 0.25 for d in DOMAINS}, 1000, sizes)["status"] == "PASS"
+
+
+def test_proxy_below_reference_and_rounds():
+  ev = {"per_domain": {"a": {"excess_over_reference": -0.2}, "b": {"excess_over_reference": 0.1}}}
+  (line,) = health.proxy_below_reference(ev)
+  assert line["status"] == "WARN" and "a -0.200" in line["value"]
+  state = {"rounds": [{"l1_change": 0.3}, {"l1_change": 0.2}], "rounds_requested": 2,
+           "converged_at_round": None, "tolerance": 0.01}
+  assert health.rounds_converged(state)[0]["status"] == "WARN"
+  state.update(converged_at_round=2)
+  assert health.rounds_converged(state)[0]["status"] == "PASS"
+
+
+def test_shares_of_tokens_and_bytes():
+  s = health.shares(["a", "b"], {"a": 0.5, "b": 0.5}, {"a": 1.0, "b": 3.0})
+  assert s["tokens"] == {"a": 0.5, "b": 0.5} and s["bytes"] == {"a": 0.25, "b": 0.75}
+  assert "bytes" not in health.shares(["a"], {"a": 1.0}, None)

@@ -1,0 +1,130 @@
+"""Stage `study`: bad input before any training, UniMax against NumPy, and a
+tiny study in process with a planted effect and an exact resume."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from doremi_jax import config as config_lib
+from doremi_jax import main as main_lib
+from doremi_jax.config import ConfigError
+from doremi_jax.stages import registry
+from doremi_jax.stages import study
+
+TINY = [
+    "include 'gin/cpu.gin'", "run.stage = 'study'",
+    "SEQ_LEN = 32", "STEPS = 30", "BATCH = 10",
+    "TrainConfig.checkpoint_every = 10", "TrainConfig.log_every = 10",
+    "TrainConfig.eval_every = 10", "TrainConfig.eval_examples_per_domain = 8",
+    "TrainConfig.eval_batch_size = 8", "TrainConfig.tensorboard = False",
+]
+NO_REPEAT = "{'noise': 1, 'repeat': 0, 'markov': 1, 'arithmetic': 1, 'sort': 1}"
+
+
+def _study(workdir, *bindings):
+  import gin
+  gin.clear_config()
+  main_lib.register_configurables()
+  config_lib.parse_gin([], TINY + list(bindings))
+  return registry.get("study")(str(workdir), devices=jax.devices()[:1])
+
+
+def np_unimax(sizes, budget, epochs):
+  """UniMax written as its paper states it: smallest domain first, each gets
+  min(uniform share of what is left, epochs x its size)."""
+  sizes = [float(s) for s in sizes]
+  order = sorted(range(len(sizes)), key=lambda i: (sizes[i], i))
+  out, left = [0.0] * len(sizes), float(budget)
+  for n, i in enumerate(order):
+    out[i] = min(left / (len(sizes) - n), epochs * sizes[i])
+    left -= out[i]
+  return np.array(out) / sum(out)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_unimax_matches_numpy(seed):
+  rng = np.random.default_rng(seed)
+  sizes = rng.integers(10, 10_000, 6)
+  budget, epochs = float(rng.integers(1_000, 40_000)), float(rng.choice([1, 2, 4]))
+  np.testing.assert_allclose(study.unimax_weights(sizes, budget, epochs),
+                             np_unimax(sizes, budget, epochs), rtol=1e-12)
+
+
+def test_unimax_caps_small_domains_and_spreads_the_rest():
+  w = study.unimax_weights([10, 1000, 1000], 300, 1.0)
+  np.testing.assert_allclose(w * 300, [10, 145, 145])
+  np.testing.assert_allclose(study.unimax_weights([10, 10], 10**6, 1.0), [0.5, 0.5])
+
+
+@pytest.mark.parametrize("binding, message", [
+    ("train_study.arms = {'stratified': 'stratified', 'x': 'no_such_arm'}",
+     "neither a preset"),
+    ("train_study.arms = ['uniform', 'proportional']",
+     "train_study.baseline='stratified' is not one of the arms"),
+    ("train_study.arms = ['stratified']\ntrain_study.seeds = 1",
+     "train_study.seeds must be an integer >= 2"),
+    ("train_study.arms = {'stratified': 'stratified', 'w': {'noise': 1, 'wiki': 1}}",
+     "unknown domains ['wiki']"),
+    ("train_study.arms = {'stratified': 'stratified', 'l': [{'noise': 1}]}",
+     "cannot read"),
+])
+def test_bad_study_input_fails_before_any_training(tmp_path, binding, message):
+  with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+    _study(tmp_path / "s", *binding.split("\n"))
+  assert not (tmp_path / "s").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+  wd = tmp_path_factory.mktemp("study") / "run"
+  result = _study(wd, "train_study.arms = {'stratified': 'stratified', 'no_repeat': "
+                  f"{NO_REPEAT}, 'doremi': 'doremi'}}", "train_study.seeds = 3")
+  return wd, result
+
+
+@pytest.mark.slow  # trains 11 small runs
+def test_study_json_planted_effect_and_speedup(tiny_study):
+  wd, result = tiny_study
+  on_disk = json.loads((wd / "study.json").read_text())
+  assert on_disk == json.loads(json.dumps(result))
+  assert on_disk["baseline"] == "stratified" and on_disk["seeds"] == 3
+  assert on_disk["arms"] == ["stratified", "no_repeat", "doremi"]
+  for arm in on_disk["arms"]:
+    r = on_disk["results"][arm]
+    for key in ("uniform_avg", "worst_case"):
+      assert set(r[key]) >= {"mean", "ci"} and r[key]["ci"][0] <= r[key]["mean"] <= r[key]["ci"][1]
+    assert set(r["domains"]) == set(on_disk["domains"])
+    assert r["cost"]["fraction_of_one_main_run"] > 0
+  # an arm that never samples a learnable domain loses on it and on average
+  vs = on_disk["results"]["no_repeat"]["vs_baseline"]
+  assert vs["domains"]["repeat"]["verdict"] == "loses", vs["domains"]["repeat"]
+  assert vs["uniform_avg"]["verdict"] == "loses", vs["uniform_avg"]
+  assert on_disk["results"]["stratified"]["speedup"]["mean"] == 1.0
+  # DoReMi's own runs are counted in its cost
+  cost = on_disk["results"]["doremi"]["cost"]
+  assert cost["method_flops"] > 0 and cost["fraction_of_one_main_run"] > 1.5
+  report = (wd / "study.md").read_text()
+  assert "## Verdicts" in report and "## Health checks" in report and "Bonferroni" in report
+  assert (wd / "plots" / "study_forest.png").stat().st_size > 10_000
+  assert any(l["check"].startswith("domains starved (no_repeat)") and l["status"] == "WARN"
+             for l in on_disk["health"])
+
+
+@pytest.mark.slow  # trains 11 small runs (shared) and resumes one
+def test_killed_study_resumes_to_identical_numbers(tiny_study, tmp_path):
+  wd, result = tiny_study
+  copy = tmp_path / "run"
+  shutil.copytree(wd, copy)
+  run = copy / "arms" / "no_repeat" / "seed_2"
+  for p in (run / "checkpoints").iterdir():
+    if p.name.isdigit() and int(p.name) > 10:
+      shutil.rmtree(p)
+  for name in ("complete.json", "eval.json"):
+    (run / name).unlink()
+  (copy / "study.json").unlink()
+  again = _study(copy, "train_study.arms = {'stratified': 'stratified', 'no_repeat': "
+                 f"{NO_REPEAT}, 'doremi': 'doremi'}}", "train_study.seeds = 3")
+  assert json.dumps(again["results"]) == json.dumps(result["results"])
