@@ -16,7 +16,7 @@ from doremi_jax.stages import study
 
 TINY = [
     "include 'gin/cpu.gin'", "run.stage = 'study'",
-    "SEQ_LEN = 32", "STEPS = 30", "BATCH = 10",
+    "SEQ_LEN = 32", "STEPS = 20", "BATCH = 10",
     "TrainConfig.checkpoint_every = 10", "TrainConfig.log_every = 10",
     "TrainConfig.eval_every = 10", "TrainConfig.eval_examples_per_domain = 8",
     "TrainConfig.eval_batch_size = 8", "TrainConfig.tensorboard = False",
