@@ -76,14 +76,7 @@ class SyntheticCorpusConfig:
     if not domains:
       raise ConfigError(f"SyntheticCorpusConfig.domains is empty; name at least one of "
                         f"{list(DOMAINS)}.")
-    repeated = sorted({d for d in domains if domains.count(d) > 1})
-    if repeated:
-      raise ConfigError(f"SyntheticCorpusConfig.domains lists {repeated} more than once; "
-                        "name each domain once.")
-    unknown = sorted(set(domains) - set(DOMAINS))
-    if unknown:
-      raise ConfigError(f"SyntheticCorpusConfig.domains has unknown domains {unknown}; "
-                        f"choose from {list(DOMAINS)}.")
+    _check_names("domains", domains, "lists {} more than once; name each domain once.")
     sizes = self.train_examples
     sizes = tuple(sizes.items()) if isinstance(sizes, Mapping) else sizes
     if isinstance(sizes, str) or not isinstance(sizes, (tuple, list)) or not all(
@@ -92,14 +85,7 @@ class SyntheticCorpusConfig:
                         f"e.g. (('noise', 2048), ('repeat', 1024)), got {sizes!r}.")
     sizes = tuple((d, n) for d, n in sizes)
     named = [d for d, _ in sizes]
-    repeated = sorted({d for d in named if named.count(d) > 1})
-    if repeated:
-      raise ConfigError(f"SyntheticCorpusConfig.train_examples gives {repeated} more than one "
-                        "size; give each domain one.")
-    unknown = sorted(set(named) - set(DOMAINS))
-    if unknown:
-      raise ConfigError(f"SyntheticCorpusConfig.train_examples has unknown domains {unknown}; "
-                        f"choose from {list(DOMAINS)}.")
+    _check_names("train_examples", named, "gives {} more than one size; give each domain one.")
     bad = {d: n for d, n in sizes if not _is_int(n) or n <= 0}
     if bad:
       raise ConfigError(f"SyntheticCorpusConfig.train_examples must give each domain a "
@@ -114,6 +100,18 @@ class SyntheticCorpusConfig:
     if split == "validation":
       return self.validation_examples
     return dict(self.train_examples)[domain]
+
+
+def _check_names(field: str, names, repeated_msg: str):
+  """SyntheticCorpusConfig.<field> names each domain at most once, and only
+  built-in domains."""
+  repeated = sorted({d for d in names if names.count(d) > 1})
+  if repeated:
+    raise ConfigError(f"SyntheticCorpusConfig.{field} " + repeated_msg.format(repeated))
+  unknown = sorted(set(names) - set(DOMAINS))
+  if unknown:
+    raise ConfigError(f"SyntheticCorpusConfig.{field} has unknown domains {unknown}; "
+                      f"choose from {list(DOMAINS)}.")
 
 
 def _is_int(x) -> bool:
