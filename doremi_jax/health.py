@@ -42,9 +42,10 @@ def weight_collapse(weights_log: Sequence[dict]) -> list:
             "the Group-DRO weights sit on one domain: lower train_proxy.step_size, raise "
             "train_proxy.smoothing, or check that the reference is trained on that domain."),
       _line("Step 2 weight entropy", f"first {ent[0]:.3f}, lowest {min(ent):.3f}, last "
-            f"{ent[-1]:.3f} nats (uniform {math.log(k):.3f})", ent[-1] >= 0.5 * math.log(k)
-            or share <= COLLAPSE_SHARE,
-            "the weights ended far from uniform; look at which domains they left and why."),
+            f"{ent[-1]:.3f} nats (uniform {math.log(k):.3f})", ent[-1] >= 0.5 * math.log(k),
+            "the current weights ended concentrated on few domains (below half the uniform "
+            "entropy): the averaged weights hide this; look at which domains they left and "
+            "why, or lower train_proxy.step_size."),
   ]
 
 
@@ -103,22 +104,42 @@ def rounds_converged(pipeline_state: Optional[dict]) -> list:
                 "train_pipeline.rounds.")]
 
 
-def tokenizer_line(tokenizer: Optional[dict]) -> list:
+def tokenizer_line(tokenizer: Optional[dict], domains=None, bytes_per_token=None) -> list:
+  """The tokenizer used and, where known, each domain's bytes per token."""
   if not tokenizer:
     return []
   name = tokenizer.get("class", "?")
   sha = tokenizer.get("sentencepiece_sha256")
-  return [_line("tokenizer", f"{name}, {tokenizer.get('vocab_size')} ids"
-                + (f", sha256 {sha[:12]}" if sha else ""), True, "")]
+  value = f"{name}, {tokenizer.get('vocab_size')} ids" + (f", sha256 {sha[:12]}" if sha else "")
+  if domains and bytes_per_token:
+    value += "; bytes/token " + ", ".join(f"{d} {r:.2f}" for d, r in zip(domains, bytes_per_token)
+                                          if r is not None)
+  return [_line("tokenizer", value, True, "")]
 
 
-def shares(domains, weights: dict, bytes_per_token: Optional[dict]) -> dict:
+def weights_under_budget(domains, weights: dict, info: dict, label: str = "") -> list:
+  """Starvation and repetition of `weights` under the budget of the run
+  whose run_info is `info` (steps, tokens per step, sequence length and the
+  corpus's train sizes)."""
+  if not info or not all(k in info for k in ("num_steps", "tokens_per_step", "seq_len",
+                                             "train_tokens")):
+    return []
+  batch = info["tokens_per_step"] // info["seq_len"]
+  sizes = dict(zip(info["domains"], info["train_tokens"]))
+  return [starved_domains(domains, weights, info["num_steps"], batch, label),
+          repetition(domains, weights, info["num_steps"] * info["tokens_per_step"], sizes,
+                     label)]
+
+
+def shares(domains, weights: dict, bytes_per_token) -> dict:
   """An arm's weights as shares of tokens (sequences have equal length) and,
-  where the corpus knows each domain's bytes per token, of bytes: weights
-  found with one tokenizer mean other byte shares under another."""
-  out = {"tokens": {d: weights[d] for d in domains}}
-  if bytes_per_token:
-    raw = {d: weights[d] * bytes_per_token[d] for d in domains}
+  where the corpus knows every domain's bytes per token (a sequence in
+  domain order, or None), of bytes: weights found with one tokenizer mean
+  other byte shares under another."""
+  out = {"tokens": {d: float(weights[d]) for d in domains}}
+  if bytes_per_token is not None and all(r is not None for r in bytes_per_token):
+    ratio = dict(zip(domains, bytes_per_token))
+    raw = {d: weights[d] * ratio[d] for d in domains}
     total = sum(raw.values()) or 1.0
     out["bytes"] = {d: v / total for d, v in raw.items()}
   return out

@@ -14,6 +14,7 @@ from typing import Optional
 
 from doremi_jax import evaluate
 from doremi_jax import files
+from doremi_jax import health
 from doremi_jax import rundir
 from doremi_jax.plots import (plot_final_vs_reference, plot_main_comparison,
                               plot_proxy_weights, plot_rounds, plot_training_curves)
@@ -194,8 +195,34 @@ def write_report(run_dir, out_dir=None) -> str:
                     for d, r in s.eval["per_domain"].items()])
       md.append("")
 
-  # Main models
+  # Health checks
   mains = {s.name: s for s in stages if s.kind == "main"}
+  md += ["## Health checks", ""]
+  checks = []
+  for s in done_proxies:
+    label = f" ({s.name})" if len(done_proxies) > 1 else ""
+    for line in (health.weight_collapse(s.weights_log) + health.proxy_below_reference(s.eval)):
+      checks.append(dict(line, check=line["check"] + label))
+  checks += health.rounds_converged(state)
+  if domains and len(trajectory) >= 2:
+    budget = next((s for s in (mains.get(rundir.MAIN_MODEL_DOREMI), stages[0]) if s and s.info),
+                  None)
+    if budget is not None:
+      checks += health.weights_under_budget(domains, trajectory[-1][1], budget.info,
+                                            f" (final weights, {budget.name}'s budget)")
+  info = next((s.info for s in stages if s.info), None) or {}
+  checks += health.tokenizer_line(info.get("tokenizer"), domains, info.get("bytes_per_token"))
+  md += health.format_lines(checks) if checks else ["Nothing to check yet."]
+  md.append("")
+  if domains and len(trajectory) >= 2 and info.get("bytes_per_token") and all(
+      r is not None for r in info["bytes_per_token"]):
+    sh = health.shares(domains, trajectory[-1][1], info["bytes_per_token"])
+    md += ["The final weights as shares of tokens and of UTF-8 bytes:", ""]
+    md += _table(["domain", "tokens", "bytes"],
+                 [[d, _f(sh["tokens"][d]), _f(sh["bytes"][d])] for d in domains])
+    md.append("")
+
+  # Main models
   md += ["## Main model: DoReMi vs baseline weights", ""]
   dm, bm = mains.get(rundir.MAIN_MODEL_DOREMI), mains.get(rundir.MAIN_MODEL_BASELINE)
   if dm and bm and dm.eval and bm.eval:

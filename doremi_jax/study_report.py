@@ -52,14 +52,18 @@ def health_checks(root, arms: list, corpus, rates: dict, method_runs: dict, num_
     w = {d: float(x) for d, x in zip(domains, rates[arm])}
     lines.append(health.starved_domains(domains, w, num_steps, batch, f" ({arm})"))
     lines.append(health.repetition(domains, w, num_steps * batch * seq_len, sizes, f" ({arm})"))
-    for d in method_runs.get(arm, []):
-      if files.path(d).name == "proxy":
-        lines += health.weight_collapse(files.read_jsonl(files.path(d) / "doremi_weights.jsonl"))
-        lines += health.proxy_below_reference(files.read_json(files.path(d) / "eval.json"))
-    if method_runs.get(arm):
-      lines += health.rounds_converged(rundir.load_pipeline_state(root / "doremi"))
+  # DoReMi's own runs, once each (several arms may share them), by round
+  proxies = list(dict.fromkeys(d for arm in arms for d in method_runs.get(arm, [])
+                               if files.path(d).name == "proxy"))
+  for d in proxies:
+    label = f" ({files.path(d).parent.name.replace('_', ' ')})" if len(proxies) > 1 else ""
+    for line in (health.weight_collapse(files.read_jsonl(files.path(d) / "doremi_weights.jsonl"))
+                 + health.proxy_below_reference(files.read_json(files.path(d) / "eval.json"))):
+      lines.append(dict(line, check=line["check"] + label))
+  if proxies:
+    lines += health.rounds_converged(rundir.load_pipeline_state(root / "doremi"))
   info = files.read_json(run_dir(root, arms[0], 0) / "run_info.json")
-  return lines + health.tokenizer_line(info.get("tokenizer"))
+  return lines + health.tokenizer_line(info.get("tokenizer"), domains, corpus.bytes_per_token)
 
 
 def analyse(root, arms: list, seeds: int, baseline: str, corpus, rates: dict,
@@ -97,6 +101,7 @@ def analyse(root, arms: list, seeds: int, baseline: str, corpus, rates: dict,
         "domains": {d: stats.summarize(p["domains"][d], level) for d in domains},
         "weights": {d: float(w) for d, w in zip(domains, rates[arm])},
     }
+    r["shares"] = health.shares(domains, r["weights"], corpus.bytes_per_token)
     if p["excess_over_floor"] is not None:
       r["excess_over_floor"] = stats.summarize(p["excess_over_floor"], level)
     r["spread"] = {"uniform_avg_std": r["uniform_avg"]["std"],
@@ -192,15 +197,23 @@ def write(root, study: dict) -> str:
          "| arm | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
   for arm, r in res.items():
     md.append(f"| {arm} | " + " | ".join(f"{r['weights'][d]:.3f}" for d in domains) + " |")
+  if all("bytes" in r.get("shares", {}) for r in res.values()):
+    md += ["", "The same weights as shares of UTF-8 bytes (the tokenizer's bytes per token "
+           "differ by domain; weights found with another tokenizer would mean other byte "
+           "shares):", "", "| arm | " + " | ".join(domains) + " |",
+           "|---|" + "---|" * len(domains)]
+    for arm, r in res.items():
+      md.append(f"| {arm} | " + " | ".join(f"{r['shares']['bytes'][d]:.3f}" for d in domains)
+                + " |")
   md += ["", "## Seed-to-seed spread (standard deviation over seeds)", "",
          "| arm | uniform avg | worst case |", "|---|---|---|"]
   for arm, r in res.items():
     md.append(f"| {arm} | {r['spread']['uniform_avg_std']:.4f} | "
               f"{r['spread']['worst_case_std']:.4f} |")
   md += ["", "## Health checks", "",
-         "Weights are shares of tokens (every sequence has the same length). Train sizes "
-         "for repetition are tokens for the built-in corpus and UTF-8 bytes for local "
-         "corpora (prepare records bytes, not tokens).", ""]
+         "Weights are shares of tokens (every sequence has the same length). A local "
+         "corpus's train sizes (for repetition) are its train bytes over the bytes per "
+         "token measured on its validation text.", ""]
   md += health.format_lines(study.get("health", []))
   plot_dir = root / "plots"
   figs = []

@@ -18,6 +18,7 @@ import tempfile
 from absl import flags
 
 from doremi_jax.cli import load_tensorflow_quietly, run_tool
+from doremi_jax.config import ConfigError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("corpus", "local", "Corpus name (as given to doremi_jax.prepare).")
@@ -32,7 +33,6 @@ flags.DEFINE_string("output", None, "Output prefix; writes OUTPUT.model and OUTP
 def balanced_sample(corpus: str, data_dir: str, chars_per_domain: int) -> dict:
   """{domain: [documents]} from each domain's train split, in file order."""
   import tensorflow as tf
-  from doremi_jax.config import ConfigError
   from doremi_jax.data import local_prepare
   mpath = local_prepare.manifest_path(data_dir, corpus)
   if not os.path.exists(mpath):
@@ -42,7 +42,7 @@ def balanced_sample(corpus: str, data_dir: str, chars_per_domain: int) -> dict:
     domains = json.load(f)["domains"]
   out = {}
   for d in domains:
-    files = tf.io.gfile.glob(os.path.join(d["path"], f"{local_prepare.BUILDER_NAME}-train.tfrecord*"))
+    files = tf.io.gfile.glob(os.path.join(local_prepare.domain_dir(data_dir, d), f"{local_prepare.BUILDER_NAME}-train.tfrecord*"))
     ds = tf.data.TFRecordDataset(sorted(files)).map(
         lambda r: tf.io.parse_single_example(r, {"text": tf.io.FixedLenFeature([], tf.string)}))
     docs, n = [], 0
@@ -73,6 +73,9 @@ def train(corpus, data_dir, vocab_size, chars_per_domain, output, model_type="un
         pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=0.9995,
         byte_fallback=True, hard_vocab_limit=False, num_threads=os.cpu_count() or 1,
         minloglevel=2)
+  except RuntimeError as e:   # SentencePiece reports bad settings as RuntimeError
+    raise ConfigError(f"SentencePiece could not train on this sample: "
+                      f"{str(e).split('] ')[-1]} (change --vocab_size)") from e
   finally:
     os.unlink(path)
   for d, docs in sample.items():

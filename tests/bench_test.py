@@ -30,16 +30,3 @@ def test_throughput_bench_prints_its_table(tmp_path):
   assert 0 < res["lm_step"]["mfu"] and res["dro_overhead"] > 0
   assert res["input_pipeline"]["headroom"] > 0
   assert "| DRO overhead (DRO step / LM step) |" in out
-
-
-def test_reproduction_study_smoke(tmp_path):
-  out = _run(["bench/reproduce.py", "--out", str(tmp_path / "out"), "--runs",
-              str(tmp_path / "runs"), "--seeds", "0", "--step_sizes", "--steps", "3"])
-  res = json.loads((tmp_path / "out" / "results.json").read_text())
-  assert set(res["arms"]) == {"uniform", "proportional", "doremi", "iterated"}
-  assert all(len(v) == 1 for v in res["arms"].values())
-  assert set(res["sensitivity"]) == {"reference=proportional", "step_size=1 (default)"}
-  md = (tmp_path / "out" / "reproduction.md").read_text()
-  assert "| *worst case* |" in md and "Paired differences" in md
-  assert (tmp_path / "out" / "main_models.png").exists()
-  assert "wrote" in out

@@ -60,6 +60,8 @@ def test_quickstart_command(quickstart_run):
     assert (wd / "plots" / plot).stat().st_size > 10_000, plot
     assert f"plots/{plot}" in report
   assert "Nothing: every stage finished." in report
+  assert "## Health checks" in report and "| Step 2 weight collapse |" in report
+  assert "| repetition (final weights, main_doremi's budget) |" in report
   # Each stage announces itself, shows progress with an ETA and a summary.
   for line in ("[pipeline] round 1/1, Step 1: reference model: starting",
                "[pipeline] round 1/1, Step 2: Group-DRO proxy: starting",

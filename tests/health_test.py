@@ -15,6 +15,9 @@ def test_collapsed_step2_log_warns():
   assert "100% of logged steps" in bad[0]["value"] and bad[0]["advice"]
   assert [l["status"] for l in health.weight_collapse(healthy)] == ["PASS", "PASS"]
   assert health.entropy([0.25] * 4) == math.log(4)
+  # weights that end concentrated warn on entropy even without a collapse
+  ending = healthy[:7] + [{"domain_weights": [0.85, 0.05, 0.05, 0.05]}]
+  assert [l["status"] for l in health.weight_collapse(ending)] == ["PASS", "WARN"]
 
 
 def test_weight_that_rounds_to_zero_examples_warns():
@@ -44,6 +47,25 @@ def test_proxy_below_reference_and_rounds():
 
 
 def test_shares_of_tokens_and_bytes():
-  s = health.shares(["a", "b"], {"a": 0.5, "b": 0.5}, {"a": 1.0, "b": 3.0})
+  s = health.shares(["a", "b"], {"a": 0.5, "b": 0.5}, [1.0, 3.0])
   assert s["tokens"] == {"a": 0.5, "b": 0.5} and s["bytes"] == {"a": 0.25, "b": 0.75}
   assert "bytes" not in health.shares(["a"], {"a": 1.0}, None)
+  assert "bytes" not in health.shares(["a", "b"], {"a": 0.5, "b": 0.5}, [1.0, None])
+
+
+def test_weights_under_budget_reads_a_runs_budget():
+  info = {"num_steps": 100, "tokens_per_step": 32 * 64, "seq_len": 64, "domains": DOMAINS,
+          "train_tokens": [1000, 10**6, 10**6, 10**6]}
+  w = {"a": 0.25, "b": 0.25, "c": 0.4999, "d": 0.0001}
+  starved, rep = health.weights_under_budget(DOMAINS, w, info, " (x)")
+  assert starved["status"] == "WARN" and "d 0.3" in starved["value"]
+  assert rep["status"] == "WARN" and "a 51.20 epochs" in rep["value"]
+  assert rep["check"] == "repetition (x)"
+  # a run_info from before train sizes were recorded: nothing to say
+  assert health.weights_under_budget(DOMAINS, w, {"num_steps": 1}) == []
+
+
+def test_tokenizer_line_shows_bytes_per_token():
+  (line,) = health.tokenizer_line({"class": "SentencePieceVocabulary", "vocab_size": 8000,
+                                   "sentencepiece_sha256": "ab" * 32}, ["a", "b"], [3.25, None])
+  assert "8000 ids" in line["value"] and line["value"].endswith("bytes/token a 3.25")

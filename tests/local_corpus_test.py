@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from doremi_jax.data import local_prepare
 from helpers import REPO, run_cli
 
 WORDS = ("the of and to in is was for on that with as by at from his her it an were are "
@@ -61,7 +62,18 @@ def test_prepare_summary_and_manifest(prepared):
   assert [d["documents"] for d in m["domains"]] == [150, 150, 40]
   for d in docs.values():
     assert 0 < d["validation_documents"] < d["documents"]
-    assert os.path.isdir(d["path"])
+    assert not os.path.isabs(d["path"])   # relative: the data dir can move
+    assert os.path.isdir(local_prepare.domain_dir(str(data), d))
+
+
+def tfds_docs(path, split):
+  """The documents of a prepared domain's split, read straight from its files."""
+  import glob as glob_lib
+  import tensorflow as tf
+  spec = {"text": tf.io.FixedLenFeature([], tf.string)}
+  files = sorted(glob_lib.glob(os.path.join(path, f"*-{split}.tfrecord*")))
+  return [{k: v.numpy() for k, v in tf.io.parse_single_example(r, spec).items()}
+          for r in tf.data.TFRecordDataset(files)]
 
 
 def _corpus(data, vocabulary="byte"):
@@ -87,6 +99,20 @@ def test_seqio_tasks_tokenize_with_both_vocabularies(prepared, tmp_path):
     assert "return x *" in text, text
     # documents are separated by EOS in the chunked stream
     assert corpus.vocabulary.eos_id in np.concatenate([e["targets"] for e in exs])
+    # train sizes are tokens: train bytes over the bytes per token measured on
+    # the validation text (EOS counted), independently recomputed here
+    m = json.loads((data / "doremi_corpora" / "byod.json").read_text())
+    for d, size, ratio in zip(m["domains"], corpus.train_tokens, corpus.bytes_per_token):
+      val = [ex["text"].decode() for ex in
+             tfds_docs(local_prepare.domain_dir(str(data), d), "validation")]
+      expect = sum(len(t.encode()) for t in val) / sum(
+          len(corpus.vocabulary.encode(t)) + 1 for t in val)
+      np.testing.assert_allclose(ratio, expect, rtol=1e-12)
+      assert size == round(d["train_bytes"] / ratio)
+      if vocab == "byte":
+        assert ratio < 1.0      # one token per byte, plus EOS
+      else:
+        assert ratio > 1.0      # a SentencePiece token often spans several bytes
   from doremi_jax.data import corpus as corpus_lib
   name = corpus_lib.register_mixture("byod_mix", corpus, [0.5, 0.25, 0.25])
   ds = seqio.get_mixture_or_task(name).get_dataset({"targets": 32}, split="validation",
@@ -177,7 +203,8 @@ def test_tfds_and_tfrecord_domain_sources(prepared):
   import seqio
   from doremi_jax.data import local_tasks
   _, data, _ = prepared
-  code_dir = json.loads((data / "doremi_corpora" / "byod.json").read_text())["domains"][1]["path"]
+  code_dir = local_prepare.domain_dir(
+      str(data), json.loads((data / "doremi_corpora" / "byod.json").read_text())["domains"][1])
   train_glob = os.path.join(code_dir, "*-train.tfrecord*")
   val_glob = os.path.join(code_dir, "*-validation.tfrecord*")
   assert glob_lib.glob(train_glob)

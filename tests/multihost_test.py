@@ -89,3 +89,23 @@ def test_two_processes_equal_one_process_on_four_devices(runs):
   l1 = [json.loads(l)["domain_weights"] for l in
         (tmp / "proxy1" / "doremi_weights.jsonl").read_text().splitlines()]
   np.testing.assert_allclose(l2, l1, rtol=1e-4, atol=1e-6)
+
+
+def test_two_process_study_writes_one_report(tmp_path):
+  """Stage `study` across 2 processes: every arm x seed run is a 2-process
+  run, study.json is written once (process 0) and the verdicts print once."""
+  wd = tmp_path / "study"
+  args = ["--gin_file=gin/cpu.gin", "--gin.run.stage='study'",
+          "--gin.train_study.arms=['stratified', 'uniform']", "--gin.train_study.seeds=2",
+          *[a for a in STAGE_ARGS if "num_steps" not in a], "--gin.TrainConfig.num_steps=6",
+          "--gin.TrainConfig.eval_every=3"]
+  outs = _run(args, wd, 2, 2)
+  study = json.loads((wd / "study.json").read_text())
+  assert study["arms"] == ["stratified", "uniform"] and study["seeds"] == 2
+  vs = study["results"]["uniform"]["vs_baseline"]["uniform_avg"]
+  assert vs["verdict"] in ("wins", "ties", "loses") and np.isfinite(vs["diff"])
+  for arm in ("stratified", "uniform"):
+    for s in range(2):
+      info = json.loads((wd / "arms" / arm / f"seed_{s}" / "run_info.json").read_text())
+      assert info["process_count"] == 2 and info["seed"] == s
+  assert "verdict" in outs[0] and "verdict" not in outs[1]

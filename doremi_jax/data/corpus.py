@@ -39,6 +39,9 @@ class Corpus:
   vocabulary: object          # seqio.Vocabulary
   train_tokens: tuple         # tokens per domain in the train split
   entropy_floors: Optional[tuple] = None
+  # UTF-8 bytes per token of each domain's text under `vocabulary` (None for
+  # a domain, or for the corpus, that has no text: the synthetic corpus)
+  bytes_per_token: Optional[tuple] = None
   splits: tuple = ("train", "validation")
 
   @property

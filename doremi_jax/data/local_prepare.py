@@ -141,12 +141,16 @@ def prepare_domain(corpus: str, domain: str, pattern: str, data_dir: str, text_f
   corpus_lib.disable_tfds_gcs()
   files = expand(pattern, domain)
   # Validate and count before writing anything (a corrupt line fails here).
-  n_docs, n_bytes, n_val = 0, 0, 0
+  n_docs, n_bytes, n_val, train_bytes = 0, 0, 0, 0
   for path in files:
     for i, doc in enumerate(read_documents(path, text_field, text_format, domain)):
       n_docs += 1
-      n_bytes += len(doc.encode("utf-8"))
-      n_val += is_validation(path, i, validation_fraction)
+      size = len(doc.encode("utf-8"))
+      n_bytes += size
+      if is_validation(path, i, validation_fraction):
+        n_val += 1
+      else:
+        train_bytes += size
   if n_docs == 0:
     raise ConfigError(f"domain {domain!r}: the files matching {pattern!r} hold no documents "
                       "(empty domain).")
@@ -162,9 +166,16 @@ def prepare_domain(corpus: str, domain: str, pattern: str, data_dir: str, text_f
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       try_download_gcs=False))
   return {"domain": domain, "pattern": pattern, "files": len(files), "documents": n_docs,
-          "validation_documents": n_val, "bytes": n_bytes,
+          "validation_documents": n_val, "bytes": n_bytes, "train_bytes": train_bytes,
           "tfds_name": f"{BUILDER_NAME}/{config_name(corpus, domain)}:{VERSION}",
-          "path": builder.data_dir}
+          "path": os.path.relpath(builder.data_dir, data_dir)}
+
+
+def domain_dir(data_dir: str, entry: dict) -> str:
+  """A prepared domain's directory: the manifest records it relative to the
+  data dir (so the data dir can be moved or copied); older manifests hold an
+  absolute path."""
+  return os.path.join(data_dir, entry["path"])   # an absolute path stays as it is
 
 
 def manifest_path(data_dir: str, corpus: str) -> str:

@@ -24,7 +24,7 @@ from etils import epath
 
 from doremi_jax.config import ConfigError
 from doremi_jax.data.corpus import Corpus, register_task
-from doremi_jax.data.local_prepare import BUILDER_NAME, manifest_path, sanitize
+from doremi_jax.data.local_prepare import BUILDER_NAME, domain_dir, manifest_path, sanitize
 
 _SOURCE_KINDS = ("tfds:", "tfrecord:")
 _ENTRY_FORMS = ("'NAME' (prepared), 'NAME=tfds:DATASET[/CONFIG][:VERSION]' or "
@@ -41,8 +41,12 @@ class LocalCorpusConfig:
     dataset already prepared in `data_dir`, with a `text_feature` string
     feature and train/validation splits) or "NAME=tfrecord:GLOB"
     (tf.train.Example files with `text_feature`; give a validation split as
-    `NAME=tfrecord:TRAIN_GLOB|VAL_GLOB`). For the last two, the size used by
-    'proportional' weights is the train example count / file bytes.
+    `NAME=tfrecord:TRAIN_GLOB|VAL_GLOB`). A prepared domain's size (what
+    'proportional' weights and the repetition checks use) is its train bytes
+    divided by the bytes per token measured on its validation text under
+    `vocabulary`; for TFRecord domains the same on the file bytes (an upper
+    bound: files hold more than text); for TFDS domains the train example
+    count.
   vocabulary: 'byte' (seqio.ByteVocabulary) or the path of a SentencePiece
     .model file (see `python -m doremi_jax.tokenizer`).
 
@@ -118,11 +122,34 @@ def _chunk(dataset, sequence_length, output_features):
   return tokens.batch(length).map(lambda t: {"targets": t})
 
 
+MEASURE_BYTES = 1 << 18   # validation text read per domain to measure bytes per token
+
+
+def bytes_per_token(files_glob: str, feature: str, vocab, limit: int = MEASURE_BYTES):
+  """UTF-8 bytes per token (EOS included, as training appends it) of the
+  text in TFRecord files of tf.train.Example, over up to `limit` bytes of
+  documents; None when the files hold no text."""
+  import tensorflow as tf
+  paths = sorted(glob.glob(files_glob))
+  if not paths:
+    return None
+  n_bytes = n_tokens = 0
+  spec = {feature: tf.io.FixedLenFeature([], tf.string)}
+  for raw in tf.data.TFRecordDataset(paths):
+    text = tf.io.parse_single_example(raw, spec)[feature].numpy()
+    n_bytes += len(text)
+    n_tokens += len(vocab.encode(text.decode("utf-8", errors="replace"))) + 1
+    if n_bytes >= limit:
+      break
+  return n_bytes / n_tokens if n_tokens else None
+
+
 def local_corpus(cfg: Optional[LocalCorpusConfig] = None) -> Corpus:
   """Registers one seqio Task per domain of a local corpus; returns the Corpus.
 
-  train_tokens (what 'proportional' weights use) is the prepared byte count,
-  the TFDS train example count or the TFRecord train file bytes, per domain.
+  train_tokens (what 'proportional' weights use) is, per domain, the
+  prepared train bytes (or TFRecord train file bytes) over the bytes per
+  token measured on its validation text, or the TFDS train example count.
   """
   import seqio
   import tensorflow as tf
@@ -145,8 +172,9 @@ def local_corpus(cfg: Optional[LocalCorpusConfig] = None) -> Corpus:
                       f"doremi_jax.prepare --corpus {cfg.name} --data_dir {cfg.data_dir} "
                       "--domain NAME=GLOB ...` or list LocalCorpusConfig.domains.")
   prepared = {d["domain"]: d for d in (manifest or {}).get("domains", [])}
-  names, tasks, sizes = [], [], []
+  names, tasks, sizes, bpt = [], [], [], []
   for entry in entries:
+    ratio = None
     name, _, source = entry.partition("=")
     if source.startswith("tfrecord:"):
       train_glob, _, val_glob = source[len("tfrecord:"):].partition("|")
@@ -156,7 +184,8 @@ def local_corpus(cfg: Optional[LocalCorpusConfig] = None) -> Corpus:
           raise ConfigError(f"domain {name!r}: no TFRecord files match {pattern!r} ({split}).")
       src = seqio.TFExampleDataSource(
           split_map, {cfg.text_feature: tf.io.FixedLenFeature([], tf.string)})
-      size = sum(os.path.getsize(p) for p in glob.glob(train_glob))
+      ratio = bytes_per_token(split_map["validation"], cfg.text_feature, vocab)
+      size = sum(os.path.getsize(p) for p in glob.glob(train_glob)) / (ratio or 1.0)
     elif source.startswith("tfds:"):
       tfds_name = source[len("tfds:"):]
       src = seqio.TfdsDataSource(tfds_name, tfds_data_dir=cfg.data_dir)
@@ -174,12 +203,18 @@ def local_corpus(cfg: Optional[LocalCorpusConfig] = None) -> Corpus:
             f"({mpath}: {sorted(prepared) if prepared else 'no manifest'}). Prepare it with "
             "`python -m doremi_jax.prepare`, or fix LocalCorpusConfig.domains.")
       d = prepared[name]
-      base = d["path"]
+      base = domain_dir(cfg.data_dir, d)
       split_map = {s: os.path.join(base, f"{BUILDER_NAME}-{s}.tfrecord*")
                    for s in ("train", "validation")}
+      for split, pattern in split_map.items():
+        if not glob.glob(pattern):
+          raise ConfigError(f"domain {name!r}: the prepared {split} files are missing "
+                            f"({pattern}); re-run `python -m doremi_jax.prepare` for this "
+                            f"data dir ({cfg.data_dir}).")
       src = seqio.TFExampleDataSource(
           split_map, {"text": tf.io.FixedLenFeature([], tf.string)})
-      size = d["bytes"]
+      ratio = bytes_per_token(split_map["validation"], "text", vocab)
+      size = d.get("train_bytes", d["bytes"]) / (ratio or 1.0)
     else:  # (LocalCorpusConfig.__post_init__ already rejects these)
       raise ConfigError(f"domain entry {entry!r}: use {_ENTRY_FORMS}.")
     task = f"doremi_local_{sanitize(cfg.name)}_{sanitize(name)}"
@@ -191,6 +226,8 @@ def local_corpus(cfg: Optional[LocalCorpusConfig] = None) -> Corpus:
                   shuffle_buffer_size=10_000)
     names.append(name)
     tasks.append(task)
-    sizes.append(size)
+    sizes.append(max(int(round(size)), 1))
+    bpt.append(ratio)
   return Corpus(name=f"local_{sanitize(cfg.name)}", domains=tuple(names),
-                task_names=tuple(tasks), vocabulary=vocab, train_tokens=tuple(sizes))
+                task_names=tuple(tasks), vocabulary=vocab, train_tokens=tuple(sizes),
+                bytes_per_token=tuple(bpt) if any(r is not None for r in bpt) else None)

@@ -15,6 +15,10 @@ Step 2 run directory), or:
                 budget, what capped domains cannot use spread over the rest
   'doremi'      the study runs DoReMi's reference + proxy itself (iterated
                 when `rounds` > 1) in RUN/doremi and uses its weights
+  'doremi:N'    the weights after round N of the same iterated run (it runs
+                as many rounds as any arm asks for; a round the run skipped
+                because the weights had converged gives the converged ones),
+                so one study compares DoReMi with iterated DoReMi
 
     RUN/arms/<arm>/seed_<s>/   one main-model run (resumable, skipped when complete)
     RUN/study.json, study.md   the statistics (doremi_jax.stats) and the verdicts
@@ -25,6 +29,7 @@ numbers: finished runs are skipped and the interrupted one resumes.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Mapping, Optional
 
@@ -41,7 +46,7 @@ from doremi_jax.stages import registry
 from doremi_jax.state import TrainConfig
 
 STUDY_FILE = "study.json"
-METHOD_ARMS = ("stratified", "unimax", "doremi")
+METHOD_ARMS = ("stratified", "unimax", "doremi", "doremi:N")
 
 
 def _say(msg: str):
@@ -91,19 +96,40 @@ def main_config() -> TrainConfig:
     return TrainConfig()
 
 
+def doremi_round(spec: Any, rounds: int) -> Optional[int]:
+  """The DoReMi round an arm uses ('doremi' -> `rounds`, 'doremi:N' -> N),
+  or None for an arm that is not DoReMi."""
+  if spec == "doremi":
+    return rounds
+  if isinstance(spec, str) and spec.startswith("doremi:"):
+    n = spec[len("doremi:"):]
+    if not (n.isdigit() and int(n) >= 1):
+      raise ConfigError(f"train_study.arms: {spec!r} names no round; write 'doremi:N' with "
+                        "N >= 1 (the weights after round N of iterated DoReMi).")
+    return int(n)
+  return None
+
+
 def resolve_arm(name: str, spec: Any, corpus, cfg: TrainConfig,
                 unimax_epochs: float) -> Optional[np.ndarray]:
-  """The arm's rates in domain order; None for 'doremi' (known after its
-  Step 2). Raises ConfigError before any training for a spec that cannot
-  work."""
+  """The arm's rates in domain order; None for the DoReMi arms (known after
+  their Step 2). Raises ConfigError before any training for a spec that
+  cannot work."""
   what = f"train_study.arms[{name!r}]"
-  if spec == "doremi":
+  if doremi_round(spec, 1) is not None:
     return None
   if spec == "stratified":
     return np.full(corpus.num_domains, 1.0 / corpus.num_domains)
   if spec == "unimax":
     budget = cfg.num_steps * cfg.tokens_per_step
     return unimax_weights(corpus.train_tokens, budget, unimax_epochs)
+  if (isinstance(spec, str) and spec not in weights_lib.BUILTIN and
+      spec not in weights_lib.PRESETS and not os.path.exists(spec)):
+    presets = ", ".join([*weights_lib.BUILTIN, *weights_lib.PRESETS])
+    raise ConfigError(
+        f"{what}: {spec!r} is not an arm. An arm is one of the study's methods "
+        f"({', '.join(METHOD_ARMS)}), a preset ({presets}), a {{domain: weight}} mapping, or "
+        "the path of a weights JSON file or a Step 2 run directory.")
   return weights_lib.resolve_weights(spec, corpus, what)
 
 
@@ -125,6 +151,10 @@ def train_study(workdir: str, arms: Any = gin.REQUIRED, seeds: int = 3,
     raise ConfigError(f"train_study.level must be in (0, 1), got {level!r}.")
   if not (isinstance(unimax_epochs, (int, float)) and unimax_epochs > 0):
     raise ConfigError(f"train_study.unimax_epochs must be > 0, got {unimax_epochs!r}.")
+  if not (isinstance(rounds, int) and not isinstance(rounds, bool) and rounds >= 1):
+    raise ConfigError(f"train_study.rounds must be an integer >= 1, got {rounds!r}.")
+  doremi_rounds = {n: doremi_round(s, rounds) for n, s in arms.items()}
+  doremi_rounds = {n: r for n, r in doremi_rounds.items() if r is not None}
   rundir.check_writable(workdir)
   corpus = get_corpus()
   cfg = main_config()
@@ -135,15 +165,19 @@ def train_study(workdir: str, arms: Any = gin.REQUIRED, seeds: int = 3,
        f"{baseline}.")
 
   method_runs = {}
-  for name, spec in arms.items():
-    if spec == "doremi":
-      doremi_dir = root / "doremi"
-      _say(f"arm {name}: DoReMi's reference + proxy in {doremi_dir}")
-      state = registry.get("pipeline")(str(doremi_dir), rounds=rounds, run_main=False,
-                                       run_baseline=False, devices=devices)
-      w = state["final_weights"]
+  if doremi_rounds:
+    doremi_dir = root / "doremi"
+    most = max(doremi_rounds.values())
+    _say(f"arms {', '.join(doremi_rounds)}: DoReMi's reference + proxy ({most} round(s)) in "
+         f"{doremi_dir}")
+    state = registry.get("pipeline")(str(doremi_dir), rounds=most, run_main=False,
+                                     run_baseline=False, devices=devices)
+    done = state["rounds"]
+    for name, r in doremi_rounds.items():
+      used = done[:r]   # fewer when the run converged before round r
+      w = used[-1]["weights"]
       rates[name] = np.array([w[d] for d in corpus.domains], np.float64)
-      method_runs[name] = [r[k] for r in state["rounds"] for k in ("reference_dir", "proxy_dir")]
+      method_runs[name] = [x[k] for x in used for k in ("reference_dir", "proxy_dir")]
 
   for name, spec in arms.items():
     for seed in range(seeds):

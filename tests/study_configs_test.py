@@ -1,0 +1,76 @@
+"""The committed study configs: gin/reproduce.gin's arms resolve on the
+built-in corpus, and bench/real_text.py builds a corpus that
+gin/study_realtext.gin reads with both vocabularies (no training here; the
+studies' figures are in docs/reproduction.md)."""
+
+import os
+import subprocess
+import sys
+
+import gin
+import numpy as np
+import pytest
+
+from doremi_jax import config as config_lib
+from doremi_jax import main as main_lib
+from doremi_jax.data.registry import get_corpus
+from doremi_jax.stages import study
+from helpers import REPO
+
+
+def _parse(gin_file, *bindings):
+  gin.clear_config()
+  main_lib.register_configurables()
+  config_lib.parse_gin([os.path.join(REPO, gin_file)], list(bindings))
+
+
+def _arms():
+  return study.parse_arms(gin.query_parameter("train_study.arms"))
+
+
+def test_reproduce_gin_arms_resolve_on_the_builtin_corpus():
+  _parse("gin/reproduce.gin")
+  arms = _arms()
+  assert list(arms) == ["stratified", "uniform", "proportional", "unimax", "doremi",
+                        "doremi_iterated"]
+  assert gin.query_parameter("train_study.baseline") == "stratified"
+  rounds = {n: study.doremi_round(s, 1) for n, s in arms.items()}
+  assert rounds["doremi"] == 1 and rounds["doremi_iterated"] == 2
+  corpus = get_corpus()
+  cfg = study.main_config()
+  for name, spec in arms.items():
+    w = study.resolve_arm(name, spec, corpus, cfg, 1.0)
+    if rounds[name] is None:
+      assert w.shape == (corpus.num_domains,) and abs(w.sum() - 1) < 1e-12
+
+
+@pytest.mark.slow  # prepares a small real-text corpus through TFDS
+def test_real_text_script_builds_a_corpus_the_study_config_reads(tmp_path):
+  out = tmp_path / "realtext"
+  env = dict(os.environ, XLA_FLAGS="")
+  r = subprocess.run([sys.executable, "bench/real_text.py", "--out", str(out), "--max_bytes",
+                      "60000", "--hex_bytes", "30000", "--max_doc_chars", "1500",
+                      "--spm_vocab", "1000"], cwd=REPO, env=env,
+                     capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+  domains = ("python", "man_en", "man_intl", "changelog", "license", "hex")
+  ratios = {}
+  for vocab in ("byte", str(out / "spm_1000.model")):
+    _parse("gin/study_realtext.gin", f"LocalCorpusConfig.data_dir = '{out}'",
+           f"LocalCorpusConfig.vocabulary = '{vocab}'")
+    corpus = get_corpus()
+    assert corpus.domains == domains
+    ratios[vocab] = np.array(corpus.bytes_per_token)
+    cfg = study.main_config()
+    for name, spec in _arms().items():
+      if study.doremi_round(spec, 1) is None:
+        w = study.resolve_arm(name, spec, corpus, cfg, 1.0)
+        assert abs(w.sum() - 1) < 1e-12
+  # a vocabulary smaller than the sample's characters: a clear error, exit 2
+  r = subprocess.run([sys.executable, "-m", "doremi_jax.tokenizer", "--corpus=realtext",
+                      f"--data_dir={out}", "--vocab_size=100", f"--output={tmp_path / 'x'}"],
+                     cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and "Traceback" not in r.stderr
+  assert "error: SentencePiece could not train on this sample" in r.stderr
+  assert np.all(ratios["byte"] < 1.0)                       # a token per byte, plus EOS
+  assert np.all(ratios[str(out / "spm_1000.model")] > ratios["byte"])
