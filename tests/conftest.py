@@ -2,14 +2,27 @@
 a clean gin config per test, and the quickstart run shared by the session.
 Helpers live in helpers.py and np_reference.py."""
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 # Must happen before jax is imported anywhere.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["JAX_PLATFORMS"] = "cpu"
+# One persistent compilation cache for the session, inherited by every CLI
+# process a test spawns: the many runs of one program (a study's arms and
+# seeds, a killed run and its resumption) compile it once. Fresh per session,
+# so nothing carries over from an earlier run of the suite; the timed
+# quickstart test switches it off (helpers.run_cli(cache=False)).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="doremi_jax_test_xla_cache_")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import gin  # noqa: E402
 import pytest  # noqa: E402
@@ -34,5 +47,5 @@ def quickstart_run(tmp_path_factory):
   import time
   wd = tmp_path_factory.mktemp("quickstart") / "run"
   t0 = time.time()
-  r = run_cli(["--gin_file=gin/quickstart.gin"], workdir=wd)
+  r = run_cli(["--gin_file=gin/quickstart.gin"], workdir=wd, cache=False)
   return wd, time.time() - t0, r

@@ -1,6 +1,6 @@
 """Golden values: the first steps' metrics of the LM step and the Group-DRO
 step on a fixed tiny setup (one device), and the headline behaviour of
-DoReMi on the built-in corpus, in process.
+DoReMi on the built-in corpus (the quickstart's weights).
 
 A change that moves these numbers must be deliberate. If it is, regenerate
 them with
@@ -17,16 +17,13 @@ import jax
 import numpy as np
 import pytest
 
-from doremi_jax import config as config_lib
 from doremi_jax import doremi
-from doremi_jax import main as main_lib
 from doremi_jax import state as state_lib
 from doremi_jax import steps
 from doremi_jax.data import loader as loader_lib
 from doremi_jax.data import synthetic
 from doremi_jax.data.synthetic_tasks import synthetic_corpus
 from doremi_jax.model import ModelConfig
-from doremi_jax.stages import registry
 
 GOLDEN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 UPDATE = bool(os.environ.get("DOREMI_UPDATE_GOLDEN"))
@@ -83,15 +80,13 @@ def test_first_steps_match_golden_values(kind):
   _check_golden(f"first_steps_{kind}", _first_steps(kind), rtol=2e-5)
 
 
-def test_quickstart_doremi_weights_in_process(tmp_path):
-  """The quickstart's Step 1 and Step 2 (gin/quickstart.gin settings, one
-  device): the noise domain, which has nothing to learn, ends below 0.05 and
-  the averaged weights are the recorded ones."""
-  main_lib.register_configurables()
-  config_lib.parse_gin(["gin/quickstart.gin"], ["TrainConfig.tensorboard = False"])
-  devices = jax.devices()[:1]
-  registry.get("reference")(str(tmp_path / "reference"), devices=devices)
-  weights = registry.get("proxy")(str(tmp_path / "proxy"), reference_dir=str(tmp_path / "reference"),
-                                  devices=devices)
+@pytest.mark.slow
+def test_quickstart_doremi_weights(quickstart_run):
+  """README's first command (gin/quickstart.gin, one device, the session's
+  shared run): the noise domain, which has nothing to learn, ends below 0.05
+  and the averaged weights are the recorded ones."""
+  wd, _, r = quickstart_run
+  assert r.returncode == 0, r.stderr[-3000:]
+  weights = json.loads((wd / "round_1" / "proxy" / "average_domain_weights.json").read_text())
   assert weights["noise"] < 0.05, weights
   _check_golden("quickstart_weights", {d: [w] for d, w in weights.items()}, rtol=1e-4)

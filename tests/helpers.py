@@ -7,11 +7,15 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_cli(args, workdir=None, timeout=600, env_extra=None):
-  """Runs `python -m doremi_jax.main ARGS` in a subprocess (1 CPU device)."""
+def run_cli(args, workdir=None, timeout=600, env_extra=None, cache=True):
+  """Runs `python -m doremi_jax.main ARGS` in a subprocess (1 CPU device);
+  `cache=False` without the session's compilation cache (conftest.py), as
+  on a fresh machine."""
   import subprocess
   env = dict(os.environ)
   env["XLA_FLAGS"] = ""
+  if not cache:
+    env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
   env.update(env_extra or {})
   cmd = [sys.executable, "-m", "doremi_jax.main", *args]
   if workdir is not None:
