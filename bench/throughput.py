@@ -138,7 +138,7 @@ def main():
   # The two step programs the stages train: the plain LM step (reference /
   # main) and the Group-DRO step (proxy) against a reference of the same size.
   lm = steps_lib.lm_program(setup, k, 1, args.seq_len)
-  ref_model = model_lib.Transformer(mcfg)
+  ref_model = setup.make_model(mcfg)
   _, ref_shardings = setup.abstract_params(ref_model, args.seq_len)
   ref_params = state_lib.init_state(setup, 1).params
   dro = steps_lib.dro_program(setup, ref_model, ref_params, ref_shardings, k, 1,

@@ -130,6 +130,9 @@ class Result:
   bytes_accessed: Optional[float]
   model_flops_per_device: float
   compiler_error: Optional[str] = None   # XLA's out-of-memory message
+  attention: str = "xla"                 # the attention kernel compiled
+  loss_chunk: int = 0                    # ModelConfig.loss_chunk (0: whole logits)
+  vocab_size: int = 0
 
   @property
   def total_bytes(self) -> int:
@@ -164,6 +167,9 @@ class Result:
         f"== {self.stage} on {self.slice_name} ({self.num_devices} x {self.chip.name}), "
         f"mesh {self.mesh}, {self.num_params / 1e6:.2f}M params, "
         f"{self.tokens_per_step} tokens/step",
+        f"  attention {self.attention}; vocabulary {self.vocab_size}; loss "
+        + (f"in chunks of {self.loss_chunk} positions" if self.loss_chunk else
+           "over the whole fp32 logits (ModelConfig.loss_chunk = 0)"),
         f"  per-device memory: arguments {gib(self.argument_bytes)} | outputs "
         f"{gib(self.output_bytes)} (aliased {gib(self.alias_bytes).strip()}) | temporaries "
         f"{gib(self.temp_bytes)} | code {gib(self.code_bytes)}",
@@ -205,7 +211,9 @@ def check_stage(stage: str, slice_name: str, devices, chip: Chip, corpus) -> Res
   common = dict(stage=stage, slice_name=slice_name, chip=chip, num_devices=len(devices),
                 mesh=dict(setup.mesh.shape), num_params=setup.model_cfg.num_params(),
                 tokens_per_step=tokens,
-                model_flops_per_device=program.flops_per_token * tokens / len(devices))
+                model_flops_per_device=program.flops_per_token * tokens / len(devices),
+                attention=setup.model.attention_impl, loss_chunk=setup.model_cfg.loss_chunk,
+                vocab_size=setup.model_cfg.vocab_size)
   try:
     with native_stderr_dropped():
       compiled = program.lower(cfg.global_batch_size, cfg.seq_len).compile()

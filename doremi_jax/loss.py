@@ -24,9 +24,41 @@ def model_inputs(targets_BxL):
   return inputs_BxL, mask_BxL
 
 
+def chunked_cross_entropy(head, x_BxLxD, targets_BxL, mask_BxL, chunk: int):
+  """`per_token_cross_entropy(head(x_BxLxD), ...)` without ever holding the
+  fp32 [batch, length, vocab] logits: a scan over chunks of `chunk`
+  positions, each chunk's logits made by `head` ([B, chunk, D] -> fp32
+  [B, chunk, V]) and, being under `jax.checkpoint`, made again in the
+  backward pass instead of saved. Live logits: [B, chunk, V]. The length
+  must be a multiple of `chunk`."""
+  b, length, d = x_BxLxD.shape
+  if length % chunk:
+    raise ValueError(f"ModelConfig.loss_chunk={chunk} must divide the sequence length "
+                     f"{length}.")
+  n = length // chunk
+  x_NxBxCxD = jnp.swapaxes(x_BxLxD.reshape(b, n, chunk, d), 0, 1)
+  t_NxBxC = jnp.swapaxes(targets_BxL.reshape(b, n, chunk), 0, 1)
+  m_NxBxC = jnp.swapaxes(mask_BxL.reshape(b, n, chunk), 0, 1)
+
+  @jax.checkpoint
+  def one_chunk(x_BxCxD, t_BxC, m_BxC):
+    return per_token_cross_entropy(head(x_BxCxD), t_BxC, m_BxC)
+
+  _, loss_NxBxC = jax.lax.scan(lambda c, a: (c, one_chunk(*a)), None,
+                               (x_NxBxCxD, t_NxBxC, m_NxBxC))
+  return jnp.swapaxes(loss_NxBxC, 0, 1).reshape(b, length)
+
+
 def per_token_loss(model, params, targets_BxL):
-  """Forward pass; returns (loss_BxL, mask_BxL)."""
+  """Forward pass; returns (loss_BxL, mask_BxL). With
+  `ModelConfig.loss_chunk` the output layer and the loss run chunk by chunk
+  (`chunked_cross_entropy`); the result is the same."""
   inputs_BxL, mask_BxL = model_inputs(targets_BxL)
+  chunk = model.cfg.loss_chunk
+  if chunk and chunk < targets_BxL.shape[1]:
+    x_BxLxD = model.apply({"params": params}, inputs_BxL, features=True)
+    head = lambda x: model.apply({"params": params}, head=x)
+    return chunked_cross_entropy(head, x_BxLxD, targets_BxL, mask_BxL, chunk), mask_BxL
   logits_BxLxV = model.apply({"params": params}, inputs_BxL)
   return per_token_cross_entropy(logits_BxLxV, targets_BxL, mask_BxL), mask_BxL
 

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from doremi_jax import attention as attention_lib
 from doremi_jax.config import ConfigError, check, check_number
 
 # Floating dtypes the model can store parameters and compute in.
@@ -61,6 +62,13 @@ class ModelConfig:
   unembed_init_scale: float = 0.0
   remat: bool = False   # rematerialise each block in the backward pass
   scan_layers: bool = False  # one scanned block: faster compiles for deep models
+  # Attention implementation (doremi_jax.attention): 'auto' picks cuDNN flash
+  # attention on GPU, the Pallas splash kernel on TPU and XLA's elsewhere.
+  attention: str = "auto"
+  # Per-token cross-entropy in chunks of this many positions, never holding
+  # the full fp32 [batch, length, vocab] logits (each chunk's logits are
+  # recomputed in the backward pass); 0 computes all logits at once.
+  loss_chunk: int = 0
 
   def __post_init__(self):
     for field in ("d_model", "num_layers", "num_heads", "head_dim", "mlp_dim", "max_len",
@@ -79,6 +87,10 @@ class ModelConfig:
     check_number("ModelConfig.unembed_init_scale", self.unembed_init_scale, low=0)
     for field in ("compute_dtype", "param_dtype"):
       _check_float_dtype(f"ModelConfig.{field}", getattr(self, field))
+    check(self.attention in attention_lib.IMPLEMENTATIONS,
+          f"ModelConfig.attention must be one of {attention_lib.IMPLEMENTATIONS}, got "
+          f"{self.attention!r}.")
+    check_number("ModelConfig.loss_chunk", self.loss_chunk, integer=True, low=0)
     for field in ("tied_embeddings", "remat", "scan_layers"):
       value = getattr(self, field)
       check(isinstance(value, bool), f"ModelConfig.{field} must be True or False, got {value!r}.")
@@ -112,6 +124,11 @@ class ModelConfig:
     return 6 * n + attn
 
 
+# Fields that change how the model computes, not what: a run may resume, and
+# a proxy may use a reference, with other values of these.
+EXECUTION_FIELDS = ("remat", "attention", "loss_chunk")
+
+
 def _dtype(name: str):
   return jnp.dtype(name)
 
@@ -136,7 +153,23 @@ class Linear(nn.Module):
         self.init_scale, "fan_in", "truncated_normal", in_axis=self.in_axes, out_axis=out_axes)
     kernel = self.param("kernel", nn.with_logical_partitioning(init, self.names),
                         self.shape, self.param_dtype)
-    return jnp.einsum(self.eqn, x.astype(self.dtype), kernel.astype(self.dtype))
+    return token_matmul(self.eqn, x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+def token_matmul(eqn: str, x, kernel):
+  """`jnp.einsum(eqn, x, kernel)` for an `eqn` whose activation operand and
+  output start with the batch and length axes ('bl...'), computed with those
+  two axes merged into one token axis (a free reshape). Numerically the same
+  einsum; but the weight gradient then contracts over one axis instead of
+  two, which XLA's CPU backend serves without transposing copies of the
+  activations (measured in docs/benchmarks.md)."""
+  lhs, out = eqn.split("->")
+  lhs, rhs = lhs.split(",")
+  if not (lhs.startswith("bl") and out.startswith("bl")):
+    return jnp.einsum(eqn, x, kernel)
+  b, length = x.shape[:2]
+  y = jnp.einsum(f"n{lhs[2:]},{rhs}->n{out[2:]}", x.reshape(b * length, *x.shape[2:]), kernel)
+  return y.reshape(b, length, *y.shape[1:])
 
 
 class RMSNorm(nn.Module):
@@ -164,6 +197,8 @@ def rotary(x_BxLxHxK, positions_BxL, theta: float):
 
 class Block(nn.Module):
   cfg: ModelConfig
+  attention_impl: str = "xla"     # chosen (doremi_jax.attention.choose), never 'auto'
+  interpret: bool = False         # run Pallas kernels interpreted (CPU tests)
 
   @nn.compact
   def __call__(self, x_BxLxD, positions_BxL):
@@ -172,17 +207,15 @@ class Block(nn.Module):
     linear = functools.partial(Linear, dtype=cdt, param_dtype=pdt)
     act = nn.with_logical_constraint
     d, h_, k_, f = cfg.d_model, cfg.num_heads, cfg.head_dim, cfg.mlp_dim
-    qkv = functools.partial(linear, "bld,dhk->blhk", (d, h_, k_), ("embed", "heads", "kv"), (0,))
 
     h = RMSNorm(cfg.norm_eps, pdt, name="attn_norm")(x_BxLxD)
-    q_BxLxHxK = qkv(name="query")(h)
-    k_BxLxHxK = qkv(name="key")(h)
-    v_BxLxHxK = qkv(name="value")(h)
+    qkv = functools.partial(linear, "bld,dhk->blhk", (d, h_, k_), ("embed", "heads", "kv"), (0,))
     qkv_axes = ("act_batch", "act_length", "act_heads", "act_kv")
-    q_BxLxHxK = act(rotary(q_BxLxHxK, positions_BxL, cfg.rope_theta), qkv_axes)
-    k_BxLxHxK = act(rotary(k_BxLxHxK, positions_BxL, cfg.rope_theta), qkv_axes)
-    v_BxLxHxK = act(v_BxLxHxK, qkv_axes)
-    o_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=True)
+    q_BxLxHxK = act(rotary(qkv(name="query")(h), positions_BxL, cfg.rope_theta), qkv_axes)
+    k_BxLxHxK = act(rotary(qkv(name="key")(h), positions_BxL, cfg.rope_theta), qkv_axes)
+    v_BxLxHxK = act(qkv(name="value")(h), qkv_axes)
+    o_BxLxHxK = attention_lib.attend(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, self.attention_impl,
+                                     self.interpret)
     o_BxLxHxK = act(o_BxLxHxK, qkv_axes)
     o_BxLxD = linear("blhk,hkd->bld", (h_, k_, d), ("heads", "kv", "embed"), (0, 1),
                      name="out")(o_BxLxHxK)
@@ -190,41 +223,60 @@ class Block(nn.Module):
 
     h = RMSNorm(cfg.norm_eps, pdt, name="mlp_norm")(x_BxLxD)
     up = functools.partial(linear, "bld,df->blf", (d, f), ("embed", "mlp"), (0,))
-    gate_BxLxF = up(name="gate")(h)
-    up_BxLxF = up(name="up")(h)
-    h_BxLxF = act(nn.silu(gate_BxLxF) * up_BxLxF, ("act_batch", "act_length", "act_mlp"))
+    h_BxLxF = act(nn.silu(up(name="gate")(h)) * up(name="up")(h),
+                  ("act_batch", "act_length", "act_mlp"))
     down_BxLxD = linear("blf,fd->bld", (f, d), ("mlp", "embed"), (0,), name="down")(h_BxLxF)
     return act(x_BxLxD + down_BxLxD, ("act_batch", "act_length", "act_embed"))
 
 
 class _ScanBlock(nn.Module):
   cfg: ModelConfig
+  attention_impl: str = "xla"
+  interpret: bool = False
 
   @nn.compact
   def __call__(self, x, positions):
-    return Block(self.cfg, name="block")(x, positions), None
+    return Block(self.cfg, self.attention_impl, self.interpret, name="block")(x, positions), None
 
 
 class Transformer(nn.Module):
-  """`__call__(tokens_BxL) -> logits_BxLxV` (fp32)."""
+  """`__call__(tokens_BxL) -> logits_BxLxV` (fp32).
+
+  `__call__(tokens_BxL, features=True)` stops before the output layer and
+  returns the final-normed hidden states x_BxLxD; `__call__(head=x_BxLxD)`
+  applies only the output layer to them (the chunked loss calls it chunk by
+  chunk). `platform` ('cpu', 'gpu', 'tpu'; default: JAX's default backend)
+  is what `ModelConfig.attention = 'auto'` chooses for; `interpret` runs the
+  Pallas attention kernel interpreted (tests on CPU)."""
   cfg: ModelConfig
+  platform: Optional[str] = None
+  interpret: bool = False
+
+  @property
+  def attention_impl(self) -> str:
+    return attention_lib.choose(self.cfg.attention, self.platform or jax.default_backend(),
+                                self.interpret)
 
   @nn.compact
-  def __call__(self, tokens_BxL, positions_BxL=None):
+  def __call__(self, tokens_BxL=None, positions_BxL=None, *, features: bool = False,
+               head=None):
     cfg = self.cfg
     if cfg.vocab_size is None:
       raise ConfigError("ModelConfig.vocab_size is unset; call with_data_vocab first.")
     cdt, pdt = _dtype(cfg.compute_dtype), _dtype(cfg.param_dtype)
-    if positions_BxL is None:
-      positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
     embed = nn.Embed(
         cfg.vocab_size, cfg.d_model, dtype=cdt, param_dtype=pdt,
         embedding_init=nn.with_logical_partitioning(
             nn.initializers.normal(stddev=1.0), ("vocab", "embed")),
         name="embed")
+    if head is not None:
+      return self._logits(embed, head)
+    if positions_BxL is None:
+      positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
     x_BxLxD = embed(tokens_BxL)
     x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("act_batch", "act_length", "act_embed"))
 
+    impl = self.attention_impl
     block_cls = Block
     if cfg.remat:
       block_cls = nn.remat(Block, policy=jax.checkpoint_policies.nothing_saveable)
@@ -234,15 +286,27 @@ class Transformer(nn.Module):
       x_BxLxD, _ = nn.scan(
           scan_cls, variable_axes={"params": 0}, split_rngs={"params": True},
           in_axes=(nn.broadcast,), length=cfg.num_layers,
-          metadata_params={nn.PARTITION_NAME: "layers"})(cfg, name="layers")(
+          metadata_params={nn.PARTITION_NAME: "layers"})(cfg, impl, self.interpret,
+                                                          name="layers")(
               x_BxLxD, positions_BxL)
     else:
       for i in range(cfg.num_layers):
-        x_BxLxD = block_cls(cfg, name=f"layer_{i}")(x_BxLxD, positions_BxL)
+        x_BxLxD = block_cls(cfg, impl, self.interpret, name=f"layer_{i}")(x_BxLxD,
+                                                                          positions_BxL)
 
     x_BxLxD = RMSNorm(cfg.norm_eps, pdt, name="final_norm")(x_BxLxD)
+    if features:
+      return x_BxLxD
+    return self._logits(embed, x_BxLxD)
+
+  def _logits(self, embed, x_BxLxD):
+    """The output layer: fp32 logits of the final-normed hidden states."""
+    cfg = self.cfg
+    cdt, pdt = _dtype(cfg.compute_dtype), _dtype(cfg.param_dtype)
     if cfg.tied_embeddings:
-      logits_BxLxV = embed.attend(x_BxLxD) / jnp.sqrt(cfg.d_model).astype(cdt)
+      b, length, d = x_BxLxD.shape
+      logits_BxLxV = (embed.attend(x_BxLxD.reshape(b * length, d)).reshape(b, length, -1) /
+                      jnp.sqrt(cfg.d_model).astype(cdt))
     else:
       logits_BxLxV = Linear("bld,dv->blv", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
                             (0,), cdt, pdt, cfg.unembed_init_scale, name="unembed")(x_BxLxD)

@@ -26,6 +26,7 @@ import jax
 
 from doremi_jax import files
 from doremi_jax.config import ConfigError
+from doremi_jax.model import EXECUTION_FIELDS
 
 COMPLETE = "complete.json"
 PIPELINE_STATE = "pipeline.json"
@@ -93,7 +94,8 @@ def check_resumable(workdir: str, stage: str, model_cfg, domains):
                       f"configuration has {list(domains)}. {redo}")
   now = json.loads(json.dumps(dataclasses.asdict(model_cfg)))
   was = info.get("model", {})
-  changed = {k: (was.get(k), v) for k, v in now.items() if was.get(k) != v}
+  changed = {k: (was.get(k), v) for k, v in now.items()
+             if was.get(k) != v and k not in EXECUTION_FIELDS}
   if changed:
     raise ConfigError(f"{workdir} was trained with another model: "
                       + ", ".join(f"ModelConfig.{k} {a!r} then, {b!r} now"

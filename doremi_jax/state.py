@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from doremi_jax import attention as attention_lib
 from doremi_jax import checkpoint as ckpt_lib
 from doremi_jax import model as model_lib
 from doremi_jax import optimizer as opt_lib
@@ -112,6 +113,16 @@ class ModelSetup:
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
       yield
 
+  @property
+  def platform(self) -> str:
+    """The platform of the mesh's devices ('cpu', 'gpu', 'tpu'), also for an
+    ahead-of-time compile for a topology this host does not have."""
+    return self.mesh.devices.flat[0].platform
+
+  def make_model(self, model_cfg) -> model_lib.Transformer:
+    """A Transformer that chooses its attention kernel for this mesh's devices."""
+    return model_lib.Transformer(model_cfg, platform=self.platform)
+
   def abstract_params(self, model, seq_len: int):
     """(abstract params with shardings, shardings) of another `model` (e.g.
     the frozen reference) on this mesh."""
@@ -138,7 +149,12 @@ def build_setup(vocab_size: int, train_cfg: TrainConfig, model_cfg=None, mesh_cf
   validate_batching(train_cfg, mesh, rules)
   opt_cfg = opt_cfg or opt_lib.OptimizerConfig()
   tx = opt_lib.make_optimizer(opt_cfg, train_cfg.num_steps)
-  model = model_lib.Transformer(model_cfg)
+  if model_cfg.loss_chunk and train_cfg.seq_len % model_cfg.loss_chunk:
+    raise ConfigError(f"ModelConfig.loss_chunk={model_cfg.loss_chunk} must divide "
+                      f"TrainConfig.seq_len={train_cfg.seq_len} (or be 0: no chunks).")
+  platform = mesh.devices.flat[0].platform
+  attention_lib.choose(model_cfg.attention, platform)   # refuses what cannot run here
+  model = model_lib.Transformer(model_cfg, platform=platform)
 
   def init_fn(rng):
     params = model.init(rng, jnp.zeros((1, train_cfg.seq_len), jnp.int32))["params"]

@@ -36,6 +36,22 @@ def test_tiny_pipeline_on_a_small_topology():
     assert r.flops and r.step_seconds > 0
   assert results[1].tokens_per_step == 40 * 128       # proxy/TrainConfig.global_batch_size
   assert results[0].tokens_per_step == 32 * 128
+  # 'auto' attention is the Pallas splash kernel on a TPU topology
+  assert {r.attention for r in results} == {"splash"}
+
+
+def test_chunked_loss_saves_memory_at_a_large_vocabulary(capsys):
+  """The LM step with a 64k vocabulary: temporaries fall when the loss runs
+  in chunks (the fp32 [batch, length, vocab] logits are never held)."""
+  common = ["ModelConfig.vocab_size = 65536", "ModelConfig.attention = 'xla'"]
+  (plain,) = _check(["gin/reference.gin"], common, topology="v5e-4", stages=["reference"])
+  (chunked,) = _check(["gin/reference.gin"], common + ["ModelConfig.loss_chunk = 16"],
+                      topology="v5e-4", stages=["reference"])
+  assert plain.attention == "xla" and chunked.loss_chunk == 16
+  logits = 32 * 128 * 65536 * 4 // 4      # fp32 logits of one device's 8 sequences
+  assert plain.temp_bytes > logits > 2 * chunked.temp_bytes, (plain.temp_bytes,
+                                                              chunked.temp_bytes)
+  assert "loss in chunks of 16 positions" in capsys.readouterr().out
 
 
 def test_paper_scale_proxy_fits_a_v5p_slice(capsys):

@@ -65,6 +65,10 @@ def check_reference_compatible(info: dict, corpus, proxy_model_cfg: model_lib.Mo
         "reference with this run's vocabulary.")
   ref_cfg = model_lib.ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
                                      for k, v in info["model"].items()})
+  # The reference's forward runs in the proxy's program: it computes the way
+  # the proxy does (attention kernel, loss chunks, remat).
+  ref_cfg = dataclasses.replace(ref_cfg, **{f: getattr(proxy_model_cfg, f)
+                                            for f in model_lib.EXECUTION_FIELDS})
   if ref_cfg.vocab_size != proxy_model_cfg.vocab_size:
     raise ConfigError(
         f"reference model vocab_size {ref_cfg.vocab_size} != proxy vocab_size "
@@ -87,7 +91,7 @@ def load_reference(reference_dir: str, corpus, setup: ModelSetup, seq_len: int,
                       "`reference` stage run.")
   info = files.read_json(info_path)
   ref_cfg = check_reference_compatible(info, corpus, setup.model_cfg, reference_dir)
-  ref_model = model_lib.Transformer(ref_cfg)
+  ref_model = setup.make_model(ref_cfg)
   abstract, shardings = setup.abstract_params(ref_model, seq_len)
   params, restored_step = ckpt_lib.restore_params(
       files.path(reference_dir) / "checkpoints", abstract, f"the reference run {reference_dir!r}",
@@ -178,7 +182,8 @@ def build_program(corpus, cfg: TrainConfig, devices=None) -> steps.StepProgram:
   setup = build_setup(corpus.vocab_size, cfg, devices=devices)
   with gin.config_scope("reference"):
     ref_cfg = model_lib.ModelConfig().with_data_vocab(corpus.vocab_size)
-  ref_model = model_lib.Transformer(ref_cfg)
+  ref_model = setup.make_model(dataclasses.replace(
+      ref_cfg, **{f: getattr(setup.model_cfg, f) for f in model_lib.EXECUTION_FIELDS}))
   ref_abstract, ref_shardings = setup.abstract_params(ref_model, cfg.seq_len)
   return steps.dro_program(setup, ref_model, ref_abstract, ref_shardings, k,
                            cfg.grad_accum_steps, doremi.DROConfig(), np.full(k, 1.0 / k),

@@ -1,0 +1,187 @@
+r"""Our LM train step against the PyTorch peer a researcher would otherwise
+run: Hugging Face `GPT2LMHeadModel` + `torch.optim.AdamW`, at equal shape and
+parameter count, alternating in one run.
+
+    pip install -e ".[bench]"     # torch and transformers (never package deps)
+    python bench/vs_pytorch.py [--shapes small medium] [--json_out FILE]
+
+Shapes (fp32, vocabulary 128, batch x sequence tokens per step):
+
+  small   d_model 256, 4 layers, 4 heads x 64, sequence 256, batch 16
+  medium  d_model 512, 4 layers, 8 heads x 64, sequence 256, batch 8
+
+GPT-2 has a 4 d MLP (two matrices), learned positions, tied embeddings and
+biases; ours a SwiGLU MLP (three matrices), rotary positions, untied
+embeddings and no biases. Our MLP width is chosen so that the parameter
+counts match (both are printed). Both steps are a full training step: forward,
+backward, gradient clipping at global norm 1.0 and the AdamW update, dropout
+off. Each round times `--steps` steps
+of ours, then of theirs, after warm-up; the figure is the median over rounds
+of tokens/s, and the ratio is taken within each round (ours / theirs) so
+that machine noise hits both sides alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from _emit import emit  # noqa: E402
+
+VOCAB = 128
+SHAPES = {
+    "small": dict(d_model=256, num_layers=4, num_heads=4, head_dim=64, seq_len=256, batch=16),
+    "medium": dict(d_model=512, num_layers=4, num_heads=8, head_dim=64, seq_len=256, batch=8),
+}
+
+
+def gpt2_params(d: int, layers: int, seq: int, vocab: int) -> int:
+  """GPT2LMHeadModel's parameter count (tied head; biases; two LayerNorms per
+  block and a final one)."""
+  block = 4 * d * d + 4 * d + 8 * d * d + 5 * d + 4 * d
+  return layers * block + vocab * d + seq * d + 2 * d
+
+
+def matched_mlp_dim(shape: dict) -> int:
+  """Our SwiGLU width whose parameter count is closest to GPT-2's."""
+  from doremi_jax import model as model_lib
+  target = gpt2_params(shape["d_model"], shape["num_layers"], shape["seq_len"], VOCAB)
+  def count(f):
+    return model_lib.ModelConfig(vocab_size=VOCAB, d_model=shape["d_model"],
+                                 num_layers=shape["num_layers"], num_heads=shape["num_heads"],
+                                 head_dim=shape["head_dim"], mlp_dim=f).num_params()
+  base, per = count(1), count(2) - count(1)
+  return max(1, round((target - base) / per) + 1)
+
+
+def jax_step(shape: dict, model_overrides: dict):
+  """(step(), num_params) for our LM step program at `shape`."""
+  from doremi_jax import model as model_lib, state as state_lib, steps as steps_lib
+  model_cfg = model_lib.ModelConfig(
+      vocab_size=VOCAB, d_model=shape["d_model"], num_layers=shape["num_layers"],
+      num_heads=shape["num_heads"], head_dim=shape["head_dim"], mlp_dim=matched_mlp_dim(shape),
+      max_len=shape["seq_len"], **model_overrides)
+  cfg = state_lib.TrainConfig(global_batch_size=shape["batch"], seq_len=shape["seq_len"])
+  setup = state_lib.build_setup(VOCAB, cfg, model_cfg=model_cfg, devices=jax.devices()[:1])
+  program = steps_lib.lm_program(setup, 1, 1, shape["seq_len"])
+  rng = np.random.default_rng(0)
+  batch = state_lib.to_global({
+      "targets": rng.integers(1, VOCAB, (shape["batch"], shape["seq_len"]), dtype=np.int32),
+      "domain_ids": np.zeros(shape["batch"], np.int32)}, setup.batch_shardings)
+  box = {"state": program.init(0)}
+
+  def step():
+    box["state"], m = program(box["state"], batch)
+    jax.block_until_ready((box["state"], m))
+  return step, setup.model_cfg.num_params()
+
+
+def torch_step(shape: dict, threads: int):
+  """(step(), num_params) for GPT2LMHeadModel + AdamW at `shape`."""
+  import torch
+  from transformers import GPT2Config, GPT2LMHeadModel
+  torch.set_num_threads(threads)
+  torch.manual_seed(0)
+  cfg = GPT2Config(vocab_size=VOCAB, n_positions=shape["seq_len"], n_embd=shape["d_model"],
+                   n_layer=shape["num_layers"], n_head=shape["num_heads"], resid_pdrop=0.0,
+                   embd_pdrop=0.0, attn_pdrop=0.0)
+  model = GPT2LMHeadModel(cfg).train()
+  opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
+  ids = torch.randint(1, VOCAB, (shape["batch"], shape["seq_len"]))
+
+  def step():
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    # Our step clips at OptimizerConfig.grad_clip_norm = 1.0; so does this one
+    # (as Hugging Face's Trainer does by default).
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+  return step, sum(p.numel() for p in model.parameters())
+
+
+def time_steps(step, n: int) -> float:
+  t = time.perf_counter()
+  for _ in range(n):
+    step()
+  return (time.perf_counter() - t) / n
+
+
+def compare(name: str, shape: dict, args, model_overrides: dict) -> dict:
+  ours, ours_params = jax_step(shape, model_overrides)
+  theirs, their_params = torch_step(shape, args.threads)
+  for _ in range(args.warmup):
+    ours()
+    theirs()
+  tokens = shape["batch"] * shape["seq_len"]
+  rounds = []
+  for _ in range(args.rounds):
+    a = time_steps(ours, args.steps)
+    b = time_steps(theirs, args.steps)
+    rounds.append({"ours_s": a, "theirs_s": b, "ratio": b / a})
+  ratios = [r["ratio"] for r in rounds]
+  return {
+      "shape": shape | {"vocab": VOCAB, "mlp_dim_ours": matched_mlp_dim(shape),
+                        "mlp_dim_gpt2": 4 * shape["d_model"]},
+      "params": {"ours": ours_params, "gpt2": their_params},
+      "tokens_per_step": tokens,
+      "ours_tokens_per_s": tokens / float(np.median([r["ours_s"] for r in rounds])),
+      "gpt2_tokens_per_s": tokens / float(np.median([r["theirs_s"] for r in rounds])),
+      "ratio_median": float(np.median(ratios)),
+      "ratio_range": [float(min(ratios)), float(max(ratios))],
+      "rounds": rounds,
+  }
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+  p.add_argument("--steps", type=int, default=5, help="timed steps per side per round")
+  p.add_argument("--rounds", type=int, default=5, help="alternations ours/theirs")
+  p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--threads", type=int, default=os.cpu_count(),
+                 help="torch intra-op threads (JAX's CPU backend uses all cores)")
+  p.add_argument("--attention", default=None, help="ModelConfig.attention for ours")
+  p.add_argument("--json_out", default=None)
+  args = p.parse_args()
+  try:
+    import torch
+    import transformers
+  except ImportError as e:
+    print(f"error: {e}; install the bench extra: pip install -e \".[bench]\"", file=sys.stderr)
+    sys.exit(2)
+  overrides = {} if args.attention is None else {"attention": args.attention}
+  results = {name: compare(name, SHAPES[name], args, overrides) for name in args.shapes}
+  result = {
+      "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                  "cpu_count": os.cpu_count(), "backend": jax.default_backend(),
+                  "jax": jax.__version__, "torch": torch.__version__,
+                  "transformers": transformers.__version__, "torch_threads": args.threads},
+      "config": vars(args),
+      "results": results,
+  }
+  rows = []
+  for name, r in results.items():
+    s = r["shape"]
+    rows.append((f"{name}: d {s['d_model']}, {s['num_layers']} layers, {s['num_heads']}x"
+                 f"{s['head_dim']}, seq {s['seq_len']}, batch {s['batch']}",
+                 f"{r['params']['ours'] / 1e6:.2f}M / {r['params']['gpt2'] / 1e6:.2f}M",
+                 f"{r['ours_tokens_per_s'] / 1e3:.2f}k", f"{r['gpt2_tokens_per_s'] / 1e3:.2f}k",
+                 f"**{r['ratio_median']:.2f}x** ({r['ratio_range'][0]:.2f}-"
+                 f"{r['ratio_range'][1]:.2f})"))
+  emit(result, ["shape", "params (ours / GPT-2)", "ours tok/s", "GPT-2 + AdamW tok/s",
+                "ours / theirs (range over rounds)"], rows, args.json_out)
+
+
+if __name__ == "__main__":
+  main()
