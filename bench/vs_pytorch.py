@@ -5,10 +5,18 @@ parameter count, alternating in one run.
     pip install -e ".[bench]"     # torch and transformers (never package deps)
     python bench/vs_pytorch.py [--shapes small medium] [--json_out FILE]
 
-Shapes (fp32, vocabulary 128, batch x sequence tokens per step):
+Shapes (vocabulary 128 unless said, batch x sequence tokens per step):
 
-  small   d_model 256, 4 layers, 4 heads x 64, sequence 256, batch 16
-  medium  d_model 512, 4 layers, 8 heads x 64, sequence 256, batch 8
+  small      d_model 256, 4 layers, 4 heads x 64, sequence 256, batch 16
+  medium     d_model 512, 4 layers, 8 heads x 64, sequence 256, batch 8
+  proxy280m  the paper's proxy (gin/models/280m.gin: d_model 1024, 16 layers,
+             16 heads x 64, vocabulary 32768) at sequence 1024, batch 16; for
+             a GPU: --shapes proxy280m --dtype bfloat16
+
+On a GPU (JAX's backend 'gpu') the peer runs on CUDA with its fused AdamW
+and PyTorch's SDPA attention; --dtype bfloat16 runs both sides' matmuls in
+bf16 (ours: ModelConfig.compute_dtype, with cuDNN flash attention; theirs:
+autocast).
 
 GPT-2 has a 4 d MLP (two matrices), learned positions, tied embeddings and
 biases; ours a SwiGLU MLP (three matrices), rotary positions, untied
@@ -42,7 +50,14 @@ VOCAB = 128
 SHAPES = {
     "small": dict(d_model=256, num_layers=4, num_heads=4, head_dim=64, seq_len=256, batch=16),
     "medium": dict(d_model=512, num_layers=4, num_heads=8, head_dim=64, seq_len=256, batch=8),
+    # the paper's proxy size (gin/models/280m.gin) at sequence 1024: for a GPU
+    "proxy280m": dict(d_model=1024, num_layers=16, num_heads=16, head_dim=64, seq_len=1024,
+                      batch=16, vocab=32768),
 }
+
+
+def vocab(shape: dict) -> int:
+  return shape.get("vocab", VOCAB)
 
 
 def gpt2_params(d: int, layers: int, seq: int, vocab: int) -> int:
@@ -55,9 +70,9 @@ def gpt2_params(d: int, layers: int, seq: int, vocab: int) -> int:
 def matched_mlp_dim(shape: dict) -> int:
   """Our SwiGLU width whose parameter count is closest to GPT-2's."""
   from doremi_jax import model as model_lib
-  target = gpt2_params(shape["d_model"], shape["num_layers"], shape["seq_len"], VOCAB)
+  target = gpt2_params(shape["d_model"], shape["num_layers"], shape["seq_len"], vocab(shape))
   def count(f):
-    return model_lib.ModelConfig(vocab_size=VOCAB, d_model=shape["d_model"],
+    return model_lib.ModelConfig(vocab_size=vocab(shape), d_model=shape["d_model"],
                                  num_layers=shape["num_layers"], num_heads=shape["num_heads"],
                                  head_dim=shape["head_dim"], mlp_dim=f).num_params()
   base, per = count(1), count(2) - count(1)
@@ -68,15 +83,15 @@ def jax_step(shape: dict, model_overrides: dict):
   """(step(), num_params) for our LM step program at `shape`."""
   from doremi_jax import model as model_lib, state as state_lib, steps as steps_lib
   model_cfg = model_lib.ModelConfig(
-      vocab_size=VOCAB, d_model=shape["d_model"], num_layers=shape["num_layers"],
+      vocab_size=vocab(shape), d_model=shape["d_model"], num_layers=shape["num_layers"],
       num_heads=shape["num_heads"], head_dim=shape["head_dim"], mlp_dim=matched_mlp_dim(shape),
       max_len=shape["seq_len"], **model_overrides)
   cfg = state_lib.TrainConfig(global_batch_size=shape["batch"], seq_len=shape["seq_len"])
-  setup = state_lib.build_setup(VOCAB, cfg, model_cfg=model_cfg, devices=jax.devices()[:1])
+  setup = state_lib.build_setup(vocab(shape), cfg, model_cfg=model_cfg, devices=jax.devices()[:1])
   program = steps_lib.lm_program(setup, 1, 1, shape["seq_len"])
   rng = np.random.default_rng(0)
   batch = state_lib.to_global({
-      "targets": rng.integers(1, VOCAB, (shape["batch"], shape["seq_len"]), dtype=np.int32),
+      "targets": rng.integers(1, vocab(shape), (shape["batch"], shape["seq_len"]), dtype=np.int32),
       "domain_ids": np.zeros(shape["batch"], np.int32)}, setup.batch_shardings)
   box = {"state": program.init(0)}
 
@@ -86,27 +101,36 @@ def jax_step(shape: dict, model_overrides: dict):
   return step, setup.model_cfg.num_params()
 
 
-def torch_step(shape: dict, threads: int):
-  """(step(), num_params) for GPT2LMHeadModel + AdamW at `shape`."""
+def torch_step(shape: dict, threads: int, device: str, dtype: str):
+  """(step(), num_params) for GPT2LMHeadModel + AdamW at `shape` on `device`
+  ('cpu' or 'cuda'); bf16 through autocast (fp32 master weights, as ours)."""
+  import contextlib
   import torch
   from transformers import GPT2Config, GPT2LMHeadModel
   torch.set_num_threads(threads)
   torch.manual_seed(0)
-  cfg = GPT2Config(vocab_size=VOCAB, n_positions=shape["seq_len"], n_embd=shape["d_model"],
-                   n_layer=shape["num_layers"], n_head=shape["num_heads"], resid_pdrop=0.0,
-                   embd_pdrop=0.0, attn_pdrop=0.0)
-  model = GPT2LMHeadModel(cfg).train()
-  opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
-  ids = torch.randint(1, VOCAB, (shape["batch"], shape["seq_len"]))
+  cfg = GPT2Config(vocab_size=vocab(shape), n_positions=shape["seq_len"],
+                   n_embd=shape["d_model"], n_layer=shape["num_layers"],
+                   n_head=shape["num_heads"], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                   attn_implementation="sdpa")
+  model = GPT2LMHeadModel(cfg).to(device).train()
+  opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1,
+                          fused=device == "cuda")
+  ids = torch.randint(1, vocab(shape), (shape["batch"], shape["seq_len"]), device=device)
+  autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if dtype == "bfloat16" \
+      else contextlib.nullcontext
 
   def step():
-    loss = model(input_ids=ids, labels=ids).loss
+    with autocast():
+      loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
     # Our step clips at OptimizerConfig.grad_clip_norm = 1.0; so does this one
     # (as Hugging Face's Trainer does by default).
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
+    if device == "cuda":
+      torch.cuda.synchronize()
   return step, sum(p.numel() for p in model.parameters())
 
 
@@ -119,7 +143,7 @@ def time_steps(step, n: int) -> float:
 
 def compare(name: str, shape: dict, args, model_overrides: dict) -> dict:
   ours, ours_params = jax_step(shape, model_overrides)
-  theirs, their_params = torch_step(shape, args.threads)
+  theirs, their_params = torch_step(shape, args.threads, args.torch_device, args.dtype)
   for _ in range(args.warmup):
     ours()
     theirs()
@@ -131,7 +155,7 @@ def compare(name: str, shape: dict, args, model_overrides: dict) -> dict:
     rounds.append({"ours_s": a, "theirs_s": b, "ratio": b / a})
   ratios = [r["ratio"] for r in rounds]
   return {
-      "shape": shape | {"vocab": VOCAB, "mlp_dim_ours": matched_mlp_dim(shape),
+      "shape": shape | {"vocab": vocab(shape), "mlp_dim_ours": matched_mlp_dim(shape),
                         "mlp_dim_gpt2": 4 * shape["d_model"]},
       "params": {"ours": ours_params, "gpt2": their_params},
       "tokens_per_step": tokens,
@@ -145,13 +169,18 @@ def compare(name: str, shape: dict, args, model_overrides: dict) -> dict:
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+  p.add_argument("--shapes", nargs="+", default=["small", "medium"], choices=list(SHAPES))
   p.add_argument("--steps", type=int, default=5, help="timed steps per side per round")
   p.add_argument("--rounds", type=int, default=5, help="alternations ours/theirs")
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--threads", type=int, default=os.cpu_count(),
                  help="torch intra-op threads (JAX's CPU backend uses all cores)")
   p.add_argument("--attention", default=None, help="ModelConfig.attention for ours")
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                 help="compute dtype of both (ours: ModelConfig.compute_dtype; theirs: "
+                      "autocast); parameters and optimizer state stay fp32 on both sides")
+  p.add_argument("--torch_device", default=None, choices=["cpu", "cuda"],
+                 help="default: cuda when JAX's backend is a GPU, else cpu")
   p.add_argument("--json_out", default=None)
   args = p.parse_args()
   try:
@@ -160,7 +189,11 @@ def main():
   except ImportError as e:
     print(f"error: {e}; install the bench extra: pip install -e \".[bench]\"", file=sys.stderr)
     sys.exit(2)
-  overrides = {} if args.attention is None else {"attention": args.attention}
+  if args.torch_device is None:
+    args.torch_device = "cuda" if jax.default_backend() == "gpu" else "cpu"
+  overrides = {"compute_dtype": args.dtype}
+  if args.attention is not None:
+    overrides["attention"] = args.attention
   results = {name: compare(name, SHAPES[name], args, overrides) for name in args.shapes}
   result = {
       "machine": {"platform": platform.platform(), "processor": platform.processor(),
