@@ -157,3 +157,75 @@ def test_aioli_down_weights_a_domain_whose_training_lowers_nothing():
   a = aioli.normalize(aioli.estimate_matrix(jnp.asarray(a_true @ w.T, jnp.float32), 1, ohf))
   weights, _ = aioli.step_weights(jnp.full(k, 1 / k), a, 1.0)
   assert weights[0] < 1 / k < weights[1] and weights[2] > weights[0], weights
+
+
+# --------------------------------------------------------------------------
+# ADO
+
+
+from doremi_jax.mixers import ado  # noqa: E402
+
+
+def test_ado_fit_recovers_a_known_law():
+  n = np.arange(1, 201, dtype=np.float32) * 10
+  y = 2 + 3 * n ** -0.3
+  e, a, alpha = np.asarray(jax.jit(ado.fit_law)(jnp.asarray(n), jnp.asarray(y)))
+  np.testing.assert_allclose([np.exp(e), np.exp(a), alpha], [2, 3, 0.3], atol=1e-3)
+
+
+def test_ado_fit_respects_the_bounds():
+  """A curve steeper than alpha 0.8 allows is fitted at the bound (within the
+  penalty's slack), and e_min keeps the floor up."""
+  n = np.arange(1, 101, dtype=np.float32) * 10
+  laws = ado.fit_laws(jnp.asarray(np.stack([n, n])),
+                      jnp.asarray(np.stack([2 + 30 * n ** -1.5, 0.2 + 3 * n ** -0.3])))
+  assert float(laws.alpha[0]) < 0.81
+  assert float(laws.e[1]) > 0.5 - 1e-2      # the published floor: e >= 0.5
+
+
+def np_ado_policy(h, pibar, count, e, a, alpha, n, prior, shares):
+  h = 0.9 * h + 0.1 * shares
+  s = np.maximum(alpha, 0.05) * (np.exp(a) * n ** -alpha) / n
+  rho = s * prior * np.sqrt(h)
+  rho = rho / rho.sum()
+  rho = np.maximum(rho, 0.01)
+  rho = rho / rho.sum()
+  count += 1
+  pi = 0.9 * pibar + 0.1 * rho
+  pibar = pibar + (rho - pibar) / count
+  return pi, h, pibar, count
+
+
+def test_ado_policy_matches_numpy_with_a_resume():
+  rng = np.random.default_rng(3)
+  k = 4
+  prior = rng.dirichlet(np.ones(k))
+  e, a, alpha = rng.uniform(0, 1, k), rng.uniform(0, 3, k), rng.uniform(0.05, 0.8, k)
+  laws = ado.Laws(*(jnp.asarray(x, jnp.float32) for x in (e, a, alpha)))
+  state = ado.init_policy(prior)
+  h, pibar, count = prior.copy(), prior.copy(), 0
+  n = np.full(k, 100.0)
+  for t in range(12):
+    shares = rng.dirichlet(np.ones(k))
+    want, h, pibar, count = np_ado_policy(h, pibar, count, e, a, alpha, n, prior, shares)
+    got, state = jax.jit(ado.policy)(state, laws, jnp.asarray(n, jnp.float32),
+                                     jnp.asarray(prior, jnp.float32),
+                                     jnp.asarray(shares, jnp.float32))
+    if t == 5:    # resume: through NumPy (a checkpoint) and back
+      state = ado.PolicyState(*[jnp.asarray(np.asarray(x)) for x in state])
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)
+    np.testing.assert_allclose(float(got.sum()), 1.0, atol=1e-5)
+    n += 1000 * shares
+
+
+def test_ado_sinks_a_flat_curve_and_favours_a_falling_one():
+  """ADO's own prediction: noise (flat loss at log V) goes to the floor; of
+  two learnable domains the one still falling faster gains."""
+  n = np.arange(1, 101, dtype=np.float32) * 20
+  curves = np.stack([np.full_like(n, np.log(128)), 1 + 4 * n ** -0.5, 1 + 4 * n ** -0.1])
+  laws = ado.fit_laws(jnp.asarray(np.stack([n] * 3)), jnp.asarray(curves), e_min=None)
+  prior = jnp.full(3, 1 / 3)
+  state, pi = ado.init_policy(prior), None
+  for _ in range(200):
+    pi, state = ado.policy(state, laws, jnp.full(3, 2000.0), prior, prior)
+  assert pi[0] < 0.05 and pi[2] > pi[1] > pi[0], pi

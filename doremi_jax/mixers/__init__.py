@@ -6,6 +6,8 @@ the jitted step, be checkpointed with the model and be tested against an
 independent NumPy implementation (tests/mixers_test.py).
 
   odm.py    ODM (Albalak et al. 2023): EXP3 on per-domain training loss
+  ado.py    ADO (Jiang et al. 2024): per-domain scaling-law fits of loss
+            against data seen, and its policy
   aioli.py  Aioli (Chen, Hu et al. 2024): the mixing-law matrix from
             LearnParams' loss decreases, and the exponentiated-gradient step
 
