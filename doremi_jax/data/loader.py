@@ -6,7 +6,9 @@ a pure function of (seed, step), computed identically on every host, so:
 
 * the reference and main stages sample domains with the mixture's rates
   (`MixtureAssignment`), and the proxy stage uses exact stratified batches
-  (`StratifiedAssignment`);
+  (`StratifiedAssignment`); a mixture that changes during training uses
+  rates published block by block (`scheduled.ScheduledAssignment`), still a
+  pure function of the step once published;
 * each host keeps only its contiguous slice of rows. With
   `LoaderConfig.host_reads = 'all'` (the default) every host reads every
   domain's whole stream and keeps the examples of its rows, so the global

@@ -1,0 +1,95 @@
+"""The assignment of a mixture that changes during training: blocks of
+rates published by the trainer, waited for by the loader, replayed exactly
+after a resume."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from doremi_jax.config import ConfigError
+from doremi_jax.data import loader as loader_lib
+from doremi_jax.data import synthetic
+from doremi_jax.data import synthetic_tasks
+from doremi_jax.data.scheduled import ScheduledAssignment
+
+
+def test_constant_rates_give_the_static_mixture_batches():
+  rates = [0.3, 0.1, 0.2, 0.2, 0.2]
+  sched = ScheduledAssignment(rates, seed=3, every=4)
+  static = loader_lib.MixtureAssignment(rates, seed=3)
+  for block in range(1, 6):
+    sched.publish(block, rates)
+  for step in range(24):
+    np.testing.assert_array_equal(sched(step, 64), static(step, 64))
+
+
+def test_each_block_uses_its_own_rates():
+  sched = ScheduledAssignment([1, 0, 0], seed=0, every=5)
+  sched.publish(1, [0, 1, 0])
+  sched.publish(2, [0, 0, 2])
+  for step, domain in [(0, 0), (4, 0), (5, 1), (9, 1), (10, 2), (14, 2)]:
+    assert set(sched(step, 32).tolist()) == {domain}, step
+
+
+def test_the_loader_waits_for_rates_not_yet_published():
+  sched = ScheduledAssignment([0.5, 0.5], seed=0, every=2, timeout=30)
+  out = {}
+  reader = threading.Thread(target=lambda: out.setdefault("ids", sched(2, 16)))
+  reader.start()
+  time.sleep(0.2)
+  assert reader.is_alive()            # block 1 is not published: still waiting
+  sched.publish(1, [0, 1])
+  reader.join(timeout=10)
+  assert set(out["ids"].tolist()) == {1}
+  late = ScheduledAssignment([0.5, 0.5], seed=0, every=2, timeout=0.1)
+  with pytest.raises(RuntimeError, match="rates of block 3 .steps from 6"):
+    late(7, 4)
+
+
+def test_history_restores_identical_draws():
+  sched = ScheduledAssignment([0.25] * 4, seed=7, every=3)
+  rng = np.random.default_rng(0)
+  for block in range(1, 5):
+    sched.publish(block, rng.dirichlet(np.ones(4)))
+  restored = ScheduledAssignment([0.25] * 4, seed=7, every=3, history=sched.history())
+  for step in range(15):
+    np.testing.assert_array_equal(restored(step, 40), sched(step, 40))
+
+
+@pytest.mark.parametrize("rates", [[0.5, -0.1, 0.6], [0.5, float("nan"), 0.5], [0, 0, 0],
+                                   [0.5, 0.5]])
+def test_bad_rates_are_refused(rates):
+  sched = ScheduledAssignment([1, 1, 1], seed=0, every=2)
+  with pytest.raises(ConfigError, match="mixer rates for block 1: sampling rates must be 3"):
+    sched.publish(1, rates)
+
+
+def test_a_block_is_published_once():
+  sched = ScheduledAssignment([1, 1], seed=0, every=2)
+  sched.publish(1, [0.2, 0.8])
+  sched.publish(1, [0.2, 0.8])        # the same rates again: fine
+  with pytest.raises(ValueError, match="already published"):
+    sched.publish(1, [0.5, 0.5])
+  with pytest.raises(ConfigError, match="update interval must be an integer >= 1"):
+    ScheduledAssignment([1, 1], seed=0, every=0)
+
+
+def test_loader_replays_the_position_of_a_scheduled_run():
+  """A loader resumed without a saved position replays it from the
+  published history, and its batches are the uninterrupted run's."""
+  corpus = synthetic_tasks.synthetic_corpus(synthetic.SyntheticCorpusConfig(seq_len=32))
+  rng = np.random.default_rng(1)
+  history = {str(b): rng.dirichlet(np.ones(5)).tolist() for b in range(1, 4)}
+  make = lambda: ScheduledAssignment([0.2] * 5, seed=2, every=2, history=history)
+  full = loader_lib.BatchLoader(corpus, make(), 12, 32, seed=4)
+  batches = [full.next() for _ in range(7)]
+  full.close()
+  resumed = loader_lib.BatchLoader(corpus, make(), 12, 32, seed=4, start_step=4)
+  for want, _ in batches[4:]:
+    got, _ = resumed.next()
+    np.testing.assert_array_equal(got["targets"], want["targets"])
+    np.testing.assert_array_equal(got["domain_ids"], want["domain_ids"])
+  resumed.close()
+  assert batches[3][1]["positions"] == resumed.replay_positions(4).tolist()
