@@ -58,11 +58,14 @@ def test_history_restores_identical_draws():
     np.testing.assert_array_equal(restored(step, 40), sched(step, 40))
 
 
-@pytest.mark.parametrize("rates", [[0.5, -0.1, 0.6], [0.5, float("nan"), 0.5], [0, 0, 0],
-                                   [0.5, 0.5]])
-def test_bad_rates_are_refused(rates):
+@pytest.mark.parametrize("rates,message", [
+    ([0.5, -0.1, 0.6], r"weights must be non-negative; got negative weights for \['domain 1'\]"),
+    ([0.5, float("nan"), 0.5], r"weights must be finite numbers; got NaN/inf for \['domain 1'\]"),
+    ([0, 0, 0], "all weights are zero; at least one domain needs a positive weight"),
+    ([0.5, 0.5], "3 sampling rates needed, one per domain")])
+def test_bad_rates_are_refused(rates, message):
   sched = ScheduledAssignment([1, 1, 1], seed=0, every=2)
-  with pytest.raises(ConfigError, match="mixer rates for block 1: sampling rates must be 3"):
+  with pytest.raises(ConfigError, match="mixer rates for block 1: " + message):
     sched.publish(1, rates)
 
 

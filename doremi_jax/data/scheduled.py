@@ -23,16 +23,18 @@ from typing import Optional
 import numpy as np
 
 from doremi_jax.config import ConfigError
+from doremi_jax.data import weights as weights_lib
 
 
 def check_rates(rates, num_domains: int, where: str) -> np.ndarray:
-  """`rates` as float64 summing to 1; ConfigError naming `where` unless they
-  are K finite, non-negative numbers with a positive sum."""
+  """`rates` normalised to sum to 1; ConfigError naming `where` unless they
+  are `num_domains` finite, non-negative numbers with a positive sum
+  (`weights.validate_weights`, domains named by index)."""
   r = np.asarray(rates, np.float64)
-  if r.shape != (num_domains,) or not np.all(np.isfinite(r)) or np.any(r < 0) or r.sum() <= 0:
-    raise ConfigError(f"{where}: sampling rates must be {num_domains} finite, non-negative "
-                      f"numbers with a positive sum; got {np.asarray(rates).tolist()}.")
-  return r / r.sum()
+  if r.shape != (num_domains,):
+    raise ConfigError(f"{where}: {num_domains} sampling rates needed, one per domain; got "
+                      f"{np.asarray(rates).tolist()}.")
+  return weights_lib.validate_weights(r, [f"domain {i}" for i in range(num_domains)], where)
 
 
 class ScheduledAssignment:
