@@ -107,6 +107,12 @@ class ModelConfig:
           f"{data_vocab_size} or to None (take it from the data).")
     return self
 
+  def with_execution_of(self, other: "ModelConfig") -> "ModelConfig":
+    """A copy that computes the way `other` does (its EXECUTION_FIELDS: the
+    attention kernel, loss chunks, remat), e.g. the frozen reference inside
+    the proxy's program."""
+    return dataclasses.replace(self, **{f: getattr(other, f) for f in EXECUTION_FIELDS})
+
   def num_params(self) -> int:
     """Parameter count (exact for this architecture)."""
     d, f, v = self.d_model, self.mlp_dim, self.vocab_size

@@ -115,9 +115,7 @@ class ModelSetup:
 
   @property
   def platform(self) -> str:
-    """The platform of the mesh's devices ('cpu', 'gpu', 'tpu'), also for an
-    ahead-of-time compile for a topology this host does not have."""
-    return self.mesh.devices.flat[0].platform
+    return mesh_platform(self.mesh)
 
   def make_model(self, model_cfg) -> model_lib.Transformer:
     """A Transformer that chooses its attention kernel for this mesh's devices."""
@@ -133,6 +131,12 @@ class ModelSetup:
                                               self.rules)["params"]
     return ckpt_lib.abstract_with_shardings(nn.meta.unbox(boxed)["params"], shardings), \
         shardings
+
+
+def mesh_platform(mesh) -> str:
+  """The platform of the mesh's devices ('cpu', 'gpu', 'tpu'), also for an
+  ahead-of-time compile for a topology this host does not have."""
+  return mesh.devices.flat[0].platform
 
 
 def build_setup(vocab_size: int, train_cfg: TrainConfig, model_cfg=None, mesh_cfg=None,
@@ -152,7 +156,7 @@ def build_setup(vocab_size: int, train_cfg: TrainConfig, model_cfg=None, mesh_cf
   if model_cfg.loss_chunk and train_cfg.seq_len % model_cfg.loss_chunk:
     raise ConfigError(f"ModelConfig.loss_chunk={model_cfg.loss_chunk} must divide "
                       f"TrainConfig.seq_len={train_cfg.seq_len} (or be 0: no chunks).")
-  platform = mesh.devices.flat[0].platform
+  platform = mesh_platform(mesh)
   attention_lib.choose(model_cfg.attention, platform)   # refuses what cannot run here
   model = model_lib.Transformer(model_cfg, platform=platform)
 

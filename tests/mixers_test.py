@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from doremi_jax.mixers import ado
+from doremi_jax.mixers import aioli
 from doremi_jax.mixers import odm
 
 
@@ -87,9 +89,6 @@ def test_odm_rejects_an_unknown_form():
 # Aioli
 
 
-from doremi_jax.mixers import aioli  # noqa: E402
-
-
 def np_aioli_round(weights, losses_seq, order, rounds, ohf, eta, smoothing, abar):
   """One Aioli round from the paper's Alg. 2 and the authors' update, in
   NumPy: `losses_seq[r]` the held-out losses after the r-th burst (index 0:
@@ -161,9 +160,6 @@ def test_aioli_down_weights_a_domain_whose_training_lowers_nothing():
 
 # --------------------------------------------------------------------------
 # ADO
-
-
-from doremi_jax.mixers import ado  # noqa: E402
 
 
 def test_ado_fit_recovers_a_known_law():

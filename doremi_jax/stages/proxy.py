@@ -67,8 +67,7 @@ def check_reference_compatible(info: dict, corpus, proxy_model_cfg: model_lib.Mo
                                      for k, v in info["model"].items()})
   # The reference's forward runs in the proxy's program: it computes the way
   # the proxy does (attention kernel, loss chunks, remat).
-  ref_cfg = dataclasses.replace(ref_cfg, **{f: getattr(proxy_model_cfg, f)
-                                            for f in model_lib.EXECUTION_FIELDS})
+  ref_cfg = ref_cfg.with_execution_of(proxy_model_cfg)
   if ref_cfg.vocab_size != proxy_model_cfg.vocab_size:
     raise ConfigError(
         f"reference model vocab_size {ref_cfg.vocab_size} != proxy vocab_size "
@@ -182,8 +181,7 @@ def build_program(corpus, cfg: TrainConfig, devices=None) -> steps.StepProgram:
   setup = build_setup(corpus.vocab_size, cfg, devices=devices)
   with gin.config_scope("reference"):
     ref_cfg = model_lib.ModelConfig().with_data_vocab(corpus.vocab_size)
-  ref_model = setup.make_model(dataclasses.replace(
-      ref_cfg, **{f: getattr(setup.model_cfg, f) for f in model_lib.EXECUTION_FIELDS}))
+  ref_model = setup.make_model(ref_cfg.with_execution_of(setup.model_cfg))
   ref_abstract, ref_shardings = setup.abstract_params(ref_model, cfg.seq_len)
   return steps.dro_program(setup, ref_model, ref_abstract, ref_shardings, k,
                            cfg.grad_accum_steps, doremi.DROConfig(), np.full(k, 1.0 / k),
