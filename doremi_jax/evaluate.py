@@ -58,6 +58,14 @@ class Evaluator:
         setup.batch_shardings, sharding_lib.replicated(setup.mesh))
     return cls(setup, corpus, batches, step_fn)
 
+  def losses(self, params) -> np.ndarray:
+    """Each domain's mean validation token loss, [K] float32 (what Aioli's
+    LearnParams measures)."""
+    with self.setup.scope():
+      sums, counts = run_eval(self.step_fn, params, self.batches,
+                              lambda b: to_global(b, self.setup.batch_shardings))
+    return (np.asarray(sums, np.float32) / np.maximum(np.asarray(counts, np.float32), 1.0))
+
   def __call__(self, params, step: int, reference: Optional[dict] = None) -> dict:
     with self.setup.scope():
       sums, counts = run_eval(self.step_fn, params, self.batches,

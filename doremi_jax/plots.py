@@ -214,3 +214,30 @@ def plot_study_curves(study: dict, path) -> bool:
   ax.legend(fontsize=8)
   _save(fig, path)
   return True
+
+
+def plot_mixer_rates(schedules: dict, path) -> bool:
+  """schedules: {arm: rows of a mixture_weights.jsonl} (one seed each): the
+  sampling rates an online mixer used at every step, one panel per arm."""
+  schedules = {a: rows for a, rows in schedules.items() if rows}
+  if not schedules:
+    return False
+  plt = _plt()
+  domains = next(iter(schedules.values()))[0]["domain_names"]
+  colors = _colors(domains)
+  fig, axes = plt.subplots(1, len(schedules), figsize=(4.6 * len(schedules), 3.8),
+                           sharey=True, squeeze=False)
+  for ax, (arm, rows) in zip(axes.flat, schedules.items()):
+    steps = [r["step"] for r in rows]
+    for i, d in enumerate(domains):
+      ax.step(steps, [r["domain_weights"][i] for r in rows], where="post", label=d,
+              color=colors[d])
+    method = rows[0]["method"]
+    ax.set_title(arm if arm == method else f"{arm} ({method})")
+    ax.set_xlabel("main-model step")
+    ax.grid(alpha=0.3)
+  axes.flat[0].set_ylabel("sampling rate")
+  axes.flat[-1].legend(title="domain", loc="center left", bbox_to_anchor=(1.01, 0.5))
+  fig.suptitle("Online mixers' sampling rates over training (seed 0)")
+  _save(fig, path)
+  return True

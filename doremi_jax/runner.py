@@ -51,8 +51,13 @@ class Hooks:
     evaluation then reports each domain's excess over it.
   on_finish(state, final_eval, reference_eval) -> str: writes the stage's own
     result files (process 0 only) and returns its one-line summary.
+  after_step(done, state, evaluator) -> state: on every process after each
+    step is dispatched (and with done 0 before the first step of a fresh
+    run), before that step's checkpoint; may change the state (Aioli's
+    host-driven rounds).
   """
   on_log: Optional[Callable[[int, dict], None]] = None
+  after_step: Optional[Callable[[int, Any, evaluate.Evaluator], Any]] = None
   reference_eval: Optional[Callable[[evaluate.Evaluator], dict]] = None
   on_finish: Optional[Callable[[Any, dict, Optional[dict]], str]] = None
 
@@ -73,13 +78,19 @@ def summary_line(final: dict) -> str:
 
 def run_stage(*, workdir: str, stage: str, corpus, cfg: TrainConfig, program: StepProgram,
               assignment, info: Optional[dict] = None, start_files: Optional[dict] = None,
-              hooks: Optional[Hooks] = None) -> dict:
+              hooks: Optional[Hooks] = None, publisher=None) -> dict:
   """Trains `program` for `cfg.num_steps` in `workdir` (resuming if it holds
   checkpoints) and returns the final evaluation summary.
 
   Writes: checkpoints/, config.gin, run_info.json (with `info`), each
   `start_files` entry as JSON, metrics.jsonl, tensorboard/, eval.jsonl,
   eval.json, the hooks' files, and complete.json last.
+
+  With a `publisher` (`scheduled.RatesPublisher`, for an `assignment`
+  whose rates change during training) every step's metrics publish the
+  rates they are the source of, the checkpoint's data state keeps the
+  published blocks a resumed run needs, and at every logged step all
+  processes are checked to hold the same published rates.
   """
   t0 = time.time()
   workdir = str(workdir)
@@ -94,6 +105,12 @@ def run_stage(*, workdir: str, stage: str, corpus, cfg: TrainConfig, program: St
       start_step, state, data_state = 0, program.init(cfg.seed), None
     else:
       start_step, state, data_state = restored
+    if publisher is not None:
+      publisher.restore(start_step, data_state)
+      publisher.start(start_step)
+      if loader_lib.BatchLoader.needs_replay(data_state, corpus.num_domains, jax.process_count(),
+                                             loader_lib.loader_host_reads()):
+        publisher.check_replayable(start_step)
     rundir.write_run_info(workdir, stage, start_step, corpus, program.setup, dict(
         num_steps=cfg.num_steps, seq_len=cfg.seq_len, seed=cfg.seed,
         tokens_per_step=cfg.tokens_per_step, flops_per_token=program.flops_per_token,
@@ -119,10 +136,15 @@ def run_stage(*, workdir: str, stage: str, corpus, cfg: TrainConfig, program: St
       rundir.announce(stage, f"resuming from step {start_step}")
     writer = metrics_lib.MetricsWriter(workdir, corpus.domains, stage, cfg.tensorboard)
     timing = {}
+    after_step = None
+    if hooks.after_step is not None:
+      after_step = lambda done, st: hooks.after_step(done, st, evaluator)
+      if start_step == 0:
+        state = after_step(0, state)
     state = train_loop(stage=stage, cfg=cfg, program=program, state=state, loader=loader,
                        checkpointer=checkpointer, writer=writer, start_step=start_step,
                        domains=corpus.domains, evaluate_fn=do_eval, on_log=hooks.on_log,
-                       timing=timing)
+                       timing=timing, publisher=publisher, after_step=after_step)
     final = do_eval(state, cfg.num_steps)
     if rundir.is_writer():
       files.write_json(files.path(workdir) / "eval.json", final)
@@ -133,6 +155,8 @@ def run_stage(*, workdir: str, stage: str, corpus, cfg: TrainConfig, program: St
   finally:
     if loader is not None:
       loader.close()
+    if publisher is not None:
+      publisher.assignment.close()
     checkpointer.close()
   rundir.mark_complete(workdir, stage, cfg.num_steps, time.time() - t0, summary,
                        dict(timing, tokens_per_step=cfg.tokens_per_step))
@@ -161,10 +185,24 @@ def check_finite(step: int, num_steps: int, host: dict, domain_loss_key: str, do
       f"re-run the same command to resume from step {last or 0}.")
 
 
+def check_same_rates(step: int, publisher) -> None:
+  """Every process must have published the same rates (each computes them
+  from the same replicated state); checked with one all-gather of a CRC."""
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils
+  every = np.asarray(multihost_utils.process_allgather(
+      np.asarray([publisher.fingerprint()], np.int64)))
+  if not np.all(every == every.flat[0]):
+    raise RuntimeError(f"step {step}: the mixture's published rates differ between "
+                       f"processes (CRCs {every.ravel().tolist()})")
+
+
 def train_loop(*, stage: str, cfg: TrainConfig, program: StepProgram, state, loader,
                checkpointer: ckpt_lib.Checkpointer, writer: metrics_lib.MetricsWriter,
                start_step: int, domains, evaluate_fn: Optional[Callable] = None,
-               on_log: Optional[Callable] = None, timing: Optional[dict] = None):
+               on_log: Optional[Callable] = None, timing: Optional[dict] = None,
+               publisher=None, after_step: Optional[Callable] = None):
   """Runs steps start_step..num_steps-1 and returns the final state.
 
   Each step's metrics are fetched after the next step is dispatched (nanodo
@@ -172,7 +210,9 @@ def train_loop(*, stage: str, cfg: TrainConfig, program: StepProgram, state, loa
   `on_log(step, host_metrics)`. Before a checkpoint is saved every step up to
   it is checked. `evaluate_fn(state, step)` runs every `eval_every` steps.
   `timing`, if given, receives the first step's seconds (compile + run) and
-  the seconds of the loop after it."""
+  the seconds of the loop after it. `publisher` (see `run_stage`) gets
+  every step's metrics in order; `after_step(done, state) -> state` runs
+  after each step, before its checkpoint."""
   progress = metrics_lib.Progress(stage, start_step, cfg.num_steps, cfg.tokens_per_step)
   shardings = program.setup.batch_shardings
   unchecked = []  # [(step, device metrics)], oldest first
@@ -182,7 +222,11 @@ def train_loop(*, stage: str, cfg: TrainConfig, program: StepProgram, state, loa
       step, m = unchecked.pop(0)
       host = jax.device_get(m)
       check_finite(step, cfg.num_steps, host, program.domain_loss_key, domains, checkpointer)
+      if publisher is not None:
+        publisher.on_step(step, host)
       if step % cfg.log_every == 0 or step == cfg.num_steps:
+        if publisher is not None:
+          check_same_rates(step, publisher)
         writer.write(step, host)
         if on_log is not None:
           on_log(step, host)
@@ -201,10 +245,14 @@ def train_loop(*, stage: str, cfg: TrainConfig, program: StepProgram, state, loa
         timing.update(first_step_seconds=round(first, 3), loop_start=time.perf_counter())
       progress.start_timing(step + 1)
     done = step + 1
+    if after_step is not None:
+      state = after_step(done, state)
     unchecked.append((done, metrics))
     last = done == cfg.num_steps
     if last or checkpointer.due(done):
       settle(keep=0)
+      if publisher is not None:
+        data_state = dict(data_state, mixture=publisher.data_state(done))
       checkpointer.maybe_save(done, state, data_state, force=last)
     else:
       settle(keep=1)

@@ -35,6 +35,8 @@ from doremi_jax import checkpoint as ckpt_lib
 from doremi_jax import doremi
 from doremi_jax import sharding as sharding_lib
 from doremi_jax.loss import per_domain_sums, per_token_loss
+from doremi_jax.mixers import base as mixer_base
+from doremi_jax.mixers.doremi_online import hold_excess
 from doremi_jax.state import ModelSetup, TrainState, init_state
 
 
@@ -148,33 +150,95 @@ def jit_step(setup: ModelSetup, step_fn, state_shardings, extra_shardings: tuple
 # The LM step (Step 1 and Step 3)
 
 
-def lm_program(setup: ModelSetup, num_domains: int, accum: int, seq_len: int) -> StepProgram:
-  """Plain LM step: mean token loss over the global batch, with `accum`
-  micro-batches."""
-  model = setup.model
+def replicated_state(setup: ModelSetup, make):
+  """(abstract state with shardings, shardings) of a small pytree built by
+  `make()` (domain weights, a mixer's state): replicated on the mesh."""
+  replicated = sharding_lib.replicated(setup.mesh)
+  abstract = jax.eval_shape(make)
+  shardings = jax.tree.map(lambda _: replicated, abstract)
+  return ckpt_lib.abstract_with_shardings(abstract, shardings), shardings
 
-  def step(state: TrainState, batch):
+
+def lm_program(setup: ModelSetup, num_domains: int, accum: int, seq_len: int, mixer=None,
+               prior=None, reference=None) -> StepProgram:
+  """Plain LM step: mean token loss over the global batch, with `accum`
+  micro-batches. With a `mixer` (`mixers.base.Mixer`) the state is
+  `{"train": TrainState, "mixer": its state}` (initialised from `prior`),
+  the mixer updates inside the step from the step's per-domain signals, and
+  the metrics carry its proposed rates (`mixer_rates`) and its report
+  (`mixer/<name>`). A mixer that needs a reference gets `reference`
+  (model, params, shardings): its forward runs in the same program and the
+  clipped per-domain excess joins the signals."""
+  model = setup.model
+  if mixer is not None and mixer.needs_reference and reference is None:
+    raise ValueError(f"the {mixer.name} mixer needs a reference model")
+
+  def train(ts: TrainState, batch):
     targets_BxL = batch["targets"]
     mask_BxL = (targets_BxL != 0).astype(jnp.float32)
     total = jnp.maximum(mask_BxL.sum(), 1.0)
-    grads, loss_BxL = weighted_grads(model, state.params, targets_BxL, mask_BxL / total, accum)
-    new_state = apply_gradients(setup, state, grads)
+    grads, loss_BxL = weighted_grads(model, ts.params, targets_BxL, mask_BxL / total, accum)
     sums, counts = per_domain_sums(loss_BxL, mask_BxL, batch["domain_ids"], num_domains)
     metrics = {
         "loss": loss_BxL.sum() / total,
         "grad_norm": optax.tree.norm(grads),
-        "learning_rate": setup.lr_schedule(state.step),
+        "learning_rate": setup.lr_schedule(ts.step),
         "domain_loss": sums / jnp.maximum(counts, 1.0),
         "domain_tokens": counts,
     }
+    return apply_gradients(setup, ts, grads), metrics, loss_BxL, mask_BxL
+
+  def step(state: TrainState, batch):
+    new_state, metrics, _, _ = train(state, batch)
     return new_state, metrics
 
+  flops = float(setup.model_cfg.flops_per_token(seq_len))
+  if mixer is None:
+    return StepProgram(
+        name="lm", setup=setup, abstract_state=setup.abstract_state,
+        state_shardings=setup.state_shardings, init=lambda seed: init_state(setup, seed),
+        jitted=jit_step(setup, step, setup.state_shardings), extra=(),
+        params_of=lambda s: s.params, domain_loss_key="domain_loss", flops_per_token=flops)
+
+  prior = np.asarray(prior, np.float32)
+  mixer_abstract, mixer_shardings = replicated_state(setup, lambda: mixer.init(prior))
+  state_shardings = {"train": setup.state_shardings, "mixer": mixer_shardings}
+
+  def mixed_step(state, batch, *ref_params):
+    ts = state["train"]
+    new_ts, metrics, loss_BxL, mask_BxL = train(ts, batch)
+    dom_B = batch["domain_ids"]
+    excess = None
+    if mixer.needs_reference:
+      ref_loss_BxL, _ = forward_losses(reference[0], jax.lax.stop_gradient(ref_params[0]),
+                                       batch["targets"], accum)
+      excess = doremi.per_domain_excess_loss(loss_BxL, ref_loss_BxL, mask_BxL, dom_B,
+                                             num_domains)
+      metrics["excess"] = excess
+    rows = jnp.zeros(num_domains, jnp.float32).at[dom_B].add(1.0)
+    signals = mixer_base.Signals(metrics["domain_loss"], metrics["domain_tokens"], rows, excess)
+    new_mixer = mixer.update(state["mixer"], signals, ts.step)
+    metrics["mixer_rates"] = mixer.rates(new_mixer)
+    metrics.update({f"mixer/{k}": v for k, v in mixer.report(new_mixer).items()})
+    return {"train": new_ts, "mixer": new_mixer}, metrics
+
+  def init(seed):
+    return {"train": init_state(setup, seed),
+            # via host copies: distinct buffers per leaf (the state is donated)
+            "mixer": jax.device_put(jax.tree.map(np.array, mixer.init(prior)),
+                                    mixer_shardings)}
+
+  extra, extra_shardings = (), ()
+  if mixer.needs_reference:
+    extra, extra_shardings = (reference[1],), (reference[2],)
+    flops += reference[0].cfg.flops_per_token(seq_len) / 3
   return StepProgram(
-      name="lm", setup=setup, abstract_state=setup.abstract_state,
-      state_shardings=setup.state_shardings, init=lambda seed: init_state(setup, seed),
-      jitted=jit_step(setup, step, setup.state_shardings), extra=(),
-      params_of=lambda s: s.params, domain_loss_key="domain_loss",
-      flops_per_token=float(setup.model_cfg.flops_per_token(seq_len)))
+      name=f"lm+{mixer.name}", setup=setup,
+      abstract_state={"train": setup.abstract_state, "mixer": mixer_abstract},
+      state_shardings=state_shardings, init=init,
+      jitted=jit_step(setup, mixed_step, state_shardings, extra_shardings), extra=extra,
+      params_of=lambda s: s["train"].params, domain_loss_key="domain_loss",
+      flops_per_token=flops)
 
 
 # --------------------------------------------------------------------------
@@ -183,22 +247,39 @@ def lm_program(setup: ModelSetup, num_domains: int, accum: int, seq_len: int) ->
 
 def dro_state(setup: ModelSetup, initial_weights):
   """(abstract DROState with shardings, shardings): replicated on the mesh."""
-  replicated = sharding_lib.replicated(setup.mesh)
-  abstract = jax.eval_shape(lambda: doremi.DROState.create(initial_weights))
-  shardings = jax.tree.map(lambda _: replicated, abstract)
-  return ckpt_lib.abstract_with_shardings(abstract, shardings), shardings
+  return replicated_state(setup, lambda: doremi.DROState.create(initial_weights))
+
+
+DRO_MODES = ("reweight", "resample")
 
 
 def dro_program(setup: ModelSetup, ref_model, ref_params, ref_shardings, num_domains: int,
                 accum: int, dro_cfg: doremi.DROConfig, initial_weights,
-                seq_len: int) -> StepProgram:
+                seq_len: int, mode: str = "reweight") -> StepProgram:
   """The Group-DRO step against the frozen reference (`ref_model`,
   `ref_params`: arrays to train, or their abstract shapes to compile). The
-  state is `{"train": TrainState, "dro": doremi.DROState}`."""
+  state is `{"train": TrainState, "dro": doremi.DROState}`.
+
+  mode 'reweight' (DoReMi's Algorithm 1): the batch is stratified and the
+  proxy's loss is the weight-averaged per-domain mean loss. mode
+  'resample' (the variant the paper proposes for larger proxies): the batch
+  is sampled from the current weights (published to the loader as the
+  metrics' `domain_weights`) and the proxy trains on the plain token-mean
+  loss; a domain absent from the batch holds its last excess
+  (`mixers.doremi_online.hold_excess`, kept in the state's `held`)."""
+  if mode not in DRO_MODES:
+    raise ValueError(f"mode must be one of {DRO_MODES}, got {mode!r}")
+  resample = mode == "resample"
   model = setup.model
   initial_weights = np.asarray(initial_weights, np.float32)
   dro_abstract, dro_shardings = dro_state(setup, initial_weights)
   state_shardings = {"train": setup.state_shardings, "dro": dro_shardings}
+  abstract_state = {"train": setup.abstract_state, "dro": dro_abstract}
+  if resample:
+    held_abstract, held_shardings = replicated_state(
+        setup, lambda: jnp.zeros(num_domains, jnp.float32))
+    state_shardings["held"] = held_shardings
+    abstract_state["held"] = held_abstract
 
   def step(state, batch, ref_params):
     ts: TrainState = state["train"]
@@ -215,8 +296,16 @@ def dro_program(setup: ModelSetup, ref_model, ref_params, ref_shardings, num_dom
                                              num_domains)
     t = ts.step
     do_update = dro_cfg.update_gate(t)
+    new_state = {}
+    if resample:
+      _, tokens_K = per_domain_sums(mask_BxL, mask_BxL, dom_B, num_domains)
+      excess_K = hold_excess(state["held"], excess_K, tokens_K > 0)
+      new_state["held"] = excess_K
     new_dro = doremi.dro_update(dro, excess_K, dro_cfg.step_size, dro_cfg.smoothing, do_update)
-    w_BxL = doremi.token_weights(new_dro.weights, mask_BxL, dom_B, num_domains)
+    if resample:
+      w_BxL = mask_BxL / jnp.maximum(mask_BxL.sum(), 1.0)
+    else:
+      w_BxL = doremi.token_weights(new_dro.weights, mask_BxL, dom_B, num_domains)
     if accum == 1:
       grads = vjp(w_BxL)[0]
     else:
@@ -226,7 +315,9 @@ def dro_program(setup: ModelSetup, ref_model, ref_params, ref_shardings, num_dom
     r_sum, _ = per_domain_sums(ref_loss_BxL, mask_BxL, dom_B, num_domains)
     proxy_dom = p_sum / jnp.maximum(counts, 1.0)
     metrics = {
-        "loss": jnp.sum(new_dro.weights * proxy_dom),  # the DRO objective
+        # the DRO objective (reweight); the token-mean loss trained (resample)
+        "loss": ((proxy_loss_BxL * mask_BxL).sum() / jnp.maximum(mask_BxL.sum(), 1.0)
+                 if resample else jnp.sum(new_dro.weights * proxy_dom)),
         "proxy_domain_loss": proxy_dom,
         "reference_domain_loss": r_sum / jnp.maximum(counts, 1.0),
         "excess": excess_K,
@@ -237,20 +328,22 @@ def dro_program(setup: ModelSetup, ref_model, ref_params, ref_shardings, num_dom
         "grad_norm": optax.tree.norm(grads),
         "learning_rate": setup.lr_schedule(t),
     }
-    return {"train": new_ts, "dro": new_dro}, metrics
+    return {"train": new_ts, "dro": new_dro, **new_state}, metrics
 
   def init(seed):
-    return {"train": init_state(setup, seed),
-            "dro": jax.device_put(doremi.DROState.create(initial_weights), dro_shardings)}
+    state = {"train": init_state(setup, seed),
+             "dro": jax.device_put(doremi.DROState.create(initial_weights), dro_shardings)}
+    if resample:
+      state["held"] = jax.device_put(np.zeros(num_domains, np.float32), held_shardings)
+    return state
 
   # proxy forward + backward, reference forward, and with accumulation a
   # second proxy forward (a forward is a third of a training token's FLOPs).
   proxy_flops = setup.model_cfg.flops_per_token(seq_len)
   ref_flops = ref_model.cfg.flops_per_token(seq_len) / 3
   return StepProgram(
-      name="dro", setup=setup,
-      abstract_state={"train": setup.abstract_state, "dro": dro_abstract},
-      state_shardings=state_shardings, init=init,
+      name="dro" if not resample else "dro-resample", setup=setup,
+      abstract_state=abstract_state, state_shardings=state_shardings, init=init,
       jitted=jit_step(setup, step, state_shardings, (ref_shardings,)), extra=(ref_params,),
       params_of=lambda s: s["train"].params, domain_loss_key="proxy_domain_loss",
       flops_per_token=float(proxy_flops + ref_flops + (proxy_flops / 3 if accum > 1 else 0)))

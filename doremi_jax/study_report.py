@@ -13,6 +13,7 @@ from doremi_jax import health
 from doremi_jax import plots
 from doremi_jax import rundir
 from doremi_jax import stats
+from doremi_jax.data import scheduled
 
 REPORT_FILE = "study.md"
 
@@ -30,14 +31,17 @@ def _curve(path) -> tuple[list, list]:
 
 def run_flops(path) -> float:
   """Training FLOPs of a finished run plus its evaluation passes (a forward
-  is a third of a training token's FLOPs); the work of an uninterrupted run
+  is a third of a training token's FLOPs), an online mixer's included; the work of an uninterrupted run
   (a resumed run's repeated steps and evaluations are not counted)."""
   info = files.read_json(path / "run_info.json")
   done = files.read_json(path / "complete.json")
   per_token = float(info["flops_per_token"])
   train = per_token * info["tokens_per_step"] * done["num_steps"]
   evals = len({r["step"] for r in files.read_jsonl(path / "eval.jsonl")})
-  return train + evals * info["eval_tokens"] * per_token / 3
+  extra = 0.0   # an online mixer's own evaluation passes (Aioli's LearnParams)
+  if files.exists(path / "mixer_cost.json"):
+    extra = files.read_json(path / "mixer_cost.json")["eval_tokens"] * per_token / 3
+  return train + evals * info["eval_tokens"] * per_token / 3 + extra
 
 
 def health_checks(root, arms: list, corpus, rates: dict, method_runs: dict, num_steps: int,
@@ -222,6 +226,11 @@ def write(root, study: dict) -> str:
   if plots.plot_study_curves(study, plot_dir / "study_curves.png"):
     figs.append(("Uniform-average validation loss, mean and range over seeds",
                  "study_curves.png"))
+  schedules = {arm: scheduled.read_log(run_dir(root, arm, 0) / "mixture_weights.jsonl")
+               for arm in res}
+  if plots.plot_mixer_rates(schedules, plot_dir / "study_mixer_rates.png"):
+    figs.append(("Online mixers' rates over training (the weights above are their time "
+                 "averages, mean over seeds)", "study_mixer_rates.png"))
   for title, name in figs:
     md += ["", f"## {title}", "", f"![{title}](plots/{name})"]
   path = root / REPORT_FILE

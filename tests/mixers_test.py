@@ -7,16 +7,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from doremi_jax import mixers
+from doremi_jax.config import ConfigError
 from doremi_jax.mixers import ado
 from doremi_jax.mixers import aioli
+from doremi_jax.mixers import base as mixer_base
+from doremi_jax.mixers import doremi_online
 from doremi_jax.mixers import odm
+from np_reference import np_update
 
 
-def np_odm(losses, observed, a, form):
+def np_odm(losses, observed, a, form, probs0=None):
   """EXP3 as ODM states it, written from the paper's equations: returns
-  the sampling rates after each update."""
+  the sampling rates after each update (pi(0) = `probs0`, uniform if None)."""
   n, k = losses.shape
-  reward, probs, eps_prev = np.zeros(k), np.full(k, 1.0 / k), 1.0 / k
+  reward, eps_prev = np.zeros(k), 1.0 / k
+  probs = np.full(k, 1.0 / k) if probs0 is None else np.asarray(probs0, np.float64)
   out = []
   for t in range(1, n + 1):
     eps = min(1.0 / k, np.sqrt(np.log(k) / (k * t)))
@@ -225,3 +231,181 @@ def test_ado_sinks_a_flat_curve_and_favours_a_falling_one():
   for _ in range(200):
     pi, state = ado.policy(state, laws, jnp.full(3, 2000.0), prior, prior)
   assert pi[0] < 0.05 and pi[2] > pi[1] > pi[0], pi
+
+
+# --------------------------------------------------------------------------
+# The mixers (the interface the main stage trains with): replayed through
+# their `update`, jitted, against NumPy, with a resume half way.
+
+def _signals(rng, k, absent):
+  loss = rng.uniform(1, 5, k).astype(np.float32)
+  rows = rng.integers(1, 6, k).astype(np.float32)
+  rows[absent] = 0
+  loss[absent] = 0
+  return mixer_base.Signals(jnp.asarray(loss), jnp.asarray(rows * 32), jnp.asarray(rows),
+                            jnp.asarray(rng.uniform(0, 1, k).astype(np.float32)))
+
+
+def _mixer_replay(mixer, prior, signals_seq):
+  update = jax.jit(mixer.update)
+  state, out = mixer.init(prior), []
+  for t, sig in enumerate(signals_seq):
+    state = update(state, sig, jnp.asarray(t, jnp.int32))
+    if t == len(signals_seq) // 2:   # resume: the state through NumPy and back
+      state = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), state)
+    out.append(np.asarray(mixer.rates(state)))
+  return np.array(out)
+
+
+def test_doremi_online_matches_numpy_with_held_excess_and_a_resume():
+  rng = np.random.default_rng(5)
+  k, prior = 4, np.full(4, 0.25)
+  seq = [_signals(rng, k, absent=[t % k] if t % 3 else []) for t in range(10)]
+  mixer = doremi_online.DoReMiOnlineMixer(k, 10, step_size=1.0, smoothing=1e-3,
+                                          warmup_steps=2)
+  got = _mixer_replay(mixer, prior, seq)
+  w, held, want = prior.copy(), np.zeros(k), []
+  for t, sig in enumerate(seq):
+    observed = np.asarray(sig.tokens_K) > 0
+    held = np.where(observed, np.asarray(sig.excess_K, np.float64), held)
+    if t >= 2:
+      w = np_update(w, held, 1.0, 1e-3)
+    want.append(w.copy())
+  np.testing.assert_allclose(got, np.array(want), rtol=2e-5, atol=1e-7)
+  assert np.all(got[:2] == 0.25)    # the warm-up keeps the prior
+
+
+def test_odm_mixer_keeps_the_prior_through_its_warmup_then_updates():
+  rng = np.random.default_rng(6)
+  k, prior = 3, np.array([0.5, 0.3, 0.2])
+  seq = [_signals(rng, k, absent=[]) for _ in range(8)]
+  got = _mixer_replay(odm.ODMMixer(k, 8, smoothing=0.9, warmup_steps=3), prior, seq)
+  np.testing.assert_allclose(got[:3], np.tile(prior, (3, 1)), rtol=1e-6)
+  losses = np.stack([np.asarray(s.loss_K) for s in seq[3:]])
+  want = np_odm(losses, np.ones_like(losses, bool), 0.9, "paper", probs0=prior)
+  np.testing.assert_allclose(got[3:], want, rtol=2e-5, atol=1e-7)
+
+
+def test_ado_mixer_fits_at_its_interval_and_follows_the_policy():
+  """The ADO mixer: the prior until the first fit; the fit at step
+  ignore_steps on the recorded curve equals fit_laws on the same points;
+  then the policy's pi each step."""
+  k, prior, steps = 2, np.array([0.5, 0.5]), 12
+  mixer = ado.ADOMixer(k, steps, ignore_steps=8, update_interval=100, e_min=None)
+  rows = np.array([4.0, 4.0])
+  seq = [mixer_base.Signals(jnp.asarray([1 + 3 * (4 * (t + 1)) ** -0.5, 4.85], jnp.float32),
+                            jnp.asarray(rows * 32), jnp.asarray(rows)) for t in range(steps)]
+  got = _mixer_replay(mixer, prior, seq)
+  np.testing.assert_allclose(got[:7], np.tile(prior, (7, 1)))
+  n = np.stack([4.0 * np.arange(1, 9)] * 2).astype(np.float32)
+  y = np.stack([[float(s.loss_K[i]) for s in seq[:8]] for i in range(k)]).astype(np.float32)
+  laws = ado.fit_laws(jnp.asarray(n), jnp.asarray(y), e_min=None)
+  state, want = ado.init_policy(prior), []
+  for t in range(7, steps):
+    pi, state = ado.policy(state, laws, jnp.asarray(4.0 * (t + 1) * np.ones(k), jnp.float32),
+                           jnp.asarray(prior, jnp.float32), jnp.asarray([0.5, 0.5]))
+    want.append(np.asarray(pi))
+  np.testing.assert_allclose(got[7:], np.array(want), rtol=1e-4, atol=1e-6)
+  assert got[-1][1] < got[-1][0]    # the flat (noise-like) curve loses
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda: odm.ODMMixer(3, 100, smoothing=1.5), r"ODMMixer.smoothing must be in \[0, 1\)"),
+    (lambda: odm.ODMMixer(3, 100, warmup_steps=100), "never adapt"),
+    (lambda: odm.ODMMixer(3, 100, form="fast"), "ODMMixer.form"),
+    (lambda: ado.ADOMixer(3, 100, floor=0.5), r"ADOMixer.floor must be in \[0, 0.333"),
+    (lambda: ado.ADOMixer(3, 100), "never fit"),
+    (lambda: doremi_online.DoReMiOnlineMixer(3, 100, step_size=-1.0),
+     "DoReMiOnlineMixer.step_size must be a positive"),
+])
+def test_mixer_settings_out_of_range_are_refused(bad, match):
+  with pytest.raises(ConfigError, match=match):
+    bad()
+
+
+def test_unknown_method_is_refused():
+  with pytest.raises(ConfigError, match="unknown mixing method 'dro'.*odm, ado"):
+    mixers.make("dro", 3, 100)
+
+
+@pytest.mark.parametrize("smoothing", [None, 0.1])
+def test_aioli_mixer_rounds_match_numpy_with_a_resume(smoothing):
+  """The Aioli mixer driven step by step (`on_step_done`) with a fake
+  held-out evaluation: its burst schedule is each domain's m^j for lp_steps
+  steps in its seeded order, it evaluates once before and once after every
+  burst, and its rounds' weights equal the NumPy rounds; a resume (state
+  through NumPy) half way changes nothing."""
+  rng = np.random.default_rng(8)
+  k, rounds, lp, t, steps = 3, 2, 2, 16, 48
+  mixer = aioli.AioliMixer(k, steps, update_steps=t, lp_rounds=rounds, lp_steps=lp, eta=0.5,
+                           one_hot_factor=0.625, smoothing=smoothing)
+  mixer.seed = 3
+  prior = np.array([0.5, 0.3, 0.2])
+  state, schedule, calls = mixer.init(prior), {}, []
+
+  def held_out():
+    calls.append(5.0 - 0.05 * len(calls) - rng.uniform(0, 0.05, k))
+    return calls[-1]
+
+  w_np, abar_np = prior.copy(), None
+  w_burst = np.asarray(aioli.burst_mixtures(k, 0.625))
+  for done in range(steps):
+    first = len(calls)
+    assert mixer.is_event(done) == (done % t == 0 or (done % t <= rounds * k * lp and
+                                                      done % t % lp == 0))
+    if mixer.is_event(done):
+      state, sched, _ = mixer.on_step_done(done, state, held_out)
+      schedule.update(sched)
+    if done == 20:
+      state = jax.tree.map(lambda x: np.asarray(x), state)
+    if done % t == rounds * k * lp:   # the round's update: replay it in NumPy
+      order = mixer.order(done // t)
+      assert sorted(order) == sorted(list(range(k)) * rounds)
+      seq = np.array(calls[first - rounds * k:first + 1])
+      w_np, abar_np = np_aioli_round(w_np, seq, order, rounds, 0.625, 0.5, smoothing, abar_np)
+      np.testing.assert_allclose(schedule[done], w_np, rtol=2e-5, atol=1e-7)
+      for b, j in enumerate(order):
+        for i in range(lp):
+          np.testing.assert_allclose(schedule[done // t * t + b * lp + i], w_burst[j])
+  assert sorted(schedule) == list(range(steps))
+  assert int(state["evaluations"]) == len(calls) == 3 * (rounds * k + 1)
+  cost = mixer.cost(state, tokens_per_eval=100, tokens_per_step=50)
+  assert cost["learnparams_steps"] == 3 * rounds * k * lp
+  assert cost["eval_compute_fraction"] == pytest.approx(len(calls) * 100 / (3 * steps * 50))
+
+
+def np_record(ns, losses, oks, capacity):
+  """ADO's bounded curve in NumPy: window means of `stride` steps, one row
+  each; a full buffer averages neighbouring rows in pairs, stride doubles."""
+  rows, stride, window = [], 1, []
+  for n, y, ok in zip(ns, losses, oks):
+    window.append((n, y, ok))
+    if len(window) == stride:
+      rows.append((np.mean([w[0] for w in window], 0), np.mean([w[1] for w in window], 0),
+                   np.all([w[2] for w in window], 0)))
+      window = []
+      if len(rows) == capacity:
+        rows = [((a[0] + b[0]) / 2, (a[1] + b[1]) / 2, a[2] & b[2])
+                for a, b in zip(rows[0::2], rows[1::2])]
+        stride *= 2
+  return rows, stride
+
+
+def test_ado_curve_stays_bounded_and_matches_numpy():
+  rng = np.random.default_rng(9)
+  k, cap, steps = 3, 8, 45
+  ns = np.cumsum(rng.integers(0, 4, (steps, k)), axis=0).astype(np.float32)
+  losses = rng.uniform(1, 5, (steps, k)).astype(np.float32)
+  oks = ns > 0
+  curve = ado.init_curve(k, cap)
+  rec = jax.jit(lambda c, n, y, ok: ado.record(c, n, y, ok, cap))
+  for t in range(steps):
+    curve = rec(curve, ns[t], losses[t], oks[t])
+    if t == 20:   # resume: through NumPy and back
+      curve = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), curve)
+  want, stride = np_record(ns, losses, oks, cap)
+  assert int(curve["stride"]) == stride == 8 and int(curve["rows"]) == len(want) == 5
+  for i, (n, y, ok) in enumerate(want):
+    np.testing.assert_allclose(curve["n"][i], n, rtol=1e-5)
+    np.testing.assert_allclose(curve["loss"][i], y, rtol=1e-5)
+    np.testing.assert_array_equal(curve["ok"][i], ok)

@@ -1,6 +1,7 @@
 """A real 2-process run on this machine: jax.distributed on 127.0.0.1 with
-gloo CPU collectives, 2 CPU devices per process. Reference and proxy stages;
-identical weights on both processes, equal to a 1-process run on 4 devices;
+gloo CPU collectives, 2 CPU devices per process. Reference, proxy and main
+(with an online mixer) stages; identical weights and rates on both
+processes, equal to a 1-process run on 4 devices;
 a checkpoint written by 2 processes restores in 1 process."""
 
 import json
@@ -52,14 +53,20 @@ def _run(args, workdir, nproc, devices_per_process):
 def runs(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("multihost")
   ref2, proxy2 = tmp / "ref2", tmp / "proxy2"
-  ref1, proxy1 = tmp / "ref1", tmp / "proxy1"
+  proxy1 = tmp / "proxy1"
   out = {}
   out["ref2"] = _run(["--gin_file=gin/reference.gin", *STAGE_ARGS], ref2, 2, 2)
   proxy_args = ["--gin_file=gin/proxy.gin", *STAGE_ARGS]
   out["proxy2"] = _run(proxy_args + [f"--gin.train_proxy.reference_dir='{ref2}'"], proxy2, 2, 2)
-  out["ref1"] = _run(["--gin_file=gin/reference.gin", *STAGE_ARGS], ref1, 1, 4)
   # 1 process, 4 devices, against the reference checkpoint the 2 processes wrote.
   out["proxy1"] = _run(proxy_args + [f"--gin.train_proxy.reference_dir='{ref2}'"], proxy1, 1, 4)
+  # The main stage with an online mixer (online DoReMi, against the same
+  # reference): its rates come from the replicated mixer state.
+  mixer_args = ["--gin_file=gin/main.gin", *STAGE_ARGS, "--gin.train_main_model.weights='uniform'",
+                "--gin.train_main_model.mixer='doremi_online'",
+                f"--gin.train_main_model.reference_dir='{ref2}'"]
+  out["mixer2"] = _run(mixer_args, tmp / "mixer2", 2, 2)
+  out["mixer1"] = _run(mixer_args, tmp / "mixer1", 1, 4)
   return tmp, out
 
 
@@ -77,10 +84,7 @@ def test_two_processes_write_once_and_agree(runs):
 
 def test_two_processes_equal_one_process_on_four_devices(runs):
   tmp, _ = runs
-  e2 = json.loads((tmp / "ref2" / "eval.json").read_text())["per_domain"]
-  e1 = json.loads((tmp / "ref1" / "eval.json").read_text())["per_domain"]
-  for d in e1:
-    assert e2[d]["loss"] == pytest.approx(e1[d]["loss"], rel=1e-4), d
+  # (the LM step's 2-process == 1-process check is the mixer runs' below)
   w2 = json.loads((tmp / "proxy2" / "average_domain_weights.json").read_text())
   w1 = json.loads((tmp / "proxy1" / "average_domain_weights.json").read_text())
   np.testing.assert_allclose(list(w2.values()), list(w1.values()), rtol=1e-4, atol=1e-6)
@@ -89,6 +93,22 @@ def test_two_processes_equal_one_process_on_four_devices(runs):
   l1 = [json.loads(l)["domain_weights"] for l in
         (tmp / "proxy1" / "doremi_weights.jsonl").read_text().splitlines()]
   np.testing.assert_allclose(l2, l1, rtol=1e-4, atol=1e-6)
+
+
+def test_two_process_mixer_has_the_same_rates_everywhere_and_equals_one_process(runs):
+  tmp, out = runs
+  assert "mixture rates identical on all 2 processes" in out["mixer2"][0]
+  rows2 = [json.loads(l) for l in (tmp / "mixer2" / "mixture_weights.jsonl").read_text()
+           .splitlines()]
+  rows1 = [json.loads(l) for l in (tmp / "mixer1" / "mixture_weights.jsonl").read_text()
+           .splitlines()]
+  assert [r["step"] for r in rows2] == list(range(12))   # written once, by process 0
+  np.testing.assert_allclose([r["domain_weights"] for r in rows2],
+                             [r["domain_weights"] for r in rows1], rtol=1e-4, atol=1e-6)
+  e2 = json.loads((tmp / "mixer2" / "eval.json").read_text())["per_domain"]
+  e1 = json.loads((tmp / "mixer1" / "eval.json").read_text())["per_domain"]
+  for d in e1:
+    assert e2[d]["loss"] == pytest.approx(e1[d]["loss"], rel=1e-4), d
 
 
 def test_two_process_study_writes_one_report(tmp_path):

@@ -106,3 +106,48 @@ def test_weights_warmup_and_interval(corpus):
   np.testing.assert_allclose(hist[0][0]["domain_weights"], 1 / K)
   assert not np.allclose(hist[2][0]["domain_weights"], 1 / K)
   np.testing.assert_array_equal(hist[3][0]["domain_weights"], hist[2][0]["domain_weights"])
+
+
+def test_resample_mode_holds_absent_excess_and_trains_the_plain_loss(corpus):
+  """mode='resample': batches drawn from the weights (here with a domain
+  left out of some batches), lambda of an absent domain held from its last
+  batch, the same weight update, and the parameters updated by the
+  gradient of the plain token-mean loss (equal to a plain LM step's)."""
+  cfg = state_lib.TrainConfig(num_steps=4, global_batch_size=20, seq_len=32)
+  setup = state_lib.build_setup(corpus.vocab_size, cfg, model_cfg=TINY,
+                                mesh_cfg=sharding_lib.MeshConfig(1, 1, 1),
+                                devices=jax.devices()[:1])
+  ref_params = state_lib.init_state(setup, seed=123).params
+  program = steps.dro_program(setup, setup.model, ref_params, setup.state_shardings.params, K,
+                              1, doremi.DROConfig(), np.full(K, 1 / K), cfg.seq_len,
+                              mode="resample")
+  plain = steps.lm_program(setup, K, 1, cfg.seq_len)
+  rates = [np.full(K, 0.2), np.array([0, .25, .25, .25, .25]), np.full(K, 0.2),
+           np.array([.25, .25, .25, 0, .25])]
+  loader = loader_lib.BatchLoader(corpus, loader_lib.MixtureAssignment(np.full(K, .2), 0), 20,
+                                  32, seed=0)
+  state, held, w, prev = program.init(0), np.zeros(K), np.full(K, 1 / K), None
+  for t, r in enumerate(rates):
+    b = loader.next()[0]
+    ids = loader_lib.MixtureAssignment(r, t)(t, 20)
+    b = dict(b, domain_ids=ids)
+    params_before = jax.device_get(state["train"].params)
+    plain_state, plain_m = plain(jax.tree.map(np.array, jax.device_get(state["train"])),
+                                 state_lib.to_global(b, setup.batch_shardings))
+    expect_params = jax.device_get(plain_state.params)
+    state, m = program(state, state_lib.to_global(b, setup.batch_shardings))
+    pl, mask = loss_lib.per_token_loss(setup.model, params_before, b["targets"])
+    rl, _ = loss_lib.per_token_loss(setup.model, ref_params, b["targets"])
+    lam = np_excess(np.asarray(pl), np.asarray(rl), np.asarray(mask), ids, K)
+    present = np.bincount(ids, minlength=K) > 0
+    held = np.where(present, lam, held)
+    w = np_update(w, held, 1.0, 1e-3)
+    np.testing.assert_allclose(m["excess"], held, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(m["domain_weights"], w, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(float(m["loss"]), float(plain_m["loss"]), rtol=1e-6)
+    for a, e in zip(jax.tree.leaves(state["train"].params), jax.tree.leaves(expect_params)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-5, atol=1e-6)
+    if not present.all():   # held exactly: the previous step's value
+      assert m["excess"][~present].tolist() == prev[~present].tolist()
+    prev = np.asarray(m["excess"])
+  loader.close()

@@ -63,7 +63,7 @@ def test_unimax_caps_small_domains_and_spreads_the_rest():
 @pytest.mark.parametrize("binding, message", [
     ("train_study.arms = {'stratified': 'stratified', 'x': 'no_such_arm'}",
      "'no_such_arm' is not an arm. An arm is one of the study's methods (stratified, unimax, "
-     "doremi, doremi:N)"),
+     "doremi, doremi:N, odm, ado, doremi_online, aioli)"),
     ("train_study.arms = ['stratified', 'doremi:0']", "'doremi:0' names no round"),
     ("train_study.arms = ['stratified', 'doremi:two']", "'doremi:two' names no round"),
     ("train_study.arms = ['stratified', 'doremi']\ntrain_study.rounds = 0",
@@ -91,7 +91,7 @@ def test_doremi_round_of_an_arm():
 
 
 ARMS = (f"train_study.arms = {{'stratified': 'stratified', 'no_repeat': {NO_REPEAT}, "
-        "'doremi': 'doremi', 'doremi2': 'doremi:2'}")
+        "'doremi': 'doremi', 'doremi2': 'doremi:2', 'online': 'doremi_online'}")
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_study_json_planted_effect_and_speedup(tiny_study):
   on_disk = json.loads((wd / "study.json").read_text())
   assert on_disk == json.loads(json.dumps(result))
   assert on_disk["baseline"] == "stratified" and on_disk["seeds"] == 3
-  assert on_disk["arms"] == ["stratified", "no_repeat", "doremi", "doremi2"]
+  assert on_disk["arms"] == ["stratified", "no_repeat", "doremi", "doremi2", "online"]
   for arm in on_disk["arms"]:
     r = on_disk["results"][arm]
     for key in ("uniform_avg", "worst_case"):
@@ -130,6 +130,16 @@ def test_study_json_planted_effect_and_speedup(tiny_study):
     assert on_disk["results"][arm]["weights"] == pytest.approx(r["weights"], rel=1e-12)
   cost2 = on_disk["results"]["doremi2"]["cost"]
   assert cost2["method_flops"] == pytest.approx(2 * cost["method_flops"], rel=1e-9)
+  # the online arm: against DoReMi's round-1 reference, its weights the
+  # mean over seeds of each run's time-averaged rates, drawn over time
+  online = [json.loads((wd / "arms" / "online" / f"seed_{s}" / "average_mixture_weights.json")
+                       .read_text()) for s in range(3)]
+  assert on_disk["results"]["online"]["weights"] == pytest.approx(
+      {d: np.mean([o[d] for o in online]) for d in on_disk["domains"]}, rel=1e-9)
+  info = json.loads((wd / "arms" / "online" / "seed_0" / "run_info.json").read_text())
+  assert info["reference_dir"] == rounds[0]["reference_dir"]
+  assert info["mixer"]["method"] == "doremi_online"
+  assert (wd / "plots" / "study_mixer_rates.png").stat().st_size > 10_000
   report = (wd / "study.md").read_text()
   assert "## Verdicts" in report and "## Health checks" in report and "Bonferroni" in report
   assert (wd / "plots" / "study_forest.png").stat().st_size > 10_000

@@ -185,6 +185,15 @@ class BatchLoader:
     self._thread = threading.Thread(target=self._produce, daemon=True)
     self._thread.start()
 
+  @staticmethod
+  def needs_replay(data_state: Optional[dict], num_domains: int, process_count: int,
+                   host_reads: str) -> bool:
+    """Whether a loader resumed from `data_state` replays the assignments
+    to find its data position (none saved, or saved for other readers)."""
+    readers = process_count if host_reads == "shard" else 1
+    return (data_state is not None and
+            np.shape(data_state["positions"]) != (readers, num_domains))
+
   def replay_positions(self, step: int) -> np.ndarray:
     readers = self.nproc if self.host_reads == "shard" else 1
     pos = np.zeros((readers, self.corpus.num_domains), np.int64)

@@ -30,8 +30,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import gin
 import jax
 import jax.numpy as jnp
+
+from doremi_jax.config import ConfigError, check_number
+from doremi_jax.mixers import base
 
 FORMS = ("paper", "code")
 
@@ -80,3 +84,50 @@ def update(state: ODMState, losses_K, observed_K, smoothing: float = 0.9,
     base_K = jnp.where(total > 0, reward_K / jnp.where(total > 0, total, 1.0), 1.0 / k)
   probs_K = (1 - k * eps_t) * base_K + eps_t
   return ODMState(reward_K=reward_K, probs_K=probs_K, eps=eps_t, t=t)
+
+
+# --------------------------------------------------------------------------
+# The mixer (issue 14's interface, `mixers.base`)
+
+
+@gin.configurable
+class ODMMixer(base.Mixer):
+  """ODM in the main run: the prior mixture for `warmup_steps` (the
+  authors' scripts: 2000 naturally mixed steps), then one bandit update per
+  step from the step's per-domain training losses; the rates are pi(t).
+  The paper's importance weight 1/pi_i(t-1) uses the mixer's latest pi; the
+  batch was drawn from the rates of `base.DELAY` + 1 steps before, which
+  differ from it by three updates' worth (ODM samples one domain per step
+  and has no such lag)."""
+  name = "odm"
+
+  def __init__(self, num_domains: int, num_steps: int, smoothing: float = 0.9,
+               warmup_steps: int = 2000, form: str = "paper"):
+    check_number("ODMMixer.smoothing", smoothing, low=0, high=1, high_open=True)
+    check_number("ODMMixer.warmup_steps", warmup_steps, integer=True, low=0)
+    if form not in FORMS:
+      raise ConfigError(f"ODMMixer.form must be one of {FORMS}, got {form!r}.")
+    if warmup_steps >= num_steps:
+      raise ConfigError(f"ODMMixer.warmup_steps = {warmup_steps} is not shorter than the run "
+                        f"({num_steps} steps): ODM would never adapt. Lower it (the authors "
+                        "warm up for about 2000 steps of a long run).")
+    super().__init__(num_domains, dict(smoothing=smoothing, warmup_steps=warmup_steps,
+                                       form=form))
+
+  def init(self, prior_K):
+    # pi(0) is the warm-up's mixture: the first rewards divide by the rates
+    # the warm-up batches were drawn from.
+    prior_K = jnp.asarray(prior_K, jnp.float32)
+    return {"odm": init(self.num_domains)._replace(probs_K=prior_K), "prior": prior_K}
+
+  def update(self, state, signals, step):
+    h = self.hyper
+    new = update(state["odm"], signals.loss_K, signals.observed_K, h["smoothing"], h["form"])
+    return {"odm": base.where_tree(step >= h["warmup_steps"], new, state["odm"]),
+            "prior": state["prior"]}
+
+  def rates(self, state):
+    return jnp.where(state["odm"].t > 0, state["odm"].probs_K, state["prior"])
+
+  def report(self, state):
+    return {"reward": state["odm"].reward_K, "exploration": state["odm"].eps}

@@ -24,14 +24,17 @@ import numpy as np
 from doremi_jax import checkpoint as ckpt_lib
 from doremi_jax import doremi
 from doremi_jax import files
+from doremi_jax import mixers
 from doremi_jax import model as model_lib
 from doremi_jax import rundir
 from doremi_jax import runner
 from doremi_jax import steps
 from doremi_jax.config import ConfigError
 from doremi_jax.data import loader as loader_lib
+from doremi_jax.data import scheduled
 from doremi_jax.data.registry import get_corpus
 from doremi_jax.data import weights as weights_lib
+from doremi_jax.mixers import base as mixers_base
 from doremi_jax.stages import registry
 from doremi_jax.state import ModelSetup, TrainConfig, build_setup
 
@@ -118,22 +121,39 @@ def check_same_on_all_processes(step: int, weights) -> None:
 def train_proxy(workdir: str, reference_dir: str = gin.REQUIRED, step_size: float = 1.0,
                 smoothing: float = 1e-3, initial_weights: Any = "uniform",
                 weights_warmup_steps: int = 0, update_every: int = 1,
-                devices=None) -> dict:
+                devices=None, mixer: Optional[str] = None, mode: str = "reweight") -> dict:
   """Trains the proxy with Group DRO against the reference in `reference_dir`
   (eta `step_size`, c `smoothing`; see `doremi.DROConfig`). Returns the
-  averaged weights as {domain: weight}."""
+  averaged weights as {domain: weight}. `mode` 'reweight' (the paper's
+  Algorithm 1: stratified batches, loss reweighted by the weights) or
+  'resample' (the variant the paper proposes for larger proxies: batches
+  sampled from the current weights, plain loss; see `steps.dro_program`;
+  it also writes mixture_weights.jsonl, the rates of every step). (`mixer`
+  exists only to refuse one.)"""
+  mixers.refuse_on_stage("proxy", mixer)
+  if mode not in steps.DRO_MODES:
+    raise ConfigError(f"train_proxy.mode = {mode!r}; choose 'reweight' (the paper's Step 2) "
+                      "or 'resample' (batches sampled from the weights).")
   dro_cfg = doremi.DROConfig(step_size, smoothing, weights_warmup_steps, update_every)
   cfg = TrainConfig()
   corpus = get_corpus()
   domains = corpus.domains
   w0 = weights_lib.resolve_weights(initial_weights, corpus, "train_proxy.initial_weights")
-  assignment = loader_lib.StratifiedAssignment(corpus.num_domains, cfg.seed)
-  assignment.counts(0, cfg.global_batch_size)  # batch >= k, else a clear error
+  publisher = None
+  if mode == "resample":
+    assignment = scheduled.ScheduledAssignment(w0, cfg.seed, 1)
+    publisher = scheduled.RatesPublisher(
+        assignment, "domain_weights", domains, cfg.num_steps, mixers_base.DELAY,
+        files.path(workdir) / "mixture_weights.jsonl", "doremi_resample", rundir.is_writer(),
+        score_key="excess")
+  else:
+    assignment = loader_lib.StratifiedAssignment(corpus.num_domains, cfg.seed)
+    assignment.counts(0, cfg.global_batch_size)  # batch >= k, else a clear error
   setup = build_setup(corpus.vocab_size, cfg, devices=devices)
   reference = load_reference(reference_dir, corpus, setup, cfg.seq_len)
   program = steps.dro_program(setup, reference.model, reference.params, reference.shardings,
                               corpus.num_domains, cfg.grad_accum_steps, dro_cfg, w0,
-                              cfg.seq_len)
+                              cfg.seq_len, mode)
   weights_log = files.path(workdir) / "doremi_weights.jsonl"
   result = {}
 
@@ -165,7 +185,9 @@ def train_proxy(workdir: str, reference_dir: str = gin.REQUIRED, step_size: floa
       workdir=workdir, stage="proxy", corpus=corpus, cfg=cfg, program=program,
       assignment=assignment,
       info={"reference_dir": str(reference_dir), "dro": dataclasses.asdict(dro_cfg),
-            "initial_weights": weights_lib.as_dict(domains, w0)},
+            "initial_weights": weights_lib.as_dict(domains, w0), "mode": mode,
+            "sampling": "stratified" if mode == "reweight" else "dro_weights"},
+      publisher=publisher,
       hooks=runner.Hooks(
           on_log=on_log, on_finish=on_finish,
           reference_eval=lambda ev: ev(reference.params, reference.info.get("num_steps", 0))))

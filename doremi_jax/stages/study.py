@@ -19,6 +19,13 @@ Step 2 run directory), or:
                 as many rounds as any arm asks for; a round the run skipped
                 because the weights had converged gives the converged ones),
                 so one study compares DoReMi with iterated DoReMi
+  'odm', 'ado', 'aioli', 'doremi_online'
+                an online mixer (`train_main_model.mixer`) from its
+                method's starting mixture (`mixers.PRIORS`), with gin's
+                settings for it; the arm's weights are the rates averaged
+                over the run's steps (mean over seeds). 'doremi_online'
+                uses DoReMi's round-1 reference when the study has DoReMi
+                arms, else trains one in RUN/reference (charged to it)
 
     RUN/arms/<arm>/seed_<s>/   one main-model run (resumable, skipped when complete)
     RUN/study.json, study.md   the statistics (doremi_jax.stats) and the verdicts
@@ -37,6 +44,7 @@ import gin
 import numpy as np
 
 from doremi_jax import files
+from doremi_jax import mixers
 from doremi_jax import rundir
 from doremi_jax import study_report
 from doremi_jax.config import ConfigError
@@ -46,7 +54,7 @@ from doremi_jax.stages import registry
 from doremi_jax.state import TrainConfig
 
 STUDY_FILE = "study.json"
-METHOD_ARMS = ("stratified", "unimax", "doremi", "doremi:N")
+METHOD_ARMS = ("stratified", "unimax", "doremi", "doremi:N", *mixers.METHODS)
 
 
 def _say(msg: str):
@@ -116,7 +124,7 @@ def resolve_arm(name: str, spec: Any, corpus, cfg: TrainConfig,
   their Step 2). Raises ConfigError before any training for a spec that
   cannot work."""
   what = f"train_study.arms[{name!r}]"
-  if doremi_round(spec, 1) is not None:
+  if doremi_round(spec, 1) is not None or spec in mixers.METHODS:
     return None
   if spec == "stratified":
     return np.full(corpus.num_domains, 1.0 / corpus.num_domains)
@@ -179,6 +187,19 @@ def train_study(workdir: str, arms: Any = gin.REQUIRED, seeds: int = 3,
       rates[name] = np.array([w[d] for d in corpus.domains], np.float64)
       method_runs[name] = [x[k] for x in used for k in ("reference_dir", "proxy_dir")]
 
+  reference_dir = None
+  if "doremi_online" in arms.values():
+    if doremi_rounds:
+      reference_dir = done[0]["reference_dir"]
+    else:
+      reference_dir = str(root / "reference")
+      if not rundir.is_complete(reference_dir):
+        _say(f"arm doremi_online: its reference in {reference_dir}")
+        registry.get("reference")(reference_dir, devices=devices)
+    for name, spec in arms.items():
+      if spec == "doremi_online":
+        method_runs[name] = [] if doremi_rounds else [reference_dir]
+
   for name, spec in arms.items():
     for seed in range(seeds):
       run_dir = root / "arms" / name / f"seed_{seed}"
@@ -186,9 +207,19 @@ def train_study(workdir: str, arms: Any = gin.REQUIRED, seeds: int = 3,
         _say(f"arm {name}, seed {seed}: already complete, skipping")
         continue
       _say(f"arm {name}, seed {seed}: training in {run_dir}")
+      if spec in mixers.METHODS:
+        registry.get("main")(str(run_dir), weights=mixers.PRIORS[spec], seed=seed, mixer=spec,
+                             reference_dir=reference_dir if spec == "doremi_online" else None,
+                             devices=devices)
+        continue
       weights = "stratified" if spec == "stratified" else weights_lib.as_dict(
           corpus.domains, rates[name])
       registry.get("main")(str(run_dir), weights=weights, seed=seed, devices=devices)
+  for name, spec in arms.items():
+    if spec in mixers.METHODS:   # the schedule's time-averaged rates, mean over seeds
+      avg = [files.read_json(root / "arms" / name / f"seed_{s}" / "average_mixture_weights.json")
+             for s in range(seeds)]
+      rates[name] = np.mean([[a[d] for d in corpus.domains] for a in avg], axis=0)
 
   result = study_report.analyse(root, list(arms), seeds, baseline, corpus, rates, method_runs,
                                 level)
