@@ -39,8 +39,8 @@ def np_capped_kl_projection(y, caps):
   """argmin KL(x || y) over {x >= 0, sum x = 1, x <= caps}: x = min(caps,
   c y), c found by bisection."""
   y = y / y.sum()
-  lo, hi = 0.0, 1e6
-  for _ in range(200):
+  lo, hi = 0.0, 1.0 / max(y[caps > 0].min(), 1e-300) + 1.0
+  for _ in range(80):
     c = (lo + hi) / 2
     if np.minimum(caps, c * y).sum() > 1:
       hi = c
@@ -49,7 +49,7 @@ def np_capped_kl_projection(y, caps):
   return np.minimum(caps, lo * y)
 
 
-def np_mirror_descent(t, w, q, lam, caps, steps=40000, lr=0.05):
+def np_mirror_descent(t, w, q, lam, caps, steps=6000, lr=0.2):
   """Entropic mirror descent on sum_m w_m exp(t_m . x) + lam KL(x || q)."""
   x = q.copy() if caps is None else np_capped_kl_projection(q, caps)
   for _ in range(steps):
