@@ -27,6 +27,7 @@ setup(
         "importlib_resources",  # needed by tensorflow-datasets when preparing
         "sentencepiece",
         "matplotlib",       # report plots
+        "scikit-learn>=1.3",  # the swarm's gradient-boosted mixing law
     ],
     extras_require={
         # libtpu (through jax[tpu]) for the TPU compile checks, which need no

@@ -25,7 +25,7 @@ def register_configurables():
   # pylint: disable=unused-import,import-outside-toplevel
   from doremi_jax import distributed  # noqa: F401
   from doremi_jax.data import local_tasks, registry as corpus_registry  # noqa: F401
-  from doremi_jax.stages import lm, pipeline, proxy, study  # noqa: F401
+  from doremi_jax.stages import lm, pipeline, proxy, study, swarm  # noqa: F401
 
 
 @gin.configurable

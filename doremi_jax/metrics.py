@@ -1,7 +1,8 @@
 """Metrics: JSONL + TensorBoard summaries + a console progress line.
 
-Only process 0 writes. Values may be scalars or per-domain vectors; vectors
-are logged to TensorBoard as `name/<domain>`.
+Only process 0 writes. Values may be scalars, per-domain vectors or nested
+lists (a swarm's members); per-domain vectors are logged to TensorBoard as
+`name/<domain>`, nested lists to metrics.jsonl only.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class MetricsWriter:
       for k, v in row.items():
         if k in ("step", "timestamp"):
           continue
-        if isinstance(v, list) and len(v) == len(self.domains):
+        if (isinstance(v, list) and len(v) == len(self.domains) and
+            all(isinstance(x, (int, float)) for x in v)):
           for d, x in zip(self.domains, v):
             self._tb.add_scalar(f"{self.stage}/{k}/{d}", x, int(step))
         elif isinstance(v, (int, float)):

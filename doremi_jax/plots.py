@@ -241,3 +241,54 @@ def plot_mixer_rates(schedules: dict, path) -> bool:
   fig.suptitle("Online mixers' sampling rates over training (seed 0)")
   _save(fig, path)
   return True
+
+
+def plot_swarm_fits(result: dict, path) -> bool:
+  """Out-of-fold predicted vs measured loss of every swarm member, one panel
+  per target, one colour per law."""
+  plt = _plt()
+  targets = list(result["targets"])
+  laws = list(result["laws"])
+  cols = min(4, len(targets))
+  rows = -(-len(targets) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False)
+  colors = dict(zip(laws, ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")))
+  for ax, t in zip(axes.flat, targets):
+    y = result["targets"][t]
+    lo, hi = min(y), max(y)
+    for law in laws:
+      cv = result["laws"][law]["cross_validation"][t]
+      rho = cv["spearman"]
+      ax.scatter(y, cv["predicted"], s=12, color=colors[law], alpha=0.75,
+                 label=f"{law} (rho {rho:.2f})" if rho == rho else f"{law} (rho n/a)")
+      lo, hi = min(lo, min(cv["predicted"])), max(hi, max(cv["predicted"]))
+    ax.plot([lo, hi], [lo, hi], color="black", lw=0.8)
+    ax.set_title(t)
+    ax.set_xlabel("measured loss")
+    ax.set_ylabel("predicted (out of fold)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  for ax in list(axes.flat)[len(targets):]:
+    ax.axis("off")
+  fig.suptitle(f"Swarm of {result['members']}: cross-validated law predictions")
+  fig.tight_layout()
+  _save(fig, path)
+  return True
+
+
+def plot_swarm_weights(result: dict, compare, path) -> bool:
+  """The laws' optima beside the prior (and `compare`'s weights, e.g.
+  DoReMi's)."""
+  domains = result["domains"]
+  series = [("prior", [result["prior"][d] for d in domains], "#9e9e9e")]
+  palette = iter(("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"))
+  for law, r in result["laws"].items():
+    series.append((f"{law} optimum", [r["optimum"][d] for d in domains], next(palette)))
+  for label, w in (compare or {}).items():
+    series.append((label, [w.get(d, 0.0) for d in domains], next(palette)))
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(domains)), 4.4))
+  _grouped_bars(ax, domains, series, "domain weight", "{:.2f}")
+  ax.set_title(f"Mixtures proposed by the swarm's laws (objective {result['objective']})")
+  _save(fig, path)
+  return True

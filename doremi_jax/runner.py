@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import math
 import time
+from functools import partial
 from typing import Any, Callable, Optional
 
 import jax
@@ -34,7 +35,7 @@ from doremi_jax import metrics as metrics_lib
 from doremi_jax import rundir
 from doremi_jax.config import ConfigError
 from doremi_jax.data import loader as loader_lib
-from doremi_jax.state import TrainConfig, to_global
+from doremi_jax.state import TrainConfig
 from doremi_jax.steps import StepProgram
 
 
@@ -78,7 +79,8 @@ def summary_line(final: dict) -> str:
 
 def run_stage(*, workdir: str, stage: str, corpus, cfg: TrainConfig, program: StepProgram,
               assignment, info: Optional[dict] = None, start_files: Optional[dict] = None,
-              hooks: Optional[Hooks] = None, publisher=None) -> dict:
+              hooks: Optional[Hooks] = None, publisher=None,
+              make_loader: Optional[Callable] = None) -> dict:
   """Trains `program` for `cfg.num_steps` in `workdir` (resuming if it holds
   checkpoints) and returns the final evaluation summary.
 
@@ -91,6 +93,10 @@ def run_stage(*, workdir: str, stage: str, corpus, cfg: TrainConfig, program: St
   rates they are the source of, the checkpoint's data state keeps the
   published blocks a resumed run needs, and at every logged step all
   processes are checked to hold the same published rates.
+
+  `make_loader(start_step, data_state)`, if given, makes the loader instead
+  of a `BatchLoader` over `assignment` (the swarm's one loader per member);
+  `info` entries override the run_info fields computed here.
   """
   t0 = time.time()
   workdir = str(workdir)
@@ -111,16 +117,17 @@ def run_stage(*, workdir: str, stage: str, corpus, cfg: TrainConfig, program: St
       if loader_lib.BatchLoader.needs_replay(data_state, corpus.num_domains, jax.process_count(),
                                              loader_lib.loader_host_reads()):
         publisher.check_replayable(start_step)
-    rundir.write_run_info(workdir, stage, start_step, corpus, program.setup, dict(
+    rundir.write_run_info(workdir, stage, start_step, corpus, program.setup, {**dict(
         num_steps=cfg.num_steps, seq_len=cfg.seq_len, seed=cfg.seed,
         tokens_per_step=cfg.tokens_per_step, flops_per_token=program.flops_per_token,
-        eval_tokens=cfg.eval_examples_per_domain * corpus.num_domains * cfg.seq_len,
-        **(info or {})))
+        eval_tokens=cfg.eval_examples_per_domain * corpus.num_domains * cfg.seq_len),
+        **(info or {})})
     if rundir.is_writer():
       for name, obj in (start_files or {}).items():
         files.write_json(files.path(workdir) / name, obj)
-    loader = resume_loader(corpus, assignment, cfg, start_step, data_state)
-    evaluator = evaluate.Evaluator.create(program.setup, corpus, cfg)
+    loader = (make_loader or partial(resume_loader, corpus, assignment, cfg))(start_step,
+                                                                              data_state)
+    evaluator = (program.make_evaluator or evaluate.Evaluator.create)(program.setup, corpus, cfg)
     reference = hooks.reference_eval(evaluator) if hooks.reference_eval else None
     eval_log = files.path(workdir) / "eval.jsonl"
 
@@ -214,7 +221,6 @@ def train_loop(*, stage: str, cfg: TrainConfig, program: StepProgram, state, loa
   every step's metrics in order; `after_step(done, state) -> state` runs
   after each step, before its checkpoint."""
   progress = metrics_lib.Progress(stage, start_step, cfg.num_steps, cfg.tokens_per_step)
-  shardings = program.setup.batch_shardings
   unchecked = []  # [(step, device metrics)], oldest first
 
   def settle(keep: int):
@@ -235,7 +241,7 @@ def train_loop(*, stage: str, cfg: TrainConfig, program: StepProgram, state, loa
   compile_start = time.perf_counter()
   for step in range(start_step, cfg.num_steps):
     local, data_state = loader.next()
-    state, metrics = program(state, to_global(local, shardings))
+    state, metrics = program(state, program.global_batch(local))
     if step == start_step:
       jax.block_until_ready(metrics)
       first = time.perf_counter() - compile_start

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax
@@ -117,6 +118,12 @@ class ModelSetup:
   def platform(self) -> str:
     return mesh_platform(self.mesh)
 
+  @functools.cached_property
+  def jitted_init(self):
+    """seed key -> unboxed TrainState, written into its shards (one compile
+    per setup, however many states are made)."""
+    return jax.jit(lambda k: nn.meta.unbox(self.init_fn(k)), out_shardings=self.state_shardings)
+
   def make_model(self, model_cfg) -> model_lib.Transformer:
     """A Transformer that chooses its attention kernel for this mesh's devices."""
     return model_lib.Transformer(model_cfg, platform=self.platform)
@@ -179,9 +186,7 @@ def build_setup(vocab_size: int, train_cfg: TrainConfig, model_cfg=None, mesh_cf
 def init_state(setup: ModelSetup, seed: int) -> TrainState:
   """Initialises parameters and optimizer state directly into their shards."""
   with setup.scope():
-    init = jax.jit(lambda k: nn.meta.unbox(setup.init_fn(k)),
-                   out_shardings=setup.state_shardings)
-    return init(jax.random.key(seed))
+    return setup.jitted_init(jax.random.key(seed))
 
 
 def to_global(batch: dict, shardings: dict) -> dict:

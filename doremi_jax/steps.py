@@ -23,7 +23,7 @@ where metrics hold at least `loss`, `grad_norm`, `learning_rate`,
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -37,7 +37,7 @@ from doremi_jax import sharding as sharding_lib
 from doremi_jax.loss import per_domain_sums, per_token_loss
 from doremi_jax.mixers import base as mixer_base
 from doremi_jax.mixers.doremi_online import hold_excess
-from doremi_jax.state import ModelSetup, TrainState, init_state
+from doremi_jax.state import ModelSetup, TrainState, init_state, to_global
 
 
 @dataclasses.dataclass
@@ -60,6 +60,16 @@ class StepProgram:
   params_of: Callable[[Any], Any]    # state -> the parameters evaluation uses
   domain_loss_key: str
   flops_per_token: float
+  # Optional: host batch -> global batch (default: each process's rows of
+  # `setup.batch_shardings`), and (setup, corpus, cfg) -> the evaluator.
+  make_global: Optional[Callable[[dict], dict]] = None
+  make_evaluator: Optional[Callable] = None
+
+  def global_batch(self, batch: dict) -> dict:
+    """The step's global batch from this process's loader output."""
+    if self.make_global is not None:
+      return self.make_global(batch)
+    return to_global(batch, self.setup.batch_shardings)
 
   def __call__(self, state, batch):
     with self.setup.scope():
@@ -150,6 +160,30 @@ def jit_step(setup: ModelSetup, step_fn, state_shardings, extra_shardings: tuple
 # The LM step (Step 1 and Step 3)
 
 
+def lm_train(setup: ModelSetup, num_domains: int, accum: int):
+  """The plain LM update of one model: `train(ts, batch) -> (new ts,
+  metrics, loss_BxL, mask_BxL)`; mean token loss over the batch, with
+  `accum` micro-batches. (The LM step program jits it; the swarm vmaps it.)"""
+  model = setup.model
+
+  def train(ts: TrainState, batch):
+    targets_BxL = batch["targets"]
+    mask_BxL = (targets_BxL != 0).astype(jnp.float32)
+    total = jnp.maximum(mask_BxL.sum(), 1.0)
+    grads, loss_BxL = weighted_grads(model, ts.params, targets_BxL, mask_BxL / total, accum)
+    sums, counts = per_domain_sums(loss_BxL, mask_BxL, batch["domain_ids"], num_domains)
+    metrics = {
+        "loss": loss_BxL.sum() / total,
+        "grad_norm": optax.tree.norm(grads),
+        "learning_rate": setup.lr_schedule(ts.step),
+        "domain_loss": sums / jnp.maximum(counts, 1.0),
+        "domain_tokens": counts,
+    }
+    return apply_gradients(setup, ts, grads), metrics, loss_BxL, mask_BxL
+
+  return train
+
+
 def replicated_state(setup: ModelSetup, make):
   """(abstract state with shardings, shardings) of a small pytree built by
   `make()` (domain weights, a mixer's state): replicated on the mesh."""
@@ -169,24 +203,9 @@ def lm_program(setup: ModelSetup, num_domains: int, accum: int, seq_len: int, mi
   (`mixer/<name>`). A mixer that needs a reference gets `reference`
   (model, params, shardings): its forward runs in the same program and the
   clipped per-domain excess joins the signals."""
-  model = setup.model
   if mixer is not None and mixer.needs_reference and reference is None:
     raise ValueError(f"the {mixer.name} mixer needs a reference model")
-
-  def train(ts: TrainState, batch):
-    targets_BxL = batch["targets"]
-    mask_BxL = (targets_BxL != 0).astype(jnp.float32)
-    total = jnp.maximum(mask_BxL.sum(), 1.0)
-    grads, loss_BxL = weighted_grads(model, ts.params, targets_BxL, mask_BxL / total, accum)
-    sums, counts = per_domain_sums(loss_BxL, mask_BxL, batch["domain_ids"], num_domains)
-    metrics = {
-        "loss": loss_BxL.sum() / total,
-        "grad_norm": optax.tree.norm(grads),
-        "learning_rate": setup.lr_schedule(ts.step),
-        "domain_loss": sums / jnp.maximum(counts, 1.0),
-        "domain_tokens": counts,
-    }
-    return apply_gradients(setup, ts, grads), metrics, loss_BxL, mask_BxL
+  train = lm_train(setup, num_domains, accum)
 
   def step(state: TrainState, batch):
     new_state, metrics, _, _ = train(state, batch)

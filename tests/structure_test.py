@@ -29,10 +29,24 @@ def _modules() -> dict:
 MODULES = _modules()
 
 
+def parse(path):
+  """ast.parse of a file. CPython 3.11's AST builder keeps its recursion
+  depth in state shared by all threads (python/cpython#106905), so a
+  parse while a background thread of an earlier test (tf.data's autograph)
+  parses too can fail with a spurious SystemError; parse again then."""
+  text = open(path).read()
+  for _ in range(3):
+    try:
+      return ast.parse(text)
+    except SystemError:
+      continue
+  return ast.parse(text)
+
+
 def _imports(path: str) -> tuple[set, dict]:
   """(package modules imported anywhere in the file, including inside
   functions; {local alias: module} of the imported package modules)."""
-  tree = ast.parse(open(path).read())
+  tree = parse(path)
   deps, aliases = set(), {}
   for node in ast.walk(tree):
     if isinstance(node, ast.Import):
@@ -73,7 +87,7 @@ def test_no_import_cycles():
 def test_no_private_names_across_modules():
   bad = []
   for m, path in MODULES.items():
-    tree = ast.parse(open(path).read())
+    tree = parse(path)
     _, aliases = _imports(path)
     for node in ast.walk(tree):
       if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("doremi_jax"):

@@ -63,7 +63,10 @@ def test_unimax_caps_small_domains_and_spreads_the_rest():
 @pytest.mark.parametrize("binding, message", [
     ("train_study.arms = {'stratified': 'stratified', 'x': 'no_such_arm'}",
      "'no_such_arm' is not an arm. An arm is one of the study's methods (stratified, unimax, "
-     "doremi, doremi:N, odm, ado, doremi_online, aioli)"),
+     "doremi, doremi:N, swarm, swarm:LAW, odm, ado, doremi_online, aioli)"),
+    ("train_study.arms = ['stratified', 'swarm:cubic']", "'swarm:cubic' names no law"),
+    ("train_study.arms = ['stratified', 'swarm']\ntrain_swarm.members = 3",
+     "train_swarm.members=3 is too few for 5 domains"),
     ("train_study.arms = ['stratified', 'doremi:0']", "'doremi:0' names no round"),
     ("train_study.arms = ['stratified', 'doremi:two']", "'doremi:two' names no round"),
     ("train_study.arms = ['stratified', 'doremi']\ntrain_study.rounds = 0",
@@ -91,23 +94,27 @@ def test_doremi_round_of_an_arm():
 
 
 ARMS = (f"train_study.arms = {{'stratified': 'stratified', 'no_repeat': {NO_REPEAT}, "
-        "'doremi': 'doremi', 'doremi2': 'doremi:2', 'online': 'doremi_online'}")
+        "'doremi': 'doremi', 'doremi2': 'doremi:2', 'online': 'doremi_online', "
+        "'swarm': 'swarm', 'swarm_gbm': 'swarm:gbm'}")
+SWARM = ["train_swarm.members = 6", "train_swarm.folds = 3", "train_swarm.candidates = 2000",
+         "train_swarm.top_k = 16"]
 
 
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
   wd = tmp_path_factory.mktemp("study") / "run"
-  result = _study(wd, ARMS, "train_study.seeds = 3", "train_pipeline.tolerance = 0.0")
+  result = _study(wd, ARMS, "train_study.seeds = 3", "train_pipeline.tolerance = 0.0", *SWARM)
   return wd, result
 
 
-@pytest.mark.slow  # trains 16 small runs
+@pytest.mark.slow  # trains 22 small runs and a swarm
 def test_study_json_planted_effect_and_speedup(tiny_study):
   wd, result = tiny_study
   on_disk = json.loads((wd / "study.json").read_text())
   assert on_disk == json.loads(json.dumps(result))
   assert on_disk["baseline"] == "stratified" and on_disk["seeds"] == 3
-  assert on_disk["arms"] == ["stratified", "no_repeat", "doremi", "doremi2", "online"]
+  assert on_disk["arms"] == ["stratified", "no_repeat", "doremi", "doremi2", "online", "swarm",
+                            "swarm_gbm"]
   for arm in on_disk["arms"]:
     r = on_disk["results"][arm]
     for key in ("uniform_avg", "worst_case"):
@@ -140,6 +147,14 @@ def test_study_json_planted_effect_and_speedup(tiny_study):
   assert info["reference_dir"] == rounds[0]["reference_dir"]
   assert info["mixer"]["method"] == "doremi_online"
   assert (wd / "plots" / "study_mixer_rates.png").stat().st_size > 10_000
+  # the swarm arms: one swarm, each arm its law's optimum, charged the swarm
+  swarm = json.loads((wd / "swarm" / "swarm.json").read_text())
+  assert on_disk["results"]["swarm"]["weights"] == pytest.approx(swarm["weights"], rel=1e-12)
+  assert on_disk["results"]["swarm_gbm"]["weights"] == pytest.approx(
+      swarm["laws"]["gbm"]["optimum"], rel=1e-12)
+  swarm_cost = on_disk["results"]["swarm"]["cost"]
+  assert swarm_cost["method_flops"] == on_disk["results"]["swarm_gbm"]["cost"]["method_flops"]
+  assert swarm_cost["fraction_of_one_main_run"] > 6   # 6 members of a main run's size
   report = (wd / "study.md").read_text()
   assert "## Verdicts" in report and "## Health checks" in report and "Bonferroni" in report
   assert (wd / "plots" / "study_forest.png").stat().st_size > 10_000
@@ -164,5 +179,5 @@ def test_killed_study_resumes_to_identical_numbers(tiny_study, tmp_path):
   for name in ("complete.json", "eval.json"):
     (run / name).unlink()
   (copy / "study.json").unlink()
-  again = _study(copy, ARMS, "train_study.seeds = 3", "train_pipeline.tolerance = 0.0")
+  again = _study(copy, ARMS, "train_study.seeds = 3", "train_pipeline.tolerance = 0.0", *SWARM)
   assert json.dumps(again["results"]) == json.dumps(result["results"])

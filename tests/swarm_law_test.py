@@ -1,11 +1,14 @@
-"""Swarm math (issue 15): RegMix's mixture sampler and Olmix's exact
-proposer, against independent NumPy implementations."""
+"""Swarm math (issue 15): RegMix's mixture sampler, Olmix's exact proposer,
+the laws, their cross-validation and every law's proposal, against
+independent NumPy implementations and planted cases."""
+
+import itertools
 
 import numpy as np
 import pytest
 
 from doremi_jax.config import ConfigError
-from doremi_jax.swarm import law
+from doremi_jax.swarm import fit, law
 
 
 def test_sampler_fixed_mixtures_caps_and_determinism():
@@ -87,3 +90,152 @@ def test_olmix_one_target_domain_gets_the_most_weight_and_bad_caps_fail():
   assert np.argmax(x) == 2 and x[2] > 0.5
   with pytest.raises(ConfigError, match="caps sum to 0.8000 < 1"):
     law.olmix_propose(t, [1.0], np.full(k, 0.25), lam=0.1, caps_K=[0.2] * 4)
+
+
+# --------------------------------------------------------------------------
+# Laws, cross-validation and proposals (swarm.fit)
+
+
+def _simplex(rng, n, k):
+  return rng.dirichlet(np.ones(k), n)
+
+
+def np_loglinear_gauss_newton(X, y, c, t, iters=200):
+  """Least squares on exp(c) + exp(X t) by damped Gauss-Newton (the Huber
+  fit equals it on noiseless data: every residual ends inside delta)."""
+  theta = np.concatenate([[c], t])
+  for _ in range(iters):
+    e = np.exp(X @ theta[1:])
+    r = np.exp(theta[0]) + e - y
+    J = np.concatenate([np.exp(theta[0]) * np.ones((len(y), 1)), X * e[:, None]], axis=1)
+    theta = theta - np.linalg.lstsq(J.T @ J + 1e-9 * np.eye(len(theta)), J.T @ r,
+                                    rcond=None)[0]
+  return theta
+
+
+def test_loglinear_law_recovers_a_planted_law():
+  rng = np.random.default_rng(1)
+  k = 5
+  X = _simplex(rng, 40, k)
+  c, t = np.log(1.5), np.array([1.0, 0.2, -0.5, 0.8, -1.2])
+  y = np.exp(c) + np.exp(X @ t)
+  f = fit.Fitted("loglinear", X, y)
+  np.testing.assert_allclose(f.params["t"], t, atol=1e-4)
+  assert abs(f.params["c"] - c) < 1e-4
+  gn = np_loglinear_gauss_newton(X, y, 0.0, np.zeros(k))
+  np.testing.assert_allclose(np.concatenate([[f.params["c"]], f.params["t"]]), gn, atol=1e-4)
+  np.testing.assert_allclose(f.predict(X[:3]), y[:3], atol=1e-6)
+
+
+def test_linear_law_and_cross_validation_against_numpy():
+  rng = np.random.default_rng(2)
+  X = _simplex(rng, 23, 4)
+  y = X @ np.array([3.0, 2.0, 4.0, 1.0]) + rng.normal(0, 0.05, 23)
+  np.testing.assert_allclose(fit.Fitted("linear", X, y).params["a"], np.linalg.pinv(X) @ y,
+                             rtol=1e-9)
+  cv = fit.cross_validate("linear", X, y, folds=5, seed=7)
+  ids = fit.fold_ids(23, 5, 7)
+  assert sorted(np.bincount(ids)) == [4, 4, 5, 5, 5]
+  want = np.empty(23)
+  for f in range(5):
+    held = ids == f
+    want[held] = X[held] @ (np.linalg.pinv(X[~held]) @ y[~held])
+  np.testing.assert_allclose(cv["predicted"], want, rtol=1e-9)
+  # Spearman as the Pearson correlation of ranks (no ties here)
+  ra, rb = np.argsort(np.argsort(want)), np.argsort(np.argsort(y))
+  assert cv["spearman"] == pytest.approx(np.corrcoef(ra, rb)[0, 1], rel=1e-12)
+  assert cv["rmse"] == pytest.approx(np.sqrt(np.mean((want - y) ** 2)), rel=1e-12)
+  assert np.isnan(fit.spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_targets_and_objectives():
+  y = fit.targets([[1.0, 3.0], [2.0, 0.5]], ["a", "b"])
+  np.testing.assert_allclose(y["average"], [2.0, 1.25])
+  np.testing.assert_allclose(y["worst"], [3.0, 2.0])
+  assert fit.objective_terms("average", ["a", "b"]) == {"a": 0.5, "b": 0.5}
+  assert fit.objective_terms("worst", ["a", "b"]) == {"worst": 1.0}
+  assert fit.objective_terms(["b"], ["a", "b"]) == {"b": 1.0}
+  with pytest.raises(ConfigError, match="each must be one of the corpus's domains"):
+    fit.objective_terms(["c"], ["a", "b"])
+
+
+@pytest.mark.parametrize("caps", [None, np.array([0.3, 0.5, 0.6, 0.4])])
+def test_linear_proposal_is_the_capped_tilt_or_the_cheapest_fill(caps):
+  rng = np.random.default_rng(3)
+  k = 4
+  X = _simplex(rng, 20, k)
+  fits = {d: fit.Fitted("linear", X, X @ rng.normal(2, 1, k)) for d in "ab"}
+  q = rng.dirichlet(np.ones(k))
+  terms = {"a": 0.25, "b": 0.75}
+  g = 0.25 * fits["a"].params["a"] + 0.75 * fits["b"].params["a"]
+  x = fit.propose("linear", fits, terms, q, 0.3, caps)
+  tilt = q * np.exp(-g / 0.3)
+  want = tilt / tilt.sum() if caps is None else np_capped_kl_projection(tilt, caps)
+  np.testing.assert_allclose(x, want, atol=1e-9)
+  # kl 0: a linear program; its optimum is a vertex of the capped simplex,
+  # found here by brute force over a grid
+  x0 = fit.propose("linear", fits, terms, q, 0.0, caps)
+  grid = np.array([p for p in itertools.product(np.linspace(0, 1, 21), repeat=k)
+                   if abs(sum(p) - 1) < 1e-9 and (caps is None or np.all(p <= caps + 1e-9))])
+  assert g @ x0 <= (grid @ g).min() + 1e-9
+
+
+def test_loglinear_proposal_without_kl_matches_mirror_descent():
+  rng = np.random.default_rng(4)
+  k = 4
+  X = _simplex(rng, 30, k)
+  fits = {d: fit.Fitted("loglinear", X, 1.0 + np.exp(X @ rng.normal(0, 1, k))) for d in "ab"}
+  terms = {"a": 0.5, "b": 0.5}
+  caps = np.array([0.6, 0.6, 0.6, 0.6])
+  x = fit.propose("loglinear", fits, terms, np.full(k, 0.25), 0.0, caps)
+  t = np.stack([fits["a"].params["t"], fits["b"].params["t"]])
+  want = np_mirror_descent(t, np.array([0.5, 0.5]), np.full(k, 0.25), 0.0, caps, steps=20000)
+  np.testing.assert_allclose(x, want, atol=2e-3)
+  f = lambda z: 0.5 * np.exp(t @ z).sum()
+  assert f(x) <= f(want) + 1e-9
+
+
+def test_regmix_search_finds_a_quadratic_optimum():
+  """RegMix's top-k averaging recovers the optimum of a quadratic predictor."""
+  class Quadratic:
+    def predict(self, X):
+      return ((X - np.array([0.1, 0.5, 0.3, 0.1])) ** 2).sum(axis=1)
+  x = fit.propose("gbm", {"a": Quadratic()}, {"a": 1.0}, np.full(4, 0.25), 0.0, None,
+                  candidates=100_000, top_k=128, seed=0)
+  np.testing.assert_allclose(x, [0.1, 0.5, 0.3, 0.1], atol=0.03)
+  with pytest.raises(ConfigError, match="within the repetition caps"):
+    fit.propose("gbm", {"a": Quadratic()}, {"a": 1.0}, np.full(4, 0.25), 0.0,
+                [0.26, 0.26, 0.26, 0.26], candidates=1000, top_k=128)
+
+
+def planted_swarm(n=40, k=5, target=3, seed=5):
+  """Each domain's loss falls with its own share (and a little with the
+  others'), like a real swarm's; domain `target` is the one the objective
+  counts."""
+  rng = np.random.default_rng(seed)
+  X = law.sample_mixtures(np.full(k, 1.0 / k), n, seed)
+  floors = rng.uniform(1.0, 3.0, k)
+  losses = floors + 2.0 * np.exp(-4.0 * X) + 0.1 * np.exp(-X.sum(1, keepdims=True))
+  return X, losses + rng.normal(0, 0.01, losses.shape), target
+
+
+@pytest.mark.parametrize("name", fit.LAWS)
+def test_planted_case_one_domain_objective_puts_most_weight_on_it(name):
+  X, losses, target = planted_swarm()
+  domains = [f"d{i}" for i in range(5)]
+  fits = {d: fit.Fitted(name, X, losses[:, i]) for i, d in enumerate(domains)}
+  x = fit.propose(name, fits, fit.objective_terms([domains[target]], domains),
+                  np.full(5, 0.2), 0.05, None, candidates=20_000, top_k=64)
+  assert np.argmax(x) == target and x[target] > 0.5, x
+  cv = fit.cross_validate(name, X, losses[:, target], folds=5)
+  assert cv["spearman"] > 0.8, cv["spearman"]
+
+
+def test_bad_caps_and_kl_weight():
+  fits = {"a": fit.Fitted("linear", np.eye(3), [1.0, 2.0, 3.0])}
+  with pytest.raises(ConfigError, match="caps sum to 0.6000 < 1"):
+    fit.propose("linear", fits, {"a": 1.0}, np.full(3, 1 / 3), 0.1, [0.2] * 3)
+  with pytest.raises(ConfigError, match="kl_weight must be >= 0"):
+    fit.propose("linear", fits, {"a": 1.0}, np.full(3, 1 / 3), -1.0)
+  with pytest.raises(ConfigError, match="prior must be a distribution"):
+    fit.propose("linear", fits, {"a": 1.0}, [0.0, 0.0, 0.0], 0.1)

@@ -19,6 +19,10 @@ Step 2 run directory), or:
                 as many rounds as any arm asks for; a round the run skipped
                 because the weights had converged gives the converged ones),
                 so one study compares DoReMi with iterated DoReMi
+  'swarm'       the study trains a swarm (`train_swarm`, gin's `swarm/` scope)
+                in RUN/swarm and uses its law's optimum (swarm_weights.json)
+  'swarm:LAW'   the optimum of the same swarm's law LAW (linear, loglinear,
+                gbm), so one study compares the laws at the cost of one swarm
   'odm', 'ado', 'aioli', 'doremi_online'
                 an online mixer (`train_main_model.mixer`) from its
                 method's starting mixture (`mixers.PRIORS`), with gin's
@@ -52,9 +56,11 @@ from doremi_jax.data import weights as weights_lib
 from doremi_jax.data.registry import get_corpus
 from doremi_jax.stages import registry
 from doremi_jax.state import TrainConfig
+from doremi_jax.swarm import fit
 
 STUDY_FILE = "study.json"
-METHOD_ARMS = ("stratified", "unimax", "doremi", "doremi:N", *mixers.METHODS)
+METHOD_ARMS = ("stratified", "unimax", "doremi", "doremi:N", "swarm", "swarm:LAW",
+               *mixers.METHODS)
 
 
 def _say(msg: str):
@@ -118,13 +124,28 @@ def doremi_round(spec: Any, rounds: int) -> Optional[int]:
   return None
 
 
+def swarm_law(spec: Any) -> Optional[str]:
+  """The law a swarm arm uses ('swarm' -> '' for the swarm's own
+  `train_swarm.law`, 'swarm:LAW' -> LAW), or None for other arms."""
+  if spec == "swarm":
+    return ""
+  if isinstance(spec, str) and spec.startswith("swarm:"):
+    law = spec[len("swarm:"):]
+    if law not in fit.LAWS:
+      raise ConfigError(f"train_study.arms: {spec!r} names no law; write 'swarm:LAW' with LAW "
+                        f"one of {fit.LAWS}.")
+    return law
+  return None
+
+
 def resolve_arm(name: str, spec: Any, corpus, cfg: TrainConfig,
                 unimax_epochs: float) -> Optional[np.ndarray]:
   """The arm's rates in domain order; None for the DoReMi arms (known after
   their Step 2). Raises ConfigError before any training for a spec that
   cannot work."""
   what = f"train_study.arms[{name!r}]"
-  if doremi_round(spec, 1) is not None or spec in mixers.METHODS:
+  if doremi_round(spec, 1) is not None or spec in mixers.METHODS or \
+      swarm_law(spec) is not None:
     return None
   if spec == "stratified":
     return np.full(corpus.num_domains, 1.0 / corpus.num_domains)
@@ -168,6 +189,10 @@ def train_study(workdir: str, arms: Any = gin.REQUIRED, seeds: int = 3,
   cfg = main_config()
   rates = {n: resolve_arm(n, s, corpus, cfg, unimax_epochs) for n, s in arms.items()}
   root = files.path(workdir)
+  swarm_laws = {n: swarm_law(s) for n, s in arms.items()}
+  swarm_laws = {n: law for n, law in swarm_laws.items() if law is not None}
+  if swarm_laws:   # the swarm's settings, checked before anything trains
+    registry.get("swarm")(str(root / "swarm"), devices=devices, check_only=True)
   t_start = time.time()
   _say(f"{len(arms)} arms x {seeds} seeds in {workdir}: {', '.join(arms)}; baseline "
        f"{baseline}.")
@@ -186,6 +211,17 @@ def train_study(workdir: str, arms: Any = gin.REQUIRED, seeds: int = 3,
       w = used[-1]["weights"]
       rates[name] = np.array([w[d] for d in corpus.domains], np.float64)
       method_runs[name] = [x[k] for x in used for k in ("reference_dir", "proxy_dir")]
+
+  if swarm_laws:
+    swarm_dir = root / "swarm"
+    if not rundir.is_complete(swarm_dir):
+      _say(f"arms {', '.join(swarm_laws)}: the swarm in {swarm_dir}")
+      registry.get("swarm")(str(swarm_dir), devices=devices)
+    swarm = files.read_json(swarm_dir / "swarm.json")
+    for name, law in swarm_laws.items():
+      w = swarm["laws"][law or swarm["law"]]["optimum"]
+      rates[name] = np.array([w[d] for d in corpus.domains], np.float64)
+      method_runs[name] = [str(swarm_dir)]
 
   reference_dir = None
   if "doremi_online" in arms.values():

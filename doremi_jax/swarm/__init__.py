@@ -1,2 +1,9 @@
-"""Swarm methods (issue 15): many small proxies on sampled mixtures, a
-fitted mixing law, and the mixture it proposes. `law` holds the math."""
+"""Swarm methods (RegMix, Olmix): many small proxies on sampled mixtures, a
+fitted mixing law, and the mixture it proposes.
+
+law.py      the swarm's mixtures (RegMix's sampler) and Olmix's exact proposer
+fit.py      the laws, their cross-validation, every law's proposal
+program.py  the swarm's step program (vmapped members), loader and evaluator
+report.py   swarm.json's analysis and swarm.md
+(the stage itself is `doremi_jax.stages.swarm`)
+"""

@@ -1,0 +1,204 @@
+"""Stage `swarm`: many tiny proxies trained together on random mixtures, a
+fitted mixing law per target, and the mixture it predicts (RegMix, Liu et
+al. 2024; Olmix, Chen et al. 2026).
+
+1. Draw `members` mixtures around the prior (`swarm.law.sample_mixtures`:
+   RegMix's Dirichlet, cap and zeroing; the uniform mixture and the named
+   corners first).
+2. Train every member on its mixture together, in one jitted, sharded step
+   over a leading member axis (`swarm.program`); each member's rows come
+   from its own exact, resumable loader; every member is evaluated per
+   domain on the run's validation examples.
+3. Fit every law (`swarm.fit.LAWS`) to every target (each domain's loss, the
+   uniform average, the worst case), cross-validate it over the members,
+   and minimise the objective over the simplex (KL to the prior, optional
+   repetition caps for the main run's token budget).
+
+    WORKDIR/swarm_mixtures.json  the members' mixtures (written first)
+    WORKDIR/swarm.json           mixtures, losses, fits, their cross-validated
+                                 Spearman per target, each law's optimum and
+                                 its predicted losses
+    WORKDIR/swarm_weights.json   {domain: weight}: `law`'s optimum, read by
+                                 Step 3 and the study like any weights file
+    WORKDIR/swarm.md, plots/     the report
+    + the runner's files (checkpoints/, metrics.jsonl, eval.jsonl, ...)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Sequence
+
+import gin
+import numpy as np
+
+from doremi_jax import files
+from doremi_jax import rundir
+from doremi_jax import runner
+from doremi_jax.config import ConfigError, check_number
+from doremi_jax.data import weights as weights_lib
+from doremi_jax.data.registry import get_corpus
+from doremi_jax.stages import registry
+from doremi_jax.state import TrainConfig
+from doremi_jax.swarm import fit
+from doremi_jax.swarm import law as law_lib
+from doremi_jax.swarm import program as swarm_lib
+from doremi_jax.swarm import report
+
+MIXTURES_FILE = "swarm_mixtures.json"
+RESULT_FILE = "swarm.json"
+WEIGHTS_FILE = "swarm_weights.json"
+SEEDS = ("same", "distinct")
+
+
+def main_tokens() -> int:
+  """The main run's token budget (gin's `main/` TrainConfig)."""
+  with gin.config_scope(None), gin.config_scope("main"):   # not swarm/main
+    cfg = TrainConfig()
+  return cfg.num_steps * cfg.tokens_per_step
+
+
+def repetition_caps(corpus, repetitions: Optional[float], tokens: Optional[int]):
+  """Olmix's caps x_i <= R D_i / T (None without `repetitions`)."""
+  if repetitions is None:
+    return None
+  check_number("train_swarm.repetitions", repetitions, low=0, low_open=True)
+  tokens = main_tokens() if tokens is None else tokens
+  check_number("train_swarm.main_tokens", tokens, integer=True, low=0, low_open=True)
+  caps = repetitions * np.asarray(corpus.train_tokens, np.float64) / tokens
+  return fit.check_caps(np.minimum(caps, 1.0), corpus.num_domains)
+
+
+@dataclasses.dataclass(frozen=True)
+class SwarmPlan:
+  """Everything decided before training: checked settings and the mixtures."""
+  mixtures: np.ndarray       # [M, K]
+  prior: np.ndarray          # [K]
+  member_seeds: tuple
+  caps: Optional[np.ndarray]
+
+
+def plan(corpus, cfg: TrainConfig, members, prior, concentration, corners, cap_factor,
+         min_weight, seeds, law, objective, kl_weight, folds, repetitions, tokens) -> SwarmPlan:
+  """Checks every setting (ConfigError naming the fix) and draws the
+  mixtures, before anything is trained or written."""
+  k = corpus.num_domains
+  check_number("train_swarm.members", members, integer=True, low=0, low_open=True)
+  if members < k + 1:
+    raise ConfigError(f"train_swarm.members={members} is too few for {k} domains: a law with "
+                      f"one weight per domain needs at least {k + 1} members (RegMix trains "
+                      f"hundreds). Set train_swarm.members >= {k + 1}.")
+  if law not in fit.LAWS:
+    raise ConfigError(f"train_swarm.law={law!r}; choose one of {fit.LAWS}.")
+  if seeds not in SEEDS:
+    raise ConfigError(f"train_swarm.seeds={seeds!r}; choose 'same' (every member starts from "
+                      "the same initialisation and draws its rows with the same seed) or "
+                      "'distinct' (member m uses seed TrainConfig.seed + m).")
+  check_number("train_swarm.folds", folds, integer=True, low=2)
+  if folds > members:
+    raise ConfigError(f"train_swarm.folds={folds} exceeds the {members} members; choose "
+                      f"2..{members}.")
+  check_number("train_swarm.kl_weight", kl_weight, low=0)
+  check_number("train_swarm.cap_factor", cap_factor, low=0, low_open=True)
+  check_number("train_swarm.min_weight", min_weight, low=0)
+  fit.objective_terms(objective, corpus.domains)
+  if isinstance(prior, str) and prior == "stratified":
+    raise ConfigError("train_swarm.prior='stratified' is not a mixture; use 'uniform'.")
+  q = law_lib.check_distribution(
+      weights_lib.resolve_weights(prior, corpus, "train_swarm.prior"), "train_swarm.prior")
+  if concentration is None:
+    concentration = law_lib.REGMIX_CONCENTRATIONS
+  concentration = (concentration,) if isinstance(concentration, (int, float)) else \
+      tuple(concentration)
+  for c in concentration:
+    check_number("train_swarm.concentration", c, low=0, low_open=True)
+  unknown = [c for c in corners if c not in corpus.domains]
+  if isinstance(corners, str) or unknown:
+    raise ConfigError(f"train_swarm.corners must list domain names of {list(corpus.domains)}; "
+                      f"got {corners!r}.")
+  caps = repetition_caps(corpus, repetitions, tokens)
+  mixtures = law_lib.sample_mixtures(
+      q, members, cfg.seed, concentration, cap_factor, min_weight,
+      corners=[corpus.domain_index(c) for c in corners])
+  member_seeds = tuple(cfg.seed + (m if seeds == "distinct" else 0) for m in range(members))
+  return SwarmPlan(mixtures, q, member_seeds, caps)
+
+
+@gin.configurable
+def train_swarm(workdir: str, members: int = 16, prior: Any = "proportional",
+                concentration: Any = None, corners: Sequence[str] = (),
+                cap_factor: float = 15.0, min_weight: float = 2e-4, seeds: str = "same",
+                law: str = "loglinear", objective: Any = "average", kl_weight: float = 0.05,
+                repetitions: Optional[float] = None, main_tokens: Optional[int] = None,
+                folds: int = 5, gbm_settings: Optional[dict] = None,
+                candidates: int = 100_000, top_k: int = 128, compare_with: Any = None,
+                devices=None, check_only: bool = False) -> Optional[dict]:
+  """Trains a swarm of `members` small models (gin's model, `swarm/`
+  TrainConfig) on mixtures drawn around `prior` (a weights spec;
+  RegMix's Dirichlet with `concentration`, default RegMix's 15 values
+  log-spaced over [0.1, 5]; draws with a weight over `cap_factor` x the
+  prior's rejected; weights below `min_weight` zeroed; the uniform mixture
+  and one-hot `corners` first), fits the laws, and writes swarm.json,
+  swarm_weights.json (`law`'s optimum of `objective`: 'average', 'worst' or
+  a list of domains, plus `kl_weight` KL to the prior, within the
+  `repetitions` caps of a run of `main_tokens`, default the `main/` run's)
+  and swarm.md (with `compare_with`'s weights beside, e.g. a DoReMi run).
+  `seeds='same'`: every member has the same initialisation and the same
+  row-draw seed (only its mixture differs); 'distinct': member m uses
+  seed + m for both. Returns swarm.json (None with `check_only`, which
+  checks the settings and the mesh and trains nothing)."""
+  cfg = TrainConfig()
+  corpus = get_corpus()
+  p = plan(corpus, cfg, members, prior, concentration, tuple(corners), cap_factor, min_weight,
+           seeds, law, objective, kl_weight, folds, repetitions, main_tokens)
+  for name, value in (("candidates", candidates), ("top_k", top_k)):
+    check_number(f"train_swarm.{name}", value, integer=True, low=0, low_open=True)
+  compare = None
+  if compare_with is not None:
+    compare = {"compared": weights_lib.as_dict(corpus.domains, weights_lib.resolve_weights(
+        compare_with, corpus, "train_swarm.compare_with"))}
+  mixtures_path = files.path(workdir) / MIXTURES_FILE
+  mixtures_json = {"domains": list(corpus.domains), "mixtures": p.mixtures.tolist(),
+                   "member_seeds": list(p.member_seeds)}
+  if files.exists(mixtures_path) and files.read_json(mixtures_path) != mixtures_json:
+    raise ConfigError(f"{workdir} holds a swarm with other mixtures or seeds "
+                      f"({mixtures_path}); resume it with its own settings, or use a new "
+                      "run directory.")
+  setup = swarm_lib.swarm_setup(corpus.vocab_size, cfg, members, devices=devices)
+  if check_only:
+    return None
+  program = swarm_lib.swarm_program(setup, corpus.num_domains, cfg.grad_accum_steps,
+                                    cfg.seq_len, p.member_seeds)
+
+  def make_loader(start_step, data_state):
+    return swarm_lib.SwarmLoader(corpus, p.mixtures, p.member_seeds, cfg, start_step,
+                                 data_state)
+
+  out = {}
+
+  def on_finish(state, final, reference_eval):
+    result = out["result"] = report.analyse(
+        p.mixtures, final["members"], corpus.domains, p.prior, law=law, objective=objective,
+        kl_weight=kl_weight, caps=p.caps, folds=folds, seed=cfg.seed,
+        gbm_settings=gbm_settings, candidates=candidates, top_k=top_k)
+    if rundir.is_writer():
+      files.write_json(files.path(workdir) / RESULT_FILE, result)
+      files.write_json(files.path(workdir) / WEIGHTS_FILE, result["weights"])
+      rundir.announce("swarm", f"report: {report.write(workdir, result, compare)}")
+    cv = result["laws"][law]["cross_validation"]["average"]["spearman"]
+    top = sorted(result["weights"].items(), key=lambda kv: -kv[1])
+    return (f"{members} members; {law} law, cross-validated Spearman (average loss) "
+            f"{cv:.3f}; optimum " + ", ".join(f"{d} {w:.3f}" for d, w in top))
+
+  info = {"sampling": "swarm", "members": members, "law": law,
+          "tokens_per_step": members * cfg.tokens_per_step,
+          "eval_tokens": members * cfg.eval_examples_per_domain * corpus.num_domains
+          * cfg.seq_len}
+  runner.run_stage(workdir=workdir, stage="swarm", corpus=corpus, cfg=cfg, program=program,
+                   assignment=None, info=info, make_loader=make_loader,
+                   start_files={MIXTURES_FILE: mixtures_json},
+                   hooks=runner.Hooks(on_finish=on_finish))
+  return out["result"]
+
+
+registry.register(registry.Stage("swarm", train_swarm))
