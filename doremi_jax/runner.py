@@ -151,7 +151,8 @@ def run_stage(*, workdir: str, stage: str, corpus, cfg: TrainConfig, program: St
     state = train_loop(stage=stage, cfg=cfg, program=program, state=state, loader=loader,
                        checkpointer=checkpointer, writer=writer, start_step=start_step,
                        domains=corpus.domains, evaluate_fn=do_eval, on_log=hooks.on_log,
-                       timing=timing, publisher=publisher, after_step=after_step)
+                       timing=timing, publisher=publisher, after_step=after_step,
+                       tokens_per_step=(info or {}).get("tokens_per_step"))
     final = do_eval(state, cfg.num_steps)
     if rundir.is_writer():
       files.write_json(files.path(workdir) / "eval.json", final)
@@ -166,7 +167,8 @@ def run_stage(*, workdir: str, stage: str, corpus, cfg: TrainConfig, program: St
       publisher.assignment.close()
     checkpointer.close()
   rundir.mark_complete(workdir, stage, cfg.num_steps, time.time() - t0, summary,
-                       dict(timing, tokens_per_step=cfg.tokens_per_step))
+                       dict(timing, tokens_per_step=(info or {}).get("tokens_per_step",
+                                                                     cfg.tokens_per_step)))
   return final
 
 
@@ -209,7 +211,8 @@ def train_loop(*, stage: str, cfg: TrainConfig, program: StepProgram, state, loa
                checkpointer: ckpt_lib.Checkpointer, writer: metrics_lib.MetricsWriter,
                start_step: int, domains, evaluate_fn: Optional[Callable] = None,
                on_log: Optional[Callable] = None, timing: Optional[dict] = None,
-               publisher=None, after_step: Optional[Callable] = None):
+               publisher=None, after_step: Optional[Callable] = None,
+               tokens_per_step: Optional[int] = None):
   """Runs steps start_step..num_steps-1 and returns the final state.
 
   Each step's metrics are fetched after the next step is dispatched (nanodo
@@ -219,8 +222,10 @@ def train_loop(*, stage: str, cfg: TrainConfig, program: StepProgram, state, loa
   `timing`, if given, receives the first step's seconds (compile + run) and
   the seconds of the loop after it. `publisher` (see `run_stage`) gets
   every step's metrics in order; `after_step(done, state) -> state` runs
-  after each step, before its checkpoint."""
-  progress = metrics_lib.Progress(stage, start_step, cfg.num_steps, cfg.tokens_per_step)
+  after each step, before its checkpoint. `tokens_per_step` (default the
+  config's) counts the progress line's tokens (a swarm's, all members')."""
+  progress = metrics_lib.Progress(stage, start_step, cfg.num_steps,
+                                  tokens_per_step or cfg.tokens_per_step)
   unchecked = []  # [(step, device metrics)], oldest first
 
   def settle(keep: int):

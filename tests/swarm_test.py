@@ -92,9 +92,9 @@ SMALL = [
     "TrainConfig.checkpoint_every = 6", "TrainConfig.log_every = 3",
     "TrainConfig.eval_examples_per_domain = 8", "TrainConfig.eval_batch_size = 8",
     "TrainConfig.tensorboard = False", "TrainConfig.async_checkpointing = False",
-    "train_swarm.members = 8", "train_swarm.corners = ['sort']",
+    "train_swarm.members = 6", "train_swarm.corners = ['sort']",
     "train_swarm.repetitions = 4", "train_swarm.candidates = 4000", "train_swarm.top_k = 32",
-    "train_swarm.folds = 4",
+    "train_swarm.folds = 3",
 ]
 
 
@@ -119,18 +119,19 @@ def test_swarm_stage_writes_fits_optimum_and_report(tiny_swarm):
   assert on_disk == json.loads(json.dumps(result))
   domains = on_disk["domains"]
   mixtures = np.array(on_disk["mixtures"])
-  assert mixtures.shape == (8, 5)
+  assert mixtures.shape == (6, 5)
   np.testing.assert_array_equal(mixtures[0], np.full(5, 0.2))          # uniform first
   np.testing.assert_array_equal(mixtures[1], np.eye(5)[domains.index("sort")])   # the corner
   # every member's losses are its final evaluation on the run's examples
   final = json.loads((wd / "eval.json").read_text())
   np.testing.assert_allclose(on_disk["losses"], final["members"], rtol=1e-12)
   losses = np.array(on_disk["losses"])
-  assert losses.shape == (8, 5) and np.all(np.isfinite(losses))
-  assert len({tuple(r) for r in np.round(losses, 6)}) == 8   # members differ
+  assert losses.shape == (6, 5) and np.all(np.isfinite(losses))
+  assert len({tuple(r) for r in np.round(losses, 6)}) == 6   # members differ
   for law in ("loglinear", "linear", "gbm"):
     r = on_disk["laws"][law]
     assert set(r["cross_validation"]) == set(domains) | {"average", "worst"}
+    assert len(r["objective_cross_validation"]["predicted"]) == 6
     rho = r["cross_validation"]["average"]["spearman"]
     assert rho is None or -1 <= rho <= 1
     w = np.array([r["optimum"][d] for d in domains])
@@ -149,18 +150,18 @@ def test_swarm_stage_writes_fits_optimum_and_report(tiny_swarm):
       weights_lib.resolve_weights(str(wd / "swarm_weights.json"), get_corpus()),
       [w[d] for d in domains], rtol=1e-12)
   info = json.loads((wd / "run_info.json").read_text())
-  assert info["members"] == 8 and info["tokens_per_step"] == 8 * 8 * 32
+  assert info["members"] == 6 and info["tokens_per_step"] == 6 * 8 * 32
   report = (wd / "swarm.md").read_text()
   assert "Cross-validated quality" in report and "loglinear optimum" in report
   assert (wd / "plots" / "swarm_fits.png").stat().st_size > 10_000
   rows = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
-  assert np.array(rows[-1]["member_domain_loss"]).shape == (8, 5)
+  assert np.array(rows[-1]["member_domain_loss"]).shape == (6, 5)
 
 
 @pytest.mark.slow
-def test_killed_swarm_resumes_bitwise_on_another_mesh(tiny_swarm, tmp_path):
-  """Killed after checkpoint 6 and resumed (here on 4 devices instead of 2:
-  the members' batches do not depend on the mesh)."""
+def test_killed_swarm_resumes_bitwise(tiny_swarm, tmp_path):
+  """Killed after checkpoint 6 and resumed: the same final state, bit for
+  bit, and the same swarm.json."""
   wd, result = tiny_swarm
   copy = tmp_path / "run"
   shutil.copytree(wd, copy)

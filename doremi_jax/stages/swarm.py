@@ -186,9 +186,11 @@ def train_swarm(workdir: str, members: int = 16, prior: Any = "proportional",
       files.write_json(files.path(workdir) / WEIGHTS_FILE, result["weights"])
       rundir.announce("swarm", f"report: {report.write(workdir, result, compare)}")
     cv = result["laws"][law]["cross_validation"]["average"]["spearman"]
+    cv_obj = result["laws"][law]["objective_cross_validation"]["spearman"]
     top = sorted(result["weights"].items(), key=lambda kv: -kv[1])
-    return (f"{members} members; {law} law, cross-validated Spearman (average loss) "
-            f"{cv:.3f}; optimum " + ", ".join(f"{d} {w:.3f}" for d, w in top))
+    return (f"{members} members; {law} law, cross-validated Spearman: average-loss law "
+            f"{cv:.3f}, objective {cv_obj:.3f}; optimum " +
+            ", ".join(f"{d} {w:.3f}" for d, w in top))
 
   info = {"sampling": "swarm", "members": members, "law": law,
           "tokens_per_step": members * cfg.tokens_per_step,

@@ -99,11 +99,10 @@ def fit_loglinear(X, y, delta: float = HUBER_DELTA,
   n, k = X.shape
 
   def value_and_grad(theta):
-    c, t = theta[0], theta[1:]
-    e = np.exp(np.clip(X @ t, -50, 50))
-    r = np.exp(c) + e - y
+    ec, e = np.exp(np.clip(theta[0], -50, 50)), np.exp(np.clip(X @ theta[1:], -50, 50))
+    r = ec + e - y
     g_r = np.clip(r, -delta, delta) / n
-    return huber(r, delta).mean(), np.concatenate([[np.exp(c) * g_r.sum()], X.T @ (g_r * e)])
+    return huber(r, delta).mean(), np.concatenate([[ec * g_r.sum()], X.T @ (g_r * e)])
 
   best = None
   low = max(float(y.min()), 1e-6)
@@ -150,7 +149,8 @@ class Fitted:
     if self.law == "linear":
       return X @ self.params["a"]
     if self.law == "loglinear":
-      return np.exp(self.params["c"]) + np.exp(np.clip(X @ self.params["t"], -50, 50))
+      return (np.exp(np.clip(self.params["c"], -50, 50)) +
+              np.exp(np.clip(X @ self.params["t"], -50, 50)))
     return self.params["model"].predict(X)
 
   def to_json(self) -> dict:
