@@ -105,8 +105,9 @@ def unimax_weights(train_tokens, budget_tokens: float, max_epochs: float) -> np.
 
 
 def main_config() -> TrainConfig:
-  """The main model's TrainConfig (gin's `main/` scope)."""
-  with gin.config_scope("main"):
+  """The main model's TrainConfig (gin's `main/` scope, also when called
+  inside another stage's scope, which would otherwise win)."""
+  with gin.config_scope(None), gin.config_scope("main"):
     return TrainConfig()
 
 

@@ -39,6 +39,7 @@ from doremi_jax.config import ConfigError, check_number
 from doremi_jax.data import weights as weights_lib
 from doremi_jax.data.registry import get_corpus
 from doremi_jax.stages import registry
+from doremi_jax.stages import study
 from doremi_jax.state import TrainConfig
 from doremi_jax.swarm import fit
 from doremi_jax.swarm import law as law_lib
@@ -53,8 +54,7 @@ SEEDS = ("same", "distinct")
 
 def main_tokens() -> int:
   """The main run's token budget (gin's `main/` TrainConfig)."""
-  with gin.config_scope(None), gin.config_scope("main"):   # not swarm/main
-    cfg = TrainConfig()
+  cfg = study.main_config()
   return cfg.num_steps * cfg.tokens_per_step
 
 
@@ -66,7 +66,7 @@ def repetition_caps(corpus, repetitions: Optional[float], tokens: Optional[int])
   tokens = main_tokens() if tokens is None else tokens
   check_number("train_swarm.main_tokens", tokens, integer=True, low=0, low_open=True)
   caps = repetitions * np.asarray(corpus.train_tokens, np.float64) / tokens
-  return fit.check_caps(np.minimum(caps, 1.0), corpus.num_domains)
+  return law_lib.check_caps(np.minimum(caps, 1.0), corpus.num_domains)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -194,20 +194,6 @@ def cross_validate(law: str, X, y, folds: int, seed: int = 0,
 # Proposals
 
 
-def check_caps(caps, k: int) -> Optional[np.ndarray]:
-  if caps is None:
-    return None
-  caps = np.asarray(caps, np.float64)
-  if caps.shape != (k,) or np.any(~np.isfinite(caps)) or np.any(caps < 0):
-    raise ConfigError(f"the repetition caps must be {k} finite non-negative shares, got "
-                      f"{caps.tolist()}.")
-  if caps.sum() < 1 - 1e-12:
-    raise ConfigError(f"the repetition caps sum to {caps.sum():.4f} < 1: no mixture fits within "
-                      "them. Allow more repetitions (train_swarm.repetitions), or give the "
-                      "main run fewer tokens.")
-  return caps
-
-
 def kl(x, q) -> float:
   x, q = np.asarray(x, np.float64), np.asarray(q, np.float64)
   pos = x > 0
@@ -277,7 +263,7 @@ def propose(law: str, fits: dict, terms: dict, prior, kl_weight: float = 0.0,
   docstring: exact for 'linear' and 'loglinear', RegMix's search for
   'gbm')."""
   q = law_lib.check_distribution(prior, "the swarm's prior")
-  caps = check_caps(caps, len(q))
+  caps = law_lib.check_caps(caps, len(q))
   if not (kl_weight >= 0 and np.isfinite(kl_weight)):
     raise ConfigError(f"train_swarm.kl_weight must be >= 0, got {kl_weight!r}.")
   names = list(terms)

@@ -76,6 +76,22 @@ def sample_mixtures(prior, n: int, seed: int, concentrations: Sequence[float] =
   return np.stack(out)
 
 
+def check_caps(caps, k: int) -> Optional[np.ndarray]:
+  """Repetition caps as K finite non-negative shares that some mixture fits
+  within (sum >= 1); None passes through."""
+  if caps is None:
+    return None
+  caps = np.asarray(caps, np.float64)
+  if caps.shape != (k,) or np.any(~np.isfinite(caps)) or np.any(caps < 0):
+    raise ConfigError(f"the repetition caps must be {k} finite non-negative shares, got "
+                      f"{caps.tolist()}.")
+  if caps.sum() < 1 - 1e-12:
+    raise ConfigError(f"the repetition caps sum to {caps.sum():.4f} < 1: no mixture fits within "
+                      "them. Allow more repetitions (train_swarm.repetitions), or give the "
+                      "main run fewer tokens.")
+  return caps
+
+
 def capped_tilt(logits, caps: Optional[np.ndarray]) -> np.ndarray:
   """argmin over the capped simplex of KL(x || softmax(logits)): the
   softmax, with every domain over its cap fixed at it and the rest
@@ -103,12 +119,7 @@ def olmix_propose(t_MxK, weights_M, prior_K, lam: float, caps_K=None, iters: int
   q = check_distribution(prior_K, "the proposer's prior")
   if not lam > 0:
     raise ConfigError(f"the KL weight lambda must be > 0, got {lam!r}.")
-  caps = None
-  if caps_K is not None:
-    caps = np.asarray(caps_K, np.float64)
-    if caps.sum() < 1 - 1e-12:
-      raise ConfigError(f"the repetition caps sum to {caps.sum():.4f} < 1: no mixture fits "
-                        "within them. Allow more repetitions, or give the run fewer tokens.")
+  caps = check_caps(caps_K, len(q))
   x = capped_tilt(np.log(np.maximum(q, 1e-300)), caps)
   for _ in range(iters):
     g = t.T @ (w * np.exp(t @ x))
