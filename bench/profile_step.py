@@ -46,6 +46,7 @@ def main(steps: int = 3, d_model: int = 512, num_layers: int = 4, num_heads: int
   rng = np.random.default_rng(0)
   global_batch = state_lib.to_global(
       {"targets": rng.integers(2, vocab_size, (batch, seq_len), dtype=np.int32),
+       "segment_ids": np.ones((batch, seq_len), np.int32),
        "domain_ids": (np.arange(batch) % k).astype(np.int32)}, setup.batch_shardings)
   state, m = program(state, global_batch)
   jax.block_until_ready(m)

@@ -17,7 +17,8 @@ machines with the same files build the same corpus):
             character: the corpus's noise domain)
 
 Writes OUT/raw/<domain>.jsonl.gz, prepares OUT (the TFDS data dir, corpus
-name `realtext`) and, with --spm_vocab, OUT/spm_<N>.model. Then train with
+name `realtext`), packed at --seq_len for the byte vocabulary and, with
+--spm_vocab, OUT/spm_<N>.model and the packing for it. Then train with
 `gin/study_realtext.gin`. Refuses (exit 2) when a domain finds no files.
 """
 
@@ -105,6 +106,8 @@ def main(argv=None) -> int:
   p.add_argument("--max_doc_chars", type=int, default=MAX_DOC,
                  help="characters kept of one document")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seq_len", type=int, default=128,
+                 help="sequence length the domains are packed for (the runs' seq_len)")
   args = p.parse_args(argv)
   if min(args.max_bytes, args.hex_bytes, args.max_doc_chars) <= 0 or args.spm_vocab < 0:
     print("error: --max_bytes, --hex_bytes and --max_doc_chars must be > 0 and --spm_vocab "
@@ -133,13 +136,18 @@ def main(argv=None) -> int:
     print(f"{name:<10}{n:>7} documents{b:>11} bytes")
   env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
   cmd = [sys.executable, "-m", "doremi_jax.prepare", "--corpus=realtext",
-         f"--data_dir={args.out}", *flags]
+         f"--data_dir={args.out}", f"--seq_len={args.seq_len}", *flags]
   if subprocess.run(cmd, cwd=REPO, env=env).returncode:
     return 2
   if args.spm_vocab:
+    model = os.path.join(args.out, f"spm_{args.spm_vocab}")
     cmd = [sys.executable, "-m", "doremi_jax.tokenizer", "--corpus=realtext",
-           f"--data_dir={args.out}", f"--vocab_size={args.spm_vocab}",
-           f"--output={os.path.join(args.out, f'spm_{args.spm_vocab}')}"]
+           f"--data_dir={args.out}", f"--vocab_size={args.spm_vocab}", f"--output={model}"]
+    if subprocess.run(cmd, cwd=REPO, env=env).returncode:
+      return 2
+    cmd = [sys.executable, "-m", "doremi_jax.prepare", "--corpus=realtext",
+           f"--data_dir={args.out}", f"--seq_len={args.seq_len}",
+           f"--vocabulary={model}.model", *flags]
     if subprocess.run(cmd, cwd=REPO, env=env).returncode:
       return 2
   return 0

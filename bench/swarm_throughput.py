@@ -56,6 +56,7 @@ def measure(args, batch_size: int) -> dict:
                                 args.seq_len)
   rng = np.random.default_rng(0)
   host = {"targets": rng.integers(2, vocab, (n, batch_size, args.seq_len), dtype=np.int32),
+          "segment_ids": np.ones((n, batch_size, args.seq_len), np.int32),
           "domain_ids": rng.integers(0, k, (n, batch_size), dtype=np.int32)}
   swarm_batch = swarm.global_batch(host)
   single_batches = [single.global_batch({key: v[m] for key, v in host.items()})

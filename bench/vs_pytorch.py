@@ -92,6 +92,7 @@ def jax_step(shape: dict, model_overrides: dict):
   rng = np.random.default_rng(0)
   batch = state_lib.to_global({
       "targets": rng.integers(1, vocab(shape), (shape["batch"], shape["seq_len"]), dtype=np.int32),
+      "segment_ids": np.ones((shape["batch"], shape["seq_len"]), np.int32),
       "domain_ids": np.zeros(shape["batch"], np.int32)}, setup.batch_shardings)
   box = {"state": program.init(0)}
 

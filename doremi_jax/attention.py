@@ -17,7 +17,10 @@
 
 Every implementation takes and returns [batch, length, heads, head_dim] and
 computes softmax(q k^T / sqrt(head_dim)) v with a causal mask, the softmax
-in fp32.
+in fp32. With `segment_ids` ([batch, length] int, packed documents) a query
+only meets keys of its own segment: attention never crosses a document
+boundary ('xla' and 'splash' apply it as a mask; 'cudnn' passes it to cuDNN
+as a mask and falls back to 'xla' where cuDNN refuses).
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ def query_blocks(length: int) -> int:
   return 4 if length % 4 == 0 and length // 4 >= 32 else 1
 
 
-def xla_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK):
+def xla_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL=None):
   """Causal attention as plain XLA ops, laid out for XLA's CPU backend.
 
   - The heads move next to the batch once ([B, H, L, K]), so every matmul
@@ -89,8 +92,12 @@ def xla_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK):
     end = (i + 1) * block      # keys this block of queries can see
     s_BxHxCxE = jnp.einsum("bhqk,bhsk->bhqs", q_BxHxLxK[:, :, i * block:end],
                            k_BxHxLxK[:, :, :end], preferred_element_type=jnp.float32)
-    causal_CxE = (i * block + jnp.arange(block))[:, None] >= jnp.arange(end)[None, :]
-    s_BxHxCxE = jnp.where(causal_CxE, s_BxHxCxE, jnp.finfo(jnp.float32).min)
+    allowed = (i * block + jnp.arange(block))[:, None] >= jnp.arange(end)[None, :]
+    if segment_ids_BxL is not None:
+      same_BxCxE = (segment_ids_BxL[:, i * block:end, None] ==
+                    segment_ids_BxL[:, None, :end])
+      allowed = (allowed & same_BxCxE)[:, None]
+    s_BxHxCxE = jnp.where(allowed, s_BxHxCxE, jnp.finfo(jnp.float32).min)
     m_BxHxC = jax.lax.stop_gradient(s_BxHxCxE.max(axis=-1, keepdims=True))
     p_BxHxCxE = jnp.exp(s_BxHxCxE - m_BxHxC)
     o_BxHxCxK = jnp.einsum("bhqs,bhsk->bhqk", p_BxHxCxE.astype(dtype), v_BxHxLxK[:, :, :end],
@@ -100,21 +107,26 @@ def xla_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK):
   return to_heads(o_BxHxLxK).astype(dtype)
 
 
-def cudnn_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK):
+def cudnn_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL=None):
   """cuDNN flash attention; XLA's where cuDNN cannot serve the call (the
-  checks run at trace time, so the fallback costs nothing at run time)."""
+  checks run at trace time, so the fallback costs nothing at run time).
+  Segment ids go to cuDNN as a [B, 1, L, L] mask."""
+  mask = None
+  if segment_ids_BxL is not None:
+    mask = (segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :])[:, None]
   try:
-    return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=True,
-                                        implementation="cudnn")
+    return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask=mask,
+                                        is_causal=True, implementation="cudnn")
   except (RuntimeError, NotImplementedError, ValueError) as e:
     _warn_once(f"cudnn:{q_BxLxHxK.shape}:{q_BxLxHxK.dtype}",
                f"attention: cuDNN cannot serve q {q_BxLxHxK.shape} {q_BxLxHxK.dtype} "
                f"({type(e).__name__}: {e}); using XLA's attention.")
-    return xla_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
+    return xla_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL)
 
 
-def _splash_local(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, interpret: bool):
-  """The splash kernel on one device's shard ([batch, heads, length, dim])."""
+def _splash_local(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, seg_BxL, interpret: bool):
+  """The splash kernel on one device's shard ([batch, heads, length, dim];
+  segment ids [batch, length])."""
   from jax.experimental.pallas.ops.tpu import splash_attention as sa
   _, h, length, k = q_BxHxLxK.shape
   mask = sa.MultiHeadMask([sa.CausalMask((length, length)) for _ in range(h)])
@@ -125,7 +137,8 @@ def _splash_local(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, interpret: bool):
   kernel = sa.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
                               interpret=interpret)
   scale = jnp.asarray(k ** -0.5, q_BxHxLxK.dtype)
-  return jax.vmap(kernel)(q_BxHxLxK * scale, k_BxHxLxK, v_BxHxLxK)
+  return jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=sa.SegmentIds(q=s, kv=s)))(
+      q_BxHxLxK * scale, k_BxHxLxK, v_BxHxLxK, seg_BxL)
 
 
 def _mesh_specs(shape_BxHxLxK):
@@ -154,30 +167,37 @@ def _mesh_specs(shape_BxHxLxK):
   return mesh, P(fit(spec[0], shape_BxHxLxK[0]), fit(spec[1], shape_BxHxLxK[1]), None, None)
 
 
-def splash_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, interpret: bool = False):
+def splash_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, interpret: bool = False,
+                     segment_ids_BxL=None):
   """The Pallas splash kernel (TPU; `interpret=True` anywhere), per device
   under `shard_map` when traced on a mesh."""
   length = q_BxLxHxK.shape[1]
   if length % SPLASH_BLOCK:
     _warn_once(f"splash:{length}", f"attention: splash needs a length that is a multiple of "
                f"{SPLASH_BLOCK}, got {length}; using XLA's.")
-    return xla_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
+    return xla_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL)
   to_bhlk = lambda x: jnp.swapaxes(x, 1, 2)
   q, k, v = to_bhlk(q_BxLxHxK), to_bhlk(k_BxLxHxK), to_bhlk(v_BxLxHxK)
+  if segment_ids_BxL is None:
+    segment_ids_BxL = jnp.ones(q_BxLxHxK.shape[:2], jnp.int32)
+  seg = segment_ids_BxL.astype(jnp.int32)
   fn = functools.partial(_splash_local, interpret=interpret)
   mesh, spec = _mesh_specs(q.shape)
   if mesh is not None:
-    fn = jax.shard_map(fn, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
-                       check_vma=False)
-  return to_bhlk(fn(q, k, v))
+    from jax.sharding import PartitionSpec as P
+    fn = jax.shard_map(fn, mesh=mesh, in_specs=(spec, spec, spec, P(spec[0], None)),
+                       out_specs=spec, check_vma=False)
+  return to_bhlk(fn(q, k, v, seg))
 
 
-def attend(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, impl: str = "xla", interpret: bool = False):
-  """Causal attention with `impl` (already chosen: not 'auto')."""
+def attend(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, impl: str = "xla", interpret: bool = False,
+           segment_ids_BxL=None):
+  """Causal attention with `impl` (already chosen: not 'auto'), within the
+  segments of `segment_ids_BxL` when given."""
   if impl == "xla":
-    return xla_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
+    return xla_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL)
   if impl == "cudnn":
-    return cudnn_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
+    return cudnn_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL)
   if impl == "splash":
-    return splash_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, interpret=interpret)
+    return splash_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, interpret, segment_ids_BxL)
   raise ValueError(f"attention implementation {impl!r}; use one of {IMPLEMENTATIONS}.")

@@ -18,13 +18,13 @@ import numpy as np
 
 from doremi_jax import sharding as sharding_lib
 from doremi_jax.data import loader as loader_lib
-from doremi_jax.loss import per_domain_sums, per_token_loss
+from doremi_jax.loss import per_domain_sums, per_token_loss, tokens_of
 from doremi_jax.state import ModelSetup, TrainConfig, to_global
 
 
 def make_eval_step(model, num_domains: int, param_shardings, batch_shardings, out_sharding):
   def eval_step(params, batch):
-    loss_BxL, mask_BxL = per_token_loss(model, params, batch["targets"])
+    loss_BxL, mask_BxL = per_token_loss(model, params, tokens_of(batch))
     return per_domain_sums(loss_BxL, mask_BxL, batch["domain_ids"], num_domains)
   return jax.jit(eval_step, in_shardings=(param_shardings, batch_shardings),
                  out_shardings=(out_sharding, out_sharding))

@@ -16,12 +16,38 @@ def per_token_cross_entropy(logits_BxLxV, targets_BxL, mask_BxL):
   return (lse_BxL - target_logit_BxL) * mask_BxL.astype(jnp.float32)
 
 
-def model_inputs(targets_BxL):
-  """Teacher forcing: inputs are the targets shifted right, with 0 (pad/BOS)
-  in front; the loss mask is 1 on real (non-pad) target tokens."""
-  inputs_BxL = jnp.pad(targets_BxL[:, :-1], ((0, 0), (1, 0)))
-  mask_BxL = (targets_BxL != 0).astype(jnp.float32)
-  return inputs_BxL, mask_BxL
+def segment_positions(segment_ids_BxL):
+  """Each token's position within its document: 0 where a segment starts."""
+  length = segment_ids_BxL.shape[1]
+  idx_BxL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), segment_ids_BxL.shape)
+  start_BxL = jnp.pad(segment_ids_BxL[:, 1:] != segment_ids_BxL[:, :-1], ((0, 0), (1, 0)),
+                      constant_values=True)
+  return idx_BxL - jax.lax.cummax(jnp.where(start_BxL, idx_BxL, 0), axis=1)
+
+
+def model_inputs(tokens):
+  """Teacher forcing within each packed document. `tokens` is
+  `{'targets': [B, L], 'segment_ids': [B, L]}` (a batch's rows; see
+  `data.packing`). Returns (inputs_BxL, positions_BxL, mask_BxL): input t
+  is target t-1 of the same document, 0 (pad/BOS) where a document
+  starts; positions restart at 0 in every document; the loss mask is 1 on
+  real tokens (segment id not 0)."""
+  targets_BxL, segment_ids_BxL = tokens["targets"], tokens["segment_ids"]
+  same_BxL1 = segment_ids_BxL[:, 1:] == segment_ids_BxL[:, :-1]
+  inputs_BxL = jnp.pad(jnp.where(same_BxL1, targets_BxL[:, :-1], 0), ((0, 0), (1, 0)))
+  mask_BxL = (segment_ids_BxL != 0).astype(jnp.float32)
+  return inputs_BxL, segment_positions(segment_ids_BxL), mask_BxL
+
+
+def tokens_of(batch: dict) -> dict:
+  """The rows a model reads: `{'targets', 'segment_ids'}` of a batch."""
+  return {"targets": batch["targets"], "segment_ids": batch["segment_ids"]}
+
+
+def unpacked(targets_BxL):
+  """`{'targets', 'segment_ids'}` for rows of one document each, padded
+  with 0 (segment id 1 on every non-zero token)."""
+  return {"targets": targets_BxL, "segment_ids": (targets_BxL != 0).astype(jnp.int32)}
 
 
 def chunked_cross_entropy(head, x_BxLxD, targets_BxL, mask_BxL, chunk: int):
@@ -49,17 +75,20 @@ def chunked_cross_entropy(head, x_BxLxD, targets_BxL, mask_BxL, chunk: int):
   return jnp.swapaxes(loss_NxBxC, 0, 1).reshape(b, length)
 
 
-def per_token_loss(model, params, targets_BxL):
-  """Forward pass; returns (loss_BxL, mask_BxL). With
-  `ModelConfig.loss_chunk` the output layer and the loss run chunk by chunk
-  (`chunked_cross_entropy`); the result is the same."""
-  inputs_BxL, mask_BxL = model_inputs(targets_BxL)
+def per_token_loss(model, params, tokens):
+  """Forward pass over packed rows `tokens` (`{'targets', 'segment_ids'}`,
+  [B, L] each); returns (loss_BxL, mask_BxL). Attention stays within each
+  document. With `ModelConfig.loss_chunk` the output layer and the loss run
+  chunk by chunk (`chunked_cross_entropy`); the result is the same."""
+  targets_BxL, segment_ids_BxL = tokens["targets"], tokens["segment_ids"]
+  inputs_BxL, positions_BxL, mask_BxL = model_inputs(tokens)
   chunk = model.cfg.loss_chunk
   if chunk and chunk < targets_BxL.shape[1]:
-    x_BxLxD = model.apply({"params": params}, inputs_BxL, features=True)
+    x_BxLxD = model.apply({"params": params}, inputs_BxL, positions_BxL, segment_ids_BxL,
+                          features=True)
     head = lambda x: model.apply({"params": params}, head=x)
     return chunked_cross_entropy(head, x_BxLxD, targets_BxL, mask_BxL, chunk), mask_BxL
-  logits_BxLxV = model.apply({"params": params}, inputs_BxL)
+  logits_BxLxV = model.apply({"params": params}, inputs_BxL, positions_BxL, segment_ids_BxL)
   return per_token_cross_entropy(logits_BxLxV, targets_BxL, mask_BxL), mask_BxL
 
 

@@ -207,7 +207,7 @@ class Block(nn.Module):
   interpret: bool = False         # run Pallas kernels interpreted (CPU tests)
 
   @nn.compact
-  def __call__(self, x_BxLxD, positions_BxL):
+  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL=None):
     cfg = self.cfg
     cdt, pdt = _dtype(cfg.compute_dtype), _dtype(cfg.param_dtype)
     linear = functools.partial(Linear, dtype=cdt, param_dtype=pdt)
@@ -221,7 +221,7 @@ class Block(nn.Module):
     k_BxLxHxK = act(rotary(qkv(name="key")(h), positions_BxL, cfg.rope_theta), qkv_axes)
     v_BxLxHxK = act(qkv(name="value")(h), qkv_axes)
     o_BxLxHxK = attention_lib.attend(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, self.attention_impl,
-                                     self.interpret)
+                                     self.interpret, segment_ids_BxL)
     o_BxLxHxK = act(o_BxLxHxK, qkv_axes)
     o_BxLxD = linear("blhk,hkd->bld", (h_, k_, d), ("heads", "kv", "embed"), (0, 1),
                      name="out")(o_BxLxHxK)
@@ -241,12 +241,17 @@ class _ScanBlock(nn.Module):
   interpret: bool = False
 
   @nn.compact
-  def __call__(self, x, positions):
-    return Block(self.cfg, self.attention_impl, self.interpret, name="block")(x, positions), None
+  def __call__(self, x, positions, segment_ids):
+    return Block(self.cfg, self.attention_impl, self.interpret, name="block")(
+        x, positions, segment_ids), None
 
 
 class Transformer(nn.Module):
-  """`__call__(tokens_BxL) -> logits_BxLxV` (fp32).
+  """`__call__(tokens_BxL, positions_BxL=None, segment_ids_BxL=None) ->
+  logits_BxLxV` (fp32). With `segment_ids_BxL` (packed documents; 0 is
+  padding) attention never crosses a segment boundary; the positions
+  (default 0..L-1) are the caller's (`loss.model_inputs` restarts them per
+  document).
 
   `__call__(tokens_BxL, features=True)` stops before the output layer and
   returns the final-normed hidden states x_BxLxD; `__call__(head=x_BxLxD)`
@@ -264,8 +269,8 @@ class Transformer(nn.Module):
                                 self.interpret)
 
   @nn.compact
-  def __call__(self, tokens_BxL=None, positions_BxL=None, *, features: bool = False,
-               head=None):
+  def __call__(self, tokens_BxL=None, positions_BxL=None, segment_ids_BxL=None, *,
+               features: bool = False, head=None):
     cfg = self.cfg
     if cfg.vocab_size is None:
       raise ConfigError("ModelConfig.vocab_size is unset; call with_data_vocab first.")
@@ -291,14 +296,14 @@ class Transformer(nn.Module):
           _ScanBlock, policy=jax.checkpoint_policies.nothing_saveable)
       x_BxLxD, _ = nn.scan(
           scan_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-          in_axes=(nn.broadcast,), length=cfg.num_layers,
+          in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
           metadata_params={nn.PARTITION_NAME: "layers"})(cfg, impl, self.interpret,
                                                           name="layers")(
-              x_BxLxD, positions_BxL)
+              x_BxLxD, positions_BxL, segment_ids_BxL)
     else:
       for i in range(cfg.num_layers):
-        x_BxLxD = block_cls(cfg, impl, self.interpret, name=f"layer_{i}")(x_BxLxD,
-                                                                          positions_BxL)
+        x_BxLxD = block_cls(cfg, impl, self.interpret, name=f"layer_{i}")(
+            x_BxLxD, positions_BxL, segment_ids_BxL)
 
     x_BxLxD = RMSNorm(cfg.norm_eps, pdt, name="final_norm")(x_BxLxD)
     if features:

@@ -6,6 +6,16 @@ r"""Prepare a local multi-domain corpus for doremi_jax, offline.
 
 Then train with `get_corpus.name = 'local'`, `LocalCorpusConfig.name =
 'mycorpus'`, `LocalCorpusConfig.data_dir = 'data'`.
+
+Besides the text (a TFDS dataset per domain, which the seqio Tasks read),
+each domain is tokenized once with `--vocabulary` and packed into rows of
+`--seq_len` (ArrayRecord shards; `data/packing.py`), which training reads
+by index. Run it again with another `--vocabulary` (e.g. a SentencePiece
+model trained on the text by `python -m doremi_jax.tokenizer`) or
+`--seq_len` to add packings; the text is prepared only once.
+`--beam_options='--runner=DirectRunner'` (or DataflowRunner with its
+options) writes the text (through TFDS's Beam support) and the packed rows
+with Apache Beam pipelines instead of in this process.
 """
 
 from __future__ import annotations
@@ -25,6 +35,14 @@ flags.DEFINE_string("text_field", "text", "Text field of JSONL records / Parquet
 flags.DEFINE_enum("text_format", "file", ["file", "lines"],
                   "Plain-text files: one document per file, or one per line.")
 flags.DEFINE_float("validation_fraction", 0.05, "Fraction of documents for validation.")
+flags.DEFINE_string("vocabulary", "byte", "Vocabulary to pack with: 'byte' or a SentencePiece "
+                    ".model file (LocalCorpusConfig.vocabulary of the runs).")
+flags.DEFINE_integer("seq_len", 128, "Sequence length to pack for (TrainConfig.seq_len of the "
+                     "runs); 0 prepares the text only.")
+flags.DEFINE_integer("shards", 0, "Train shards per domain (0: one per 128 MiB of text).")
+flags.DEFINE_string("beam_options", None, "Prepare the text and pack with Apache Beam, with "
+                    "these pipeline options (e.g. '--runner=DirectRunner'); default: in this "
+                    "process.")
 
 
 def main(argv):
@@ -34,6 +52,10 @@ def main(argv):
   from doremi_jax.data import local_prepare
   check_number("--validation_fraction", FLAGS.validation_fraction, low=0, high=1,
                low_open=True, high_open=True)
+  check_number("--seq_len", FLAGS.seq_len, integer=True, low=0)
+  check_number("--shards", FLAGS.shards, integer=True, low=0)
+  from doremi_jax.data import local_tasks, pack_prepare
+  vocab = local_tasks.make_vocabulary(FLAGS.vocabulary) if FLAGS.seq_len else None
   if not FLAGS.corpus or not FLAGS.data_dir:
     raise ConfigError("--corpus and --data_dir must be non-empty.")
   if not FLAGS.domain:
@@ -52,9 +74,25 @@ def main(argv):
   summaries = []
   for i, (name, pattern) in enumerate(specs, 1):
     print(f"[prepare] {i}/{len(specs)} {name}: {pattern}", flush=True)
-    summaries.append(local_prepare.prepare_domain(
+    summary = local_prepare.prepare_domain(
         FLAGS.corpus, name, pattern, FLAGS.data_dir, FLAGS.text_field, FLAGS.text_format,
-        FLAGS.validation_fraction))
+        FLAGS.validation_fraction, FLAGS.beam_options)
+    if FLAGS.seq_len:
+      files = local_prepare.expand(pattern, name)
+      split_bytes = {"train": summary["train_bytes"],
+                     "validation": summary["bytes"] - summary["train_bytes"]}
+      args = (name, files, local_prepare.domain_dir(FLAGS.data_dir, summary), FLAGS.vocabulary,
+              vocab, FLAGS.seq_len, FLAGS.text_field, FLAGS.text_format,
+              FLAGS.validation_fraction, FLAGS.shards, split_bytes)
+      if FLAGS.beam_options is not None:
+        from doremi_jax.data import beam_prepare
+        packed = beam_prepare.pack_domain(*args, beam_options=FLAGS.beam_options)
+      else:
+        packed = pack_prepare.pack_domain(*args)
+      print(f"[prepare]   packed for {FLAGS.vocabulary} at length {FLAGS.seq_len}: "
+            f"{packed['train']['rows']} train rows, {packed['validation']['rows']} "
+            "validation rows", flush=True)
+    summaries.append(summary)
   mpath = local_prepare.manifest_path(FLAGS.data_dir, FLAGS.corpus)
   os.makedirs(os.path.dirname(mpath), exist_ok=True)
   old = {}

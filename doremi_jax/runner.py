@@ -102,6 +102,8 @@ def run_stage(*, workdir: str, stage: str, corpus, cfg: TrainConfig, program: St
   workdir = str(workdir)
   hooks = hooks or Hooks()
   rundir.check_resumable(workdir, stage, program.setup.model_cfg, corpus.domains)
+  for split in ("train", "validation"):   # packed data for this vocabulary and length?
+    loader_lib.open_sources(corpus, split, cfg.seq_len)
   checkpointer = ckpt_lib.Checkpointer(files.path(workdir) / "checkpoints", cfg.checkpoint_every,
                                        cfg.keep_checkpoints, cfg.async_checkpointing)
   loader = None
@@ -114,7 +116,7 @@ def run_stage(*, workdir: str, stage: str, corpus, cfg: TrainConfig, program: St
     if publisher is not None:
       publisher.restore(start_step, data_state)
       publisher.start(start_step)
-      if loader_lib.BatchLoader.needs_replay(data_state, corpus.num_domains, jax.process_count(),
+      if loader_lib.BatchLoader.needs_replay(data_state, corpus, jax.process_count(),
                                              loader_lib.loader_host_reads()):
         publisher.check_replayable(start_step)
     rundir.write_run_info(workdir, stage, start_step, corpus, program.setup, {**dict(

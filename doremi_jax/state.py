@@ -177,6 +177,7 @@ def build_setup(vocab_size: int, train_cfg: TrainConfig, model_cfg=None, mesh_cf
     shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
   abstract = ckpt_lib.abstract_with_shardings(nn.meta.unbox(boxed), shardings)
   batch_shardings = {"targets": sharding_lib.batch_sharding(mesh, rules, 2),
+                     "segment_ids": sharding_lib.batch_sharding(mesh, rules, 2),
                      "domain_ids": sharding_lib.batch_sharding(mesh, rules, 1)}
   return ModelSetup(model_cfg, model, mesh, rules, tx,
                     opt_lib.learning_rate_schedule(opt_cfg, train_cfg.num_steps), init_fn,

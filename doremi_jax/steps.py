@@ -34,7 +34,7 @@ import optax
 from doremi_jax import checkpoint as ckpt_lib
 from doremi_jax import doremi
 from doremi_jax import sharding as sharding_lib
-from doremi_jax.loss import per_domain_sums, per_token_loss
+from doremi_jax.loss import per_domain_sums, per_token_loss, tokens_of
 from doremi_jax.mixers import base as mixer_base
 from doremi_jax.mixers.doremi_online import hold_excess
 from doremi_jax.state import ModelSetup, TrainState, init_state, to_global
@@ -79,6 +79,8 @@ class StepProgram:
     sh = self.setup.batch_shardings
     return {"targets": jax.ShapeDtypeStruct((global_batch_size, seq_len), np.int32,
                                             sharding=sh["targets"]),
+            "segment_ids": jax.ShapeDtypeStruct((global_batch_size, seq_len), np.int32,
+                                                sharding=sh["segment_ids"]),
             "domain_ids": jax.ShapeDtypeStruct((global_batch_size,), np.int32,
                                                sharding=sh["domain_ids"])}
 
@@ -114,30 +116,38 @@ def _constrain_micro(x):
   return nn.with_logical_constraint(x, (None, "act_batch") + (None,) * (x.ndim - 2))
 
 
-def forward_losses(model, params, targets_BxL, accum: int):
-  """Per-token losses (no gradient), micro-batched. Returns (loss_BxL, mask_BxL)."""
+def token_mask(batch: dict):
+  """1.0 on real tokens (segment id not 0), [B, L] fp32."""
+  return (batch["segment_ids"] != 0).astype(jnp.float32)
+
+
+def forward_losses(model, params, tokens, accum: int):
+  """Per-token losses (no gradient) of packed rows `tokens` ({'targets',
+  'segment_ids'}), micro-batched. Returns (loss_BxL, mask_BxL)."""
   if accum == 1:
-    return per_token_loss(model, params, targets_BxL)
+    return per_token_loss(model, params, tokens)
   def body(_, t):
-    return None, per_token_loss(model, params, _constrain_micro(t[None])[0])
-  _, (loss, mask) = jax.lax.scan(body, None, split_micro(targets_BxL, accum))
+    return None, per_token_loss(model, params, jax.tree.map(
+        lambda x: _constrain_micro(x[None])[0], t))
+  _, (loss, mask) = jax.lax.scan(body, None, jax.tree.map(lambda x: split_micro(x, accum),
+                                                          tokens))
   return merge_micro(loss), merge_micro(mask)
 
 
-def weighted_grads(model, params, targets_BxL, weights_BxL, accum: int):
+def weighted_grads(model, params, tokens, weights_BxL, accum: int):
   """Gradient of sum(loss_BxL * weights_BxL) w.r.t. params, accumulated over
   `accum` micro-batches; also returns loss_BxL (for metrics)."""
   def micro(t, w):
     loss, vjp = jax.vjp(lambda p: per_token_loss(model, p, t)[0], params)
     return vjp(w.astype(loss.dtype))[0], loss
   if accum == 1:
-    return micro(targets_BxL, weights_BxL)
+    return micro(tokens, weights_BxL)
   def body(acc, tw):
     g, loss = micro(*tw)
     return jax.tree.map(jnp.add, acc, g), loss
   zeros = jax.tree.map(jnp.zeros_like, params)
-  grads, loss = jax.lax.scan(body, zeros, (split_micro(targets_BxL, accum),
-                                           split_micro(weights_BxL, accum)))
+  grads, loss = jax.lax.scan(body, zeros, jax.tree.map(lambda x: split_micro(x, accum),
+                                                       (tokens, weights_BxL)))
   return grads, merge_micro(loss)
 
 
@@ -167,10 +177,10 @@ def lm_train(setup: ModelSetup, num_domains: int, accum: int):
   model = setup.model
 
   def train(ts: TrainState, batch):
-    targets_BxL = batch["targets"]
-    mask_BxL = (targets_BxL != 0).astype(jnp.float32)
+    mask_BxL = token_mask(batch)
     total = jnp.maximum(mask_BxL.sum(), 1.0)
-    grads, loss_BxL = weighted_grads(model, ts.params, targets_BxL, mask_BxL / total, accum)
+    grads, loss_BxL = weighted_grads(model, ts.params, tokens_of(batch), mask_BxL / total,
+                                     accum)
     sums, counts = per_domain_sums(loss_BxL, mask_BxL, batch["domain_ids"], num_domains)
     metrics = {
         "loss": loss_BxL.sum() / total,
@@ -230,7 +240,7 @@ def lm_program(setup: ModelSetup, num_domains: int, accum: int, seq_len: int, mi
     excess = None
     if mixer.needs_reference:
       ref_loss_BxL, _ = forward_losses(reference[0], jax.lax.stop_gradient(ref_params[0]),
-                                       batch["targets"], accum)
+                                       tokens_of(batch), accum)
       excess = doremi.per_domain_excess_loss(loss_BxL, ref_loss_BxL, mask_BxL, dom_B,
                                              num_domains)
       metrics["excess"] = excess
@@ -303,14 +313,14 @@ def dro_program(setup: ModelSetup, ref_model, ref_params, ref_shardings, num_dom
   def step(state, batch, ref_params):
     ts: TrainState = state["train"]
     dro: doremi.DROState = state["dro"]
-    targets_BxL, dom_B = batch["targets"], batch["domain_ids"]
+    tokens, dom_B = tokens_of(batch), batch["domain_ids"]
     ref_params = jax.lax.stop_gradient(ref_params)
-    ref_loss_BxL, mask_BxL = forward_losses(ref_model, ref_params, targets_BxL, accum)
+    ref_loss_BxL, mask_BxL = forward_losses(ref_model, ref_params, tokens, accum)
     if accum == 1:
       proxy_loss_BxL, vjp = jax.vjp(
-          lambda p: per_token_loss(model, p, targets_BxL)[0], ts.params)
+          lambda p: per_token_loss(model, p, tokens)[0], ts.params)
     else:
-      proxy_loss_BxL, _ = forward_losses(model, ts.params, targets_BxL, accum)
+      proxy_loss_BxL, _ = forward_losses(model, ts.params, tokens, accum)
     excess_K = doremi.per_domain_excess_loss(proxy_loss_BxL, ref_loss_BxL, mask_BxL, dom_B,
                                              num_domains)
     t = ts.step
@@ -328,7 +338,7 @@ def dro_program(setup: ModelSetup, ref_model, ref_params, ref_shardings, num_dom
     if accum == 1:
       grads = vjp(w_BxL)[0]
     else:
-      grads, proxy_loss_BxL = weighted_grads(model, ts.params, targets_BxL, w_BxL, accum)
+      grads, proxy_loss_BxL = weighted_grads(model, ts.params, tokens, w_BxL, accum)
     new_ts = apply_gradients(setup, ts, grads)
     p_sum, counts = per_domain_sums(proxy_loss_BxL, mask_BxL, dom_B, num_domains)
     r_sum, _ = per_domain_sums(ref_loss_BxL, mask_BxL, dom_B, num_domains)

@@ -117,14 +117,15 @@ def test_chunked_loss_equals_plain_loss_and_numpy(tied):
   params = nn.meta.unbox(plain.init(jax.random.key(1), targets)["params"])
 
   def total(model, p):
-    loss, mask = loss_lib.per_token_loss(model, p, targets)
+    loss, mask = loss_lib.per_token_loss(model, p, loss_lib.unpacked(targets))
     return loss.sum() / mask.sum(), loss
 
   (l0, tok0), g0 = jax.value_and_grad(lambda p: total(plain, p), has_aux=True)(params)
   (l1, tok1), g1 = jax.value_and_grad(lambda p: total(chunked, p), has_aux=True)(params)
   np.testing.assert_allclose(tok1, tok0, atol=1e-5)
-  inputs, mask = loss_lib.model_inputs(targets)
-  logits = plain.apply({"params": params}, inputs)
+  inputs, positions, mask = loss_lib.model_inputs(loss_lib.unpacked(targets))
+  logits = plain.apply({"params": params}, inputs, positions,
+                       loss_lib.unpacked(targets)["segment_ids"])
   np.testing.assert_allclose(tok1, np_token_cross_entropy(logits, targets, mask), atol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), g1, g0)
 
@@ -140,7 +141,8 @@ def test_chunked_loss_never_holds_the_full_logits():
     m = model_lib.Transformer(dataclasses.replace(cfg, loss_chunk=chunk))
     params = jax.eval_shape(lambda: nn.meta.unbox(
         m.init(jax.random.key(0), jnp.zeros((1, 256), jnp.int32))["params"]))
-    f = jax.jit(jax.grad(lambda p, t: loss_lib.per_token_loss(m, p, t)[0].sum()))
+    f = jax.jit(jax.grad(lambda p, t: loss_lib.per_token_loss(m, p, loss_lib.unpacked(t))[0]
+                         .sum()))
     return f.lower(params, targets).compile().memory_analysis().temp_size_in_bytes
 
   full_logits = 4 * 256 * 32768 * 4

@@ -49,3 +49,4 @@ def quickstart_run(tmp_path_factory):
   t0 = time.time()
   r = run_cli(["--gin_file=gin/quickstart.gin"], workdir=wd, cache=False)
   return wd, time.time() - t0, r
+

@@ -1,4 +1,5 @@
 import ast
+import dataclasses
 import json
 import math
 
@@ -186,60 +187,107 @@ def _take(loader, n):
   return out
 
 
-@pytest.mark.parametrize("nproc,host_reads", [(1, "all"), (2, "all"), (2, "shard")])
-def test_loader_resume_is_exact(corpus, nproc, host_reads):
+def _streamed(corpus):
+  """The corpus read through its seqio Tasks (the path of sources that
+  cannot be indexed)."""
+  return dataclasses.replace(corpus, packed=None)
+
+
+@pytest.mark.parametrize("nproc,host_reads,packed", [(1, "all", True), (2, "all", True),
+                                                     (2, "shard", False)])
+def test_loader_resume_is_exact(corpus, nproc, host_reads, packed):
   assign = loader_lib.MixtureAssignment([0.3, 0.1, 0.2, 0.2, 0.2], seed=1)
+  source = corpus if packed else _streamed(corpus)
   for pid in range(nproc):
     mk = lambda start, pos: loader_lib.BatchLoader(
-        corpus, assign, 16, 64, seed=5, start_step=start, positions=pos,
+        source, assign, 16, 64, seed=5, start_step=start, positions=pos,
         process_index=pid, process_count=nproc, host_reads=host_reads)
     full = _take(mk(0, None), 6)
     resumed = _take(mk(3, np.asarray(full[2][1]["positions"])), 3)
     replayed = _take(mk(3, None), 3)
     for (b1, s1), (b2, s2), (b3, _) in zip(full[3:], resumed, replayed):
-      np.testing.assert_array_equal(b1["targets"], b2["targets"])
-      np.testing.assert_array_equal(b1["targets"], b3["targets"])
-      np.testing.assert_array_equal(b1["domain_ids"], b2["domain_ids"])
+      for key in ("targets", "segment_ids", "domain_ids"):
+        np.testing.assert_array_equal(b1[key], b2[key])
+        np.testing.assert_array_equal(b1[key], b3[key])
       assert s1 == s2
     b, _ = full[0]
-    assert b["targets"].shape == (16 // nproc, 64)
+    assert b["targets"].shape == b["segment_ids"].shape == (16 // nproc, 64)
     # rows really come from the domain they are labelled with
     for row, d in zip(b["targets"], b["domain_ids"]):
       if corpus.domains[d] == "repeat":
         np.testing.assert_array_equal(row[:4], row[4:8])
 
 
-def test_hosts_read_all_gives_the_single_process_batches(corpus):
-  """host_reads='all': the 2 hosts' slices put together are exactly the
-  1-process batch, step after step, and a position saved by 2 hosts resumes
-  1 host (and the other way round)."""
+class _Recording:
+  """A row source that records the rows read through it."""
+
+  def __init__(self, source, log):
+    self.source, self.log = source, log
+    self.seq_len = source.seq_len
+
+  def __len__(self):
+    return len(self.source)
+
+  @property
+  def bytes_read(self):
+    return self.source.bytes_read
+
+  def read(self, rows):
+    self.log.extend(np.asarray(rows).tolist())
+    return self.source.read(rows)
+
+
+def _recording(corpus):
+  logs = [[] for _ in corpus.domains]
+  opens = tuple((lambda split, n, o=o, log=log: _Recording(o(split, n), log))
+                for o, log in zip(corpus.packed, logs))
+  return dataclasses.replace(corpus, packed=opens), logs
+
+
+def test_two_hosts_read_disjoint_rows_and_give_the_single_process_batches(corpus):
+  """Each of 2 hosts reads only its own rows (disjoint),
+  the 2 hosts' slices put together are exactly the 1-process batch, step
+  after step, and a position saved by 2 hosts resumes 1 host."""
   assign = loader_lib.StratifiedAssignment(5, seed=0)
-  mk = lambda pid, nproc, start=0, pos=None: loader_lib.BatchLoader(
-      corpus, assign, 20, 64, seed=0, start_step=start, positions=pos, process_index=pid,
-      process_count=nproc)
-  one = _take(mk(0, 1), 4)
-  two = [_take(mk(pid, 2), 4) for pid in range(2)]
+  runs = {}
+  for pid, nproc in ((0, 1), (0, 2), (1, 2)):
+    rec, logs = _recording(corpus)
+    loader = loader_lib.BatchLoader(rec, assign, 20, 64, seed=0, process_index=pid,
+                                    process_count=nproc)
+    runs[pid, nproc] = [loader.next() for _ in range(4)], logs
+    loader.close()
+  one, two = runs[0, 1][0], [runs[0, 2][0], runs[1, 2][0]]
   for step in range(4):
-    glued = np.concatenate([two[0][step][0]["targets"], two[1][step][0]["targets"]])
-    np.testing.assert_array_equal(glued, one[step][0]["targets"])
+    for key in ("targets", "segment_ids", "domain_ids"):
+      glued = np.concatenate([two[0][step][0][key], two[1][step][0][key]])
+      np.testing.assert_array_equal(glued, one[step][0][key])
     assert two[0][step][1] == two[1][step][1]
     assert two[0][step][1]["positions"] == one[step][1]["positions"]
-  resumed = _take(mk(0, 1, 2, np.asarray(two[0][1][1]["positions"])), 2)
+  # The loaders read ahead; the rows of the 4 steps are the first ones logged.
+  count = lambda batches, d: sum(int((b["domain_ids"] == d).sum()) for b, _ in batches)
+  for d in range(5):   # 4 steps read 16 of a domain's rows: all in one epoch
+    mine = [runs[p, 2][1][d][:count(two[p], d)] for p in range(2)]
+    assert mine[0] and mine[1] and not set(mine[0]) & set(mine[1])
+    assert sorted(mine[0] + mine[1]) == sorted(runs[0, 1][1][d][:count(one, d)])
+  resumed = _take(loader_lib.BatchLoader(corpus, assign, 20, 64, seed=0, start_step=2,
+                                         positions=np.asarray(two[0][1][1]["positions"])), 2)
   for (a, _), (b, _) in zip(resumed, one[2:]):
     np.testing.assert_array_equal(a["targets"], b["targets"])
   full = loader_lib.eval_batches(corpus, 64, examples_per_domain=10, batch_size=16)
   halves = [loader_lib.eval_batches(corpus, 64, 10, 16, process_index=p, process_count=2)
             for p in range(2)]
   for b, h0, h1 in zip(full, *halves):
-    np.testing.assert_array_equal(b["targets"], np.concatenate([h0["targets"], h1["targets"]]))
+    for key in b:
+      np.testing.assert_array_equal(b[key], np.concatenate([h0[key], h1[key]]))
 
 
-def test_hosts_read_disjoint_shards(corpus):
+def test_streamed_hosts_read_disjoint_shards(corpus):
   assign = loader_lib.StratifiedAssignment(5, seed=0)
   rows = []
   for pid in range(2):
-    (b, _), = _take(loader_lib.BatchLoader(corpus, assign, 20, 64, seed=0, process_index=pid,
-                                           process_count=2, host_reads="shard"), 1)
+    (b, _), = _take(loader_lib.BatchLoader(_streamed(corpus), assign, 20, 64, seed=0,
+                                           process_index=pid, process_count=2,
+                                           host_reads="shard"), 1)
     # (the repeat domain has only 32 distinct sequences, so it is left out)
     rows.append({r.tobytes() for r, d in zip(b["targets"], b["domain_ids"])
                  if corpus.domains[d] != "repeat"})

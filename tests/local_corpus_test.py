@@ -46,7 +46,7 @@ def prepared(tmp_path_factory):
   root = tmp_path_factory.mktemp("byod")
   _write_raw(root)
   data = root / "data"
-  r = _prepare(["--corpus=byod", f"--data_dir={data}",
+  r = _prepare(["--corpus=byod", f"--data_dir={data}", "--seq_len=64",
                 f"--domain=wiki={root}/wiki/*.jsonl.gz", f"--domain=code={root}/code",
                 f"--domain=books={root}/books/*.txt"])
   assert r.returncode == 0, r.stderr[-3000:]
@@ -146,6 +146,20 @@ def test_three_stages_end_to_end(prepared, tmp_path):
   assert used == pytest.approx(w, rel=1e-6)
   info = json.loads((tmp_path / "main" / "run_info.json").read_text())
   assert info["tokenizer"]["class"] == "ByteVocabulary"
+  # The weights exported for Grain read the packed shards and mix the domains.
+  from doremi_jax import export_mixture as ex
+  source, weights = ex.find_weights(str(tmp_path / "main"))
+  info, run_path = ex.find_info(str(tmp_path / "main"))
+  packed = ex.packed_files(info, run_path)
+  assert sorted(packed) == ["books", "code", "wiki"]
+  text = ex.render("grain", weights, {}, None, source, info, {}, packed, "m")
+  scope = {}
+  exec(compile(text, "grain_mix.py", "exec"), scope)   # pylint: disable=exec-used
+  mixed = scope["mixture"](seed=0)
+  rows = [mixed[i] for i in range(30)]
+  assert all(r["targets"].shape == r["segment_ids"].shape == (64,) for r in rows)
+  assert all(r["segment_ids"][0] == 1 and (r["targets"][r["segment_ids"] == 0] == 0).all()
+             for r in rows)
 
 
 @pytest.mark.slow
@@ -154,6 +168,19 @@ def test_sentencepiece_reference_rejects_byte_proxy(prepared, tmp_path):
   from doremi_jax import tokenizer
   spm_model = tokenizer.train("byod", str(data), 300, 100_000, str(tmp_path / "spm"))
   base = STAGE + [f"--gin.LocalCorpusConfig.data_dir='{data}'"]
+  ref = run_cli(base + ["--gin.run.stage='reference'",
+                        f"--gin.LocalCorpusConfig.vocabulary='{spm_model}'"],
+                workdir=tmp_path / "ref")
+  # Packed for the byte vocabulary only: refused, nothing written.
+  assert ref.returncode == 2, ref.stderr[-3000:]
+  assert ("domain 'wiki' is not packed for a SentencePiece model" in ref.stderr and
+          "prepared: the byte vocabulary at length 64" in ref.stderr), ref.stderr[-2000:]
+  assert not (tmp_path / "ref").exists() or not any((tmp_path / "ref").iterdir())
+  root = data.parent
+  r = _prepare(["--corpus=byod", f"--data_dir={data}", "--seq_len=64",
+                f"--vocabulary={spm_model}", f"--domain=wiki={root}/wiki/*.jsonl.gz",
+                f"--domain=code={root}/code", f"--domain=books={root}/books/*.txt"])
+  assert r.returncode == 0, r.stderr[-3000:]
   ref = run_cli(base + ["--gin.run.stage='reference'",
                         f"--gin.LocalCorpusConfig.vocabulary='{spm_model}'"],
                 workdir=tmp_path / "ref")
@@ -223,6 +250,118 @@ def test_tfds_and_tfrecord_domain_sources(prepared):
   with pytest.raises(ConfigError, match="not prepared"):
     local_tasks.local_corpus(local_tasks.LocalCorpusConfig(
         name="byod", data_dir=str(data), domains=("x=tfds:no_such_dataset:1.0.0",)))
+
+
+def _pieces(tokens, seq_len):
+  return [tuple(tokens[i:i + seq_len]) for i in range(0, len(tokens), seq_len)]
+
+
+@pytest.mark.slow
+def test_packed_rows_are_the_documents_tokenized_on_the_fly(prepared):
+  """Every packed row holds whole documents (or L-token pieces of longer
+  ones) tokenized exactly as seqio's Task tokenizes the same text."""
+  import collections
+  from doremi_jax.data import loader as loader_lib
+  _, data, _ = prepared
+  corpus = _corpus(data)
+  m = json.loads((data / "doremi_corpora" / "byod.json").read_text())
+  for split in ("train", "validation"):
+    sources = loader_lib.open_sources(corpus, split, 64)
+    for d, src in zip(m["domains"], sources):
+      t, g = src.read(np.arange(len(src)))
+      got = collections.Counter(tuple(row[seg == j]) for row, seg in zip(t, g)
+                                for j in range(1, seg.max() + 1))
+      vocab = corpus.vocabulary
+      want = collections.Counter(
+          p for ex in tfds_docs(local_prepare.domain_dir(str(data), d), split)
+          for p in _pieces(list(vocab.encode(ex["text"].decode())) + [vocab.eos_id], 64))
+      assert got == want, d["domain"]
+
+
+@pytest.mark.slow
+def test_missing_or_truncated_shards_and_other_lengths_are_refused(prepared, tmp_path):
+  import shutil
+  from doremi_jax.config import ConfigError
+  from doremi_jax.data import loader as loader_lib
+  _, data, _ = prepared
+  copy = tmp_path / "data"
+  shutil.copytree(data, copy)
+  corpus = _corpus(copy)
+  with pytest.raises(ConfigError, match="not packed for the byte vocabulary at sequence "
+                                        "length 32 .prepared: the byte vocabulary at length 64"):
+    loader_lib.open_sources(corpus, "train", 32)
+  shard = sorted((copy).glob("**/packed/byte_L64/train.array_record-*"))[0]
+  with open(shard, "r+b") as f:
+    f.truncate(shard.stat().st_size // 2)
+  with pytest.raises(ConfigError, match="truncated or replaced"):
+    loader_lib.open_sources(corpus, "train", 64)
+  shard.unlink()
+  with pytest.raises(ConfigError, match="is missing"):
+    loader_lib.open_sources(corpus, "train", 64)
+  # Through the command line: exit 2, and the run directory is left as it was.
+  work = tmp_path / "run"
+  work.mkdir()
+  (work / "notes.txt").write_text("keep")
+  r = run_cli(STAGE + [f"--gin.LocalCorpusConfig.data_dir='{copy}'",
+                       "--gin.run.stage='reference'"], workdir=work)
+  assert r.returncode == 2 and "error: domain" in r.stderr and "is missing" in r.stderr, \
+      r.stderr[-2000:]
+  assert "Traceback" not in r.stderr
+  assert sorted(p.name for p in work.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.slow
+def test_beam_preparation_equals_the_local_one(prepared, tmp_path):
+  """The Beam pipeline (DirectRunner) writes the local path's files, byte
+  for byte, for several shards."""
+  from doremi_jax.data import beam_prepare, local_tasks, pack_prepare
+  root, _, _ = prepared
+  files = local_prepare.expand(f"{root}/wiki/*.jsonl.gz", "wiki") + local_prepare.expand(
+      f"{root}/books/*.txt", "books")
+  vocab = local_tasks.make_vocabulary("byte")
+  sizes = {"train": 1, "validation": 1}
+  args = ("mixed", files, None, "byte", vocab, 48, "text", "file", 0.1, 3, sizes)
+  outs = {}
+  for name, fn, extra in (("local", pack_prepare.pack_domain, {}),
+                          ("beam", beam_prepare.pack_domain,
+                           {"beam_options": "--runner=DirectRunner"})):
+    base = tmp_path / name
+    got = fn(*args[:2], str(base), *args[3:], **extra)
+    d = base / "packed" / "byte_L48"
+    outs[name] = (got, {p.name: p.read_bytes() for p in sorted(d.iterdir())})
+  assert outs["beam"][0] == outs["local"][0]
+  assert outs["beam"][1].keys() == outs["local"][1].keys()
+  assert len([n for n in outs["local"][1] if n.startswith("train.")]) == 3
+  for name, content in outs["local"][1].items():
+    assert outs["beam"][1][name] == content, name
+
+
+@pytest.mark.slow
+def test_prepare_with_beam_writes_what_the_local_prepare_writes(prepared, tmp_path):
+  """`prepare --beam_options=--runner=DirectRunner`: the text (TFDS through
+  Beam) holds the same documents per split, and the packed shards are the
+  same bytes, as the local preparation of the same files."""
+  root, data, _ = prepared
+  beam_data = tmp_path / "data"
+  r = _prepare(["--corpus=byod", f"--data_dir={beam_data}", "--seq_len=64",
+                "--beam_options=--runner=DirectRunner", f"--domain=wiki={root}/wiki/*.jsonl.gz",
+                f"--domain=books={root}/books/*.txt"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  local = {d["domain"]: d for d in json.loads((data / "doremi_corpora" / "byod.json")
+                                              .read_text())["domains"]}
+  for d in json.loads((beam_data / "doremi_corpora" / "byod.json").read_text())["domains"]:
+    mine, theirs = local_prepare.domain_dir(str(beam_data), d), local_prepare.domain_dir(
+        str(data), local[d["domain"]])
+    for split in ("train", "validation"):
+      assert sorted(x["text"] for x in tfds_docs(mine, split)) == sorted(
+          x["text"] for x in tfds_docs(theirs, split))
+    packed = os.path.join("packed", "byte_L64")
+    names = sorted(os.listdir(os.path.join(theirs, packed)))
+    assert sorted(os.listdir(os.path.join(mine, packed))) == names
+    for name in names:
+      with open(os.path.join(mine, packed, name), "rb") as a, \
+          open(os.path.join(theirs, packed, name), "rb") as b:
+        assert a.read() == b.read(), (d["domain"], name)
 
 
 @pytest.mark.parametrize("kwargs,message", [

@@ -61,8 +61,8 @@ def single_device(corpus):
 def test_dro_step_matches_numpy_formulas(single_device):
   batches, (setup, state, hist, ref_params) = single_device
   for b, (m, dro_before, params_before) in zip(batches, hist):
-    pl, mask = loss_lib.per_token_loss(setup.model, params_before, b["targets"])
-    rl, _ = loss_lib.per_token_loss(setup.model, ref_params, b["targets"])
+    pl, mask = loss_lib.per_token_loss(setup.model, params_before, loss_lib.tokens_of(b))
+    rl, _ = loss_lib.per_token_loss(setup.model, ref_params, loss_lib.tokens_of(b))
     lam = np_excess(np.asarray(pl), np.asarray(rl), np.asarray(mask), b["domain_ids"], K)
     np.testing.assert_allclose(m["excess"], lam, rtol=1e-4, atol=1e-5)
     w = np_update(dro_before.weights, lam, 1.0, 1e-3)
@@ -136,8 +136,8 @@ def test_resample_mode_holds_absent_excess_and_trains_the_plain_loss(corpus):
                                  state_lib.to_global(b, setup.batch_shardings))
     expect_params = jax.device_get(plain_state.params)
     state, m = program(state, state_lib.to_global(b, setup.batch_shardings))
-    pl, mask = loss_lib.per_token_loss(setup.model, params_before, b["targets"])
-    rl, _ = loss_lib.per_token_loss(setup.model, ref_params, b["targets"])
+    pl, mask = loss_lib.per_token_loss(setup.model, params_before, loss_lib.tokens_of(b))
+    rl, _ = loss_lib.per_token_loss(setup.model, ref_params, loss_lib.tokens_of(b))
     lam = np_excess(np.asarray(pl), np.asarray(rl), np.asarray(mask), ids, K)
     present = np.bincount(ids, minlength=K) > 0
     held = np.where(present, lam, held)

@@ -118,6 +118,7 @@ setup = state.build_setup(128, cfg, model_cfg=model.ModelConfig(d_model=32, num_
                           num_heads=2, head_dim=16, mlp_dim=64), devices=jax.devices()[:1])
 rng = np.random.default_rng(0)
 batch = state.to_global({"targets": rng.integers(2, 128, (8, 16)).astype(np.int32),
+                         "segment_ids": np.ones((8, 16), np.int32),
                          "domain_ids": (np.arange(8) % 4).astype(np.int32)},
                         setup.batch_shardings)
 lm = steps.lm_program(setup, 4, 1, cfg.seq_len)

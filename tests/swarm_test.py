@@ -31,7 +31,8 @@ MODEL = model_lib.ModelConfig(d_model=32, num_layers=2, num_heads=2, head_dim=16
 
 
 def _batches(rng, m, b, length, k, n):
-  return [{"targets": rng.integers(0, 64, (m, b, length)).astype(np.int32),
+  return [{"targets": (t := rng.integers(0, 64, (m, b, length)).astype(np.int32)),
+           "segment_ids": (t != 0).astype(np.int32),
            "domain_ids": rng.integers(0, k, (m, b)).astype(np.int32)} for _ in range(n)]
 
 

@@ -2,8 +2,10 @@
 
 A `Corpus` is what every stage consumes: domain names (in a fixed order that
 defines the domain ids), the seqio task name of each domain, the vocabulary,
-the number of training tokens per domain and, where known, each domain's
-entropy floor.
+the number of training tokens per domain, where known each domain's
+entropy floor, and how to open each domain's packed rows by index (what the
+loader reads; the seqio Tasks stay registered over the same documents for
+seqio/T5X users).
 
 This module holds only the type and the seqio registration helpers; the
 corpora themselves are built in `synthetic_tasks` and `local_tasks` and
@@ -43,6 +45,10 @@ class Corpus:
   # a domain, or for the corpus, that has no text: the synthetic corpus)
   bytes_per_token: Optional[tuple] = None
   splits: tuple = ("train", "validation")
+  # Per domain, `(split, seq_len) -> row source` opening its packed rows
+  # (`packing`), read by index; None for a corpus with a domain that can
+  # only be streamed through its seqio Task (`loader` explains both).
+  packed: Optional[tuple] = None
 
   @property
   def num_domains(self) -> int:

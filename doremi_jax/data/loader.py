@@ -9,16 +9,25 @@ a pure function of (seed, step), computed identically on every host, so:
   (`StratifiedAssignment`); a mixture that changes during training uses
   rates published block by block (`scheduled.ScheduledAssignment`), still a
   pure function of the step once published;
-* each host keeps only its contiguous slice of rows. With
-  `LoaderConfig.host_reads = 'all'` (the default) every host reads every
-  domain's whole stream and keeps the examples of its rows, so the global
-  batch does not depend on the number of processes: a 2-process run sees
-  exactly the batches of a 1-process run. With `'shard'` each host reads
-  only its own shard of each domain (seqio `ShardInfo`), which scales the
-  input pipeline with the hosts but ties the batches to the process count;
-* the data position saved with each checkpoint is the number of examples
-  consumed from each domain (per host with 'shard'), so a resumed run sees
-  exactly the batches an uninterrupted run would.
+* each domain is a stream whose position p is a row of the domain's packed
+  data (`packing.shuffled_rows`: epoch p // n, a keyed permutation of the
+  n rows). Row i of the global batch takes the next position of its
+  domain's stream, in row order; each host computes every row's position
+  but **reads only the rows of its own slice** of the global batch, by
+  index. So the global batch is the same for any number of processes, a
+  host's reads shrink as hosts are added, and the data position saved with
+  each checkpoint (the positions consumed per domain) is exact;
+* batches are `{'targets', 'segment_ids', 'domain_ids'}`: packed rows carry
+  each document's segment id (0 is padding; see `packing`).
+
+Sources that cannot be read by index (a local corpus's `tfds:` and
+`tfrecord:` domains, whose text is tokenized on the fly by seqio) are
+streamed instead, with the older trade-off `loader_host_reads.host_reads`:
+'all' (every host reads every domain's whole stream and keeps its rows;
+batches independent of the process count) or 'shard' (every host reads its
+own seqio shard: scales with the hosts, but ties the batches to the process
+count). Their rows are the seqio Task's concatenated-and-chunked sequences,
+one segment per row.
 
 (seqio's own `Mixture.get_dataset` samples with tf.data, whose state cannot be
 checkpointed cheaply across hosts; the mixture's rates are read from the
@@ -30,20 +39,24 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Optional
 
 import gin
 import numpy as np
 
 from doremi_jax.config import ConfigError
+from doremi_jax.data import packing
 
 HOST_READS = ("all", "shard")
 
 
 @gin.configurable
 def loader_host_reads(host_reads: str = "all") -> str:
-  """'all': every host reads all data and keeps its rows (batches independent
-  of the process count); 'shard': every host reads its own shard."""
+  """For streamed sources only (corpora with `tfds:`/`tfrecord:` domains;
+  packed data is always read by index): 'all': every host reads all data
+  and keeps its rows (batches independent of the process count); 'shard':
+  every host reads its own shard."""
   if host_reads not in HOST_READS:
     raise ConfigError(f"loader_host_reads.host_reads={host_reads!r}; choose 'all' or 'shard'.")
   return host_reads
@@ -144,18 +157,35 @@ class DomainStream:
     return out
 
 
+def open_sources(corpus, split: str, seq_len: int):
+  """Every domain's packed rows (`packing` row sources) for `split`, or None
+  for a corpus whose sources cannot be read by index."""
+  if corpus.packed is None:
+    return None
+  sources = [open_rows(split, seq_len) for open_rows in corpus.packed]
+  for name, src in zip(corpus.domains, sources):
+    if not len(src):
+      raise ConfigError(f"domain {name!r} has no {split!r} rows; check that the domain has "
+                        "data.")
+  return sources
+
+
+def _unpacked(targets: np.ndarray) -> np.ndarray:
+  """Segment ids of a streamed row (concatenated documents): one segment."""
+  return (targets != 0).astype(np.int32)
+
+
 class BatchLoader:
-  """Yields host-local batches `{'targets': [b, L] int32, 'domain_ids': [b] int32}`
-  for consecutive steps, with the data position after each batch."""
+  """Yields host-local batches `{'targets': [b, L] int32, 'segment_ids':
+  [b, L] int32, 'domain_ids': [b] int32}` for consecutive steps, with the
+  data position after each batch."""
 
   def __init__(self, corpus, assignment, global_batch_size: int, seq_len: int, seed: int,
                start_step: int = 0, positions: Optional[np.ndarray] = None,
                process_index: int = 0, process_count: int = 1, split: str = "train",
                prefetch: int = 2, host_reads: str = "all"):
-    import seqio
     if host_reads not in HOST_READS:
       raise ConfigError(f"host_reads={host_reads!r}; choose one of {HOST_READS}.")
-    self.host_reads = host_reads
     if global_batch_size % process_count:
       raise ConfigError(
           f"the global batch ({global_batch_size}) is not divisible by the number of "
@@ -165,34 +195,52 @@ class BatchLoader:
     self.global_batch_size = global_batch_size
     self.local_batch_size = global_batch_size // process_count
     self.seq_len = seq_len
+    self.seed = seed
     self.pid, self.nproc = process_index, process_count
     self.step = start_step
+    self.sources = open_sources(corpus, split, seq_len)
+    # Streamed sources keep the 'all'/'shard' trade-off; packed ones are read by index.
+    self.host_reads = "all" if self.sources is not None else host_reads
     k = corpus.num_domains
-    readers = process_count if host_reads == "shard" else 1
+    readers = self.readers(corpus, process_count, host_reads)
     if positions is None or np.shape(positions) != (readers, k):
       # No saved position (fresh run) or saved with another host count:
       # replay the assignments, which are a pure function of the step.
       positions = self.replay_positions(start_step)
     self.positions = np.array(positions, np.int64)
-    shard = seqio.ShardInfo(index=process_index if readers > 1 else 0, num_shards=readers)
-    row = process_index if readers > 1 else 0
-    self.streams = [
-        DomainStream(t, split, seq_len, seed=seed * 1000 + i, shard_info=shard,
-                     position=int(self.positions[row, i]))
-        for i, t in enumerate(corpus.task_names)]
+    self.streams = None
+    if self.sources is None:
+      import seqio
+      shard = seqio.ShardInfo(index=process_index if readers > 1 else 0, num_shards=readers)
+      row = process_index if readers > 1 else 0
+      self.streams = [
+          DomainStream(t, split, seq_len, seed=seed * 1000 + i, shard_info=shard,
+                       position=int(self.positions[row, i]))
+          for i, t in enumerate(corpus.task_names)]
     self._queue: queue.Queue = queue.Queue(maxsize=max(prefetch, 1))
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._produce, daemon=True)
     self._thread.start()
 
   @staticmethod
-  def needs_replay(data_state: Optional[dict], num_domains: int, process_count: int,
+  def readers(corpus, process_count: int, host_reads: str) -> int:
+    """Rows of the data position: one (global positions) unless a streamed
+    corpus reads per-host shards."""
+    return process_count if corpus.packed is None and host_reads == "shard" else 1
+
+  @classmethod
+  def needs_replay(cls, data_state: Optional[dict], corpus, process_count: int,
                    host_reads: str) -> bool:
     """Whether a loader resumed from `data_state` replays the assignments
-    to find its data position (none saved, or saved for other readers)."""
-    readers = process_count if host_reads == "shard" else 1
+    to find its data position (saved for other readers)."""
+    readers = cls.readers(corpus, process_count, host_reads)
     return (data_state is not None and
-            np.shape(data_state["positions"]) != (readers, num_domains))
+            np.shape(data_state["positions"]) != (readers, corpus.num_domains))
+
+  @property
+  def bytes_read(self) -> int:
+    """Bytes this host has read from packed sources."""
+    return sum(s.bytes_read for s in self.sources or ())
 
   def replay_positions(self, step: int) -> np.ndarray:
     readers = self.nproc if self.host_reads == "shard" else 1
@@ -210,26 +258,44 @@ class BatchLoader:
 
   def _make(self, step: int):
     assignment = self.assignment(step, self.global_batch_size)
-    local = assignment[self.pid * self.local_batch_size:(self.pid + 1) * self.local_batch_size]
-    targets = np.zeros((self.local_batch_size, self.seq_len), np.int32)
     lo = self.pid * self.local_batch_size
-    for i, stream in enumerate(self.streams):
+    hi = lo + self.local_batch_size
+    local = assignment[lo:hi]
+    targets = np.zeros((self.local_batch_size, self.seq_len), np.int32)
+    segments = np.zeros((self.local_batch_size, self.seq_len), np.int32)
+    if self.sources is not None:
+      # Row r of the global batch takes its domain's next stream position
+      # (in row order); this host reads only the rows of its slice.
+      k = self.corpus.num_domains
+      onehot = assignment[:, None] == np.arange(k)[None]
+      rank = np.cumsum(onehot, axis=0)[np.arange(len(assignment)), assignment] - 1
+      pos = self.positions[0, local] + rank[lo:hi]
+      sizes = np.array([len(s) for s in self.sources], np.int64)
+      rows = packing.shuffled_rows(pos, sizes[local], self.seed, local)
+      for i in np.unique(local):
+        mine = np.flatnonzero(local == i)
+        targets[mine], segments[mine] = self.sources[i].read(rows[mine])
+    for i in range(self.corpus.num_domains if self.sources is None else 0):
+      rows = np.flatnonzero(assignment == i)     # global rows of domain i, in order
+      stream = self.streams[i]
       if self.host_reads == "all":
         # The domain's examples for the whole global batch, in row order;
         # keep the ones that land in this host's rows.
-        rows = np.flatnonzero(assignment == i)
         if len(rows):
           examples = stream.take(len(rows))
-          mine = (rows >= lo) & (rows < lo + self.local_batch_size)
+          mine = (rows >= lo) & (rows < hi)
           targets[rows[mine] - lo] = examples[mine]
         continue
       rows = np.flatnonzero(local == i)
       if len(rows):
         targets[rows] = stream.take(len(rows))
+    if self.sources is None:
+      segments = _unpacked(targets)
     self.positions = self.positions + self._host_counts(assignment)
     state = {"step": step + 1, "positions": self.positions.tolist(),
              "process_count": self.nproc}
-    return {"targets": targets, "domain_ids": local.astype(np.int32)}, state
+    return {"targets": targets, "segment_ids": segments,
+            "domain_ids": local.astype(np.int32)}, state
 
   def _produce(self):
     step = self.step
@@ -253,22 +319,57 @@ class BatchLoader:
       raise item
     return item
 
-  def close(self):
+  def close(self, wait: float = 5.0):
+    """Stops the reader thread and waits (up to `wait` seconds) for it, so a
+    read in flight finishes before the process may exit. A producer waiting
+    for rates that will never be published is woken (the assignment's
+    `close`, where it has one) and ends with an error nobody reads."""
     self._stop.set()
+    if hasattr(self.assignment, "close"):
+      self.assignment.close()
+    deadline = time.monotonic() + wait
+    while self._thread.is_alive() and time.monotonic() < deadline:
+      try:   # a producer blocked on a full queue needs room to see the stop
+        self._queue.get_nowait()
+      except queue.Empty:
+        pass
+      self._thread.join(timeout=0.05)
 
 
 def eval_batches(corpus, seq_len: int, examples_per_domain: int, batch_size: int,
                  process_index: int = 0, process_count: int = 1, split: str = "validation",
                  host_reads: str = "all"):
   """Host-local evaluation batches over the first `examples_per_domain`
-  validation sequences of every domain (fixed order, no shuffling). Rows past
-  the end are all padding (mask 0), so every host yields the same number of
-  equally shaped batches. With host_reads='all' the global batches are the
-  same for any process count (each host keeps its slice of each)."""
+  validation rows of every domain (fixed order, no shuffling), domain after
+  domain. Rows past the end are all padding (segment 0), so every host
+  yields the same number of equally shaped batches. The global batches are
+  the same for any process count; with packed data each host reads only its
+  slice of each (a streamed corpus with host_reads='shard' shards them)."""
+  sources = open_sources(corpus, split, seq_len)
+  local_bs = batch_size // process_count
+  if sources is not None:
+    counts = [min(examples_per_domain, len(s)) for s in sources]
+    dom = np.repeat(np.arange(len(sources)), counts).astype(np.int32)
+    row = np.concatenate([np.arange(c) for c in counts])
+    n_batches = -(-len(dom) // batch_size)
+    pad = n_batches * batch_size - len(dom)
+    dom = np.concatenate([dom, np.zeros(pad, np.int32)])
+    row = np.concatenate([row, np.full(pad, -1)])
+    lo = process_index * local_bs
+    mine = ((np.arange(len(dom)) % batch_size) >= lo) & ((np.arange(len(dom)) % batch_size) <
+                                                          lo + local_bs)
+    dom, row = dom[mine], row[mine]
+    targets = np.zeros((len(dom), seq_len), np.int32)
+    segments = np.zeros((len(dom), seq_len), np.int32)
+    for i, src in enumerate(sources):
+      sel = np.flatnonzero((dom == i) & (row >= 0))
+      if len(sel):
+        targets[sel], segments[sel] = src.read(row[sel])
+    return [{"targets": targets[j:j + local_bs], "segment_ids": segments[j:j + local_bs],
+             "domain_ids": dom[j:j + local_bs]} for j in range(0, len(dom), local_bs)]
   import seqio
   if host_reads == "all" and process_count > 1:
     full = eval_batches(corpus, seq_len, examples_per_domain, batch_size, 0, 1, split)
-    local_bs = batch_size // process_count
     lo = process_index * local_bs
     return [{k: v[lo:lo + local_bs] for k, v in b.items()} for b in full]
   shard = seqio.ShardInfo(index=process_index, num_shards=process_count)
@@ -282,11 +383,11 @@ def eval_batches(corpus, seq_len: int, examples_per_domain: int, batch_size: int
     rows_t.append(np.stack(got))
     rows_d.append(np.full(len(got), i, np.int32))
   targets, domains = np.concatenate(rows_t), np.concatenate(rows_d)
-  local_bs = batch_size // process_count
   # Same number of batches on every host (hosts may hold different counts).
   n_batches = -(-(local_n * corpus.num_domains) // local_bs)
   pad = n_batches * local_bs - len(targets)
   targets = np.concatenate([targets, np.zeros((pad, seq_len), np.int32)])
   domains = np.concatenate([domains, np.zeros(pad, np.int32)])
-  return [{"targets": targets[j:j + local_bs], "domain_ids": domains[j:j + local_bs]}
+  return [{"targets": targets[j:j + local_bs], "segment_ids": _unpacked(targets[j:j + local_bs]),
+           "domain_ids": domains[j:j + local_bs]}
           for j in range(0, len(targets), local_bs)]

@@ -109,9 +109,11 @@ def _builder_class():
     """One domain of a local corpus (configured per domain)."""
     VERSION = tfds.core.Version(VERSION)
 
-    def __init__(self, *, files, text_field, text_format, validation_fraction, domain, **kw):
+    def __init__(self, *, files, text_field, text_format, validation_fraction, domain,
+                 beam=False, **kw):
       self._files, self._text_field = files, text_field
       self._text_format, self._frac, self._domain = text_format, validation_fraction, domain
+      self._beam = beam
       super().__init__(**kw)
 
     def _info(self):
@@ -124,6 +126,14 @@ def _builder_class():
               "validation": self._generate_examples("validation")}
 
     def _generate_examples(self, split):
+      if self._beam:   # the same examples, read by a Beam pipeline (TFDS runs it)
+        import apache_beam as beam
+        return (beam.Create(list(self._files))
+                | beam.FlatMap(_split_examples, split, self._text_field, self._text_format,
+                               self._frac, self._domain))
+      return self._examples(split)
+
+    def _examples(self, split):
       for path in self._files:
         for i, doc in enumerate(read_documents(path, self._text_field, self._text_format,
                                                self._domain)):
@@ -134,9 +144,18 @@ def _builder_class():
   return DoremiLocalCorpus
 
 
+def _split_examples(path, split, text_field, text_format, fraction, domain):
+  """(key, example) of one file's documents in `split` (the Beam path)."""
+  for i, doc in enumerate(read_documents(path, text_field, text_format, domain)):
+    if is_validation(path, i, fraction) == (split == "validation"):
+      yield f"{path}:{i}", {"text": doc}
+
+
 def prepare_domain(corpus: str, domain: str, pattern: str, data_dir: str, text_field="text",
-                   text_format="file", validation_fraction=0.05) -> dict:
-  """Prepares one domain into `data_dir`; returns its summary."""
+                   text_format="file", validation_fraction=0.05, beam_options=None) -> dict:
+  """Prepares one domain into `data_dir`; returns its summary. With
+  `beam_options` TFDS writes the text through an Apache Beam pipeline run
+  with them."""
   import tensorflow_datasets as tfds
   corpus_lib.disable_tfds_gcs()
   files = expand(pattern, domain)
@@ -161,10 +180,16 @@ def prepare_domain(corpus: str, domain: str, pattern: str, data_dir: str, text_f
   cls = _builder_class()
   builder = cls(files=files, text_field=text_field, text_format=text_format,
                 validation_fraction=validation_fraction, domain=domain,
+                beam=beam_options is not None,
                 config=tfds.core.BuilderConfig(name=config_name(corpus, domain)),
                 data_dir=data_dir, file_format="tfrecord")
+  extra = {}
+  if beam_options is not None:
+    import shlex
+    from apache_beam.options.pipeline_options import PipelineOptions
+    extra["beam_options"] = PipelineOptions(shlex.split(beam_options))
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      try_download_gcs=False))
+      try_download_gcs=False, **extra))
   return {"domain": domain, "pattern": pattern, "files": len(files), "documents": n_docs,
           "validation_documents": n_val, "bytes": n_bytes, "train_bytes": train_bytes,
           "tfds_name": f"{BUILDER_NAME}/{config_name(corpus, domain)}:{VERSION}",

@@ -2,7 +2,11 @@
 
 The `local` corpus (`get_corpus.name = 'local'`, `LocalCorpusConfig`) turns
 each domain into a seqio Task: read text, tokenize, append EOS, concatenate
-and chunk into sequences of the training length. Domains are usually
+and chunk into sequences of the training length. Training reads a prepared
+domain's packed rows instead (tokenized once by `prepare --seq_len`, read by
+index; see `packing`); the seqio Task over its text stays registered for
+seqio/T5X users. A corpus with a `tfds:` or `tfrecord:` domain is streamed
+through the seqio Tasks (`loader`). Domains are usually
 prepared offline by `python -m doremi_jax.prepare` (see `local_prepare`);
 they may also be any TFDS dataset already prepared in the data dir
 (`tfds:NAME`) or TFRecord files of tf.train.Example with a text feature
@@ -23,6 +27,7 @@ import gin
 from etils import epath
 
 from doremi_jax.config import ConfigError
+from doremi_jax.data import packing
 from doremi_jax.data.corpus import Corpus, register_task
 from doremi_jax.data.local_prepare import BUILDER_NAME, domain_dir, manifest_path, sanitize
 
@@ -172,7 +177,8 @@ def local_corpus(cfg: Optional[LocalCorpusConfig] = None) -> Corpus:
                       f"doremi_jax.prepare --corpus {cfg.name} --data_dir {cfg.data_dir} "
                       "--domain NAME=GLOB ...` or list LocalCorpusConfig.domains.")
   prepared = {d["domain"]: d for d in (manifest or {}).get("domains", [])}
-  names, tasks, sizes, bpt = [], [], [], []
+  identity = packing.vocabulary_identity(cfg.vocabulary, vocab)
+  names, tasks, sizes, bpt, openers = [], [], [], [], []
   for entry in entries:
     ratio = None
     name, _, source = entry.partition("=")
@@ -215,6 +221,7 @@ def local_corpus(cfg: Optional[LocalCorpusConfig] = None) -> Corpus:
           split_map, {"text": tf.io.FixedLenFeature([], tf.string)})
       ratio = bytes_per_token(split_map["validation"], "text", vocab)
       size = d.get("train_bytes", d["bytes"]) / (ratio or 1.0)
+      openers.append(functools.partial(packing.open_source, name, base, identity))
     else:  # (LocalCorpusConfig.__post_init__ already rejects these)
       raise ConfigError(f"domain entry {entry!r}: use {_ENTRY_FORMS}.")
     task = f"doremi_local_{sanitize(cfg.name)}_{sanitize(name)}"
@@ -230,4 +237,5 @@ def local_corpus(cfg: Optional[LocalCorpusConfig] = None) -> Corpus:
     bpt.append(ratio)
   return Corpus(name=f"local_{sanitize(cfg.name)}", domains=tuple(names),
                 task_names=tuple(tasks), vocabulary=vocab, train_tokens=tuple(sizes),
-                bytes_per_token=tuple(bpt) if any(r is not None for r in bpt) else None)
+                bytes_per_token=tuple(bpt) if any(r is not None for r in bpt) else None,
+                packed=tuple(openers) if len(openers) == len(names) else None)

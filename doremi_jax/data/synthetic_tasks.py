@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from doremi_jax.data import synthetic
+from doremi_jax.data import packing, synthetic
 from doremi_jax.data.corpus import Corpus, register_task
 
 
@@ -22,6 +22,23 @@ def _synthetic_arrays(cfg: synthetic.SyntheticCorpusConfig, domain: str,
   """int32 [num_examples(domain, split), seq_len], generated once per process
   (the config is frozen, so it is a cache key)."""
   return synthetic.generate(domain, cfg.num_examples(domain, split), cfg.seq_len, cfg.seed, split)
+
+
+@functools.lru_cache(maxsize=None)
+def _packed_arrays(cfg: synthetic.SyntheticCorpusConfig, domain: str, split: str,
+                   seq_len: int) -> tuple:
+  """The domain's sequences (each one document) packed into rows of
+  `seq_len`: (targets, segment_ids)."""
+  rows = _synthetic_arrays(cfg, domain, split)
+  docs = (r[:len(np.trim_zeros(r, "b"))] for r in rows)   # trailing 0s are padding
+  packed = list(packing.pack_documents(docs, seq_len))
+  return np.stack([p[0] for p in packed]), np.stack([p[1] for p in packed])
+
+
+def packed_rows(cfg: synthetic.SyntheticCorpusConfig, domain: str, split: str,
+                seq_len: int) -> packing.MemoryRows:
+  """One synthetic domain's packed rows (a fresh reader over cached arrays)."""
+  return packing.MemoryRows(*_packed_arrays(cfg, domain, split, seq_len))
 
 
 def synthetic_corpus(cfg: Optional[synthetic.SyntheticCorpusConfig] = None) -> Corpus:
@@ -60,4 +77,5 @@ def synthetic_corpus(cfg: Optional[synthetic.SyntheticCorpusConfig] = None) -> C
       vocabulary=vocab,
       train_tokens=tuple(cfg.num_examples(d, "train") * cfg.seq_len for d in cfg.domains),
       entropy_floors=tuple(synthetic.entropy_floor(d, cfg.seq_len, cfg.seed) for d in cfg.domains),
+      packed=tuple(functools.partial(packed_rows, cfg, d) for d in cfg.domains),
   )

@@ -32,7 +32,7 @@ from doremi_jax import sharding as sharding_lib
 from doremi_jax import steps
 from doremi_jax.config import ConfigError
 from doremi_jax.data import loader as loader_lib
-from doremi_jax.loss import per_domain_sums, per_token_loss
+from doremi_jax.loss import per_domain_sums, per_token_loss, tokens_of
 from doremi_jax.state import ModelSetup, TrainConfig, build_setup
 
 AXIS = "data"   # the mesh axis the members are split over
@@ -88,7 +88,8 @@ def from_full(batch: dict, shardings: dict) -> dict:
 def swarm_program(setup: ModelSetup, num_domains: int, accum: int, seq_len: int,
                   member_seeds: Sequence[int]) -> steps.StepProgram:
   """The swarm step: every member's plain LM step on its own batch
-  (`{'targets': [M, B, L], 'domain_ids': [M, B]}`), vmapped in one program.
+  (`{'targets': [M, B, L], 'segment_ids': [M, B, L], 'domain_ids': [M, B]}`),
+  vmapped in one program.
   Member m is initialised as a single model with seed `member_seeds[m]`
   (`init`'s own seed argument is not used).
 
@@ -156,7 +157,8 @@ class SwarmLoader:
   stream (member m takes its examples after members 0..m-1's in each
   step) and the data state is the loader's (each domain's position).
   Every host reads every member's whole batch. `next()` gives
-  `{'targets': [M, B, L], 'domain_ids': [M, B]}` and the data state."""
+  `{'targets': [M, B, L], 'segment_ids': [M, B, L], 'domain_ids': [M, B]}` and the
+  data state."""
 
   def __init__(self, corpus, mixtures, seeds: Sequence[int], cfg: TrainConfig,
                start_step: int = 0, data_state=None):
@@ -192,7 +194,7 @@ class SwarmEvaluator:
     k = corpus.num_domains
 
     def one(params, batch):
-      loss_BxL, mask_BxL = per_token_loss(setup.model, params, batch["targets"])
+      loss_BxL, mask_BxL = per_token_loss(setup.model, params, tokens_of(batch))
       return per_domain_sums(loss_BxL, mask_BxL, batch["domain_ids"], k)
 
     eval_sh = {key: NamedSharding(v.mesh, P(*v.spec[1:]))

@@ -1,0 +1,301 @@
+r"""Export a run's final domain weights in the form another stack reads.
+
+  python -m doremi_jax.export_mixture RUN_DIR --format FORMAT \
+      [--token_budget TOKENS] [--paths DOMAIN=GLOB ...] [--output FILE]
+
+RUN_DIR is a pipeline or Step 3 run (the rates Step 3 trained on,
+`main_weights.json`; a pipeline without Step 3: its last round's average),
+a Step 2 run (`average_domain_weights.json`), a swarm
+(`swarm_weights.json`), or a `{domain: weight}` JSON file. FORMAT:
+
+  json      {weights, expected_epochs, token_budget, source}
+  seqio     a Python module registering a seqio Mixture over the domains'
+            Tasks (ours by default; `register(tasks=...)` takes yours)
+  grain     a Python module mixing one Grain dataset per domain with the
+            weights (`grain.MapDataset.mix`), over this corpus's packed
+            ArrayRecord shards with a decoder of their rows (or `--paths`)
+  maxtext   a MaxText config block: `dataset_type: grain` and the
+            `grain_train_files` mixture string "GLOB,WEIGHT;..." (`--paths`:
+            your ArrayRecord files per domain, in MaxText's record format)
+  levanter  a Levanter data config: one component per domain (`--paths`:
+            your train files per domain) and `train_weights`
+
+Every format carries each domain's expected epochs under the token budget
+(`--token_budget`, default the Step 3 run's tokens when RUN_DIR has one):
+budget * weight / the domain's training tokens. Grain and MaxText refuse a
+zero weight, so domains whose weight rounds to 0 are left out of those two
+(named in the output).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import sys
+
+from absl import flags
+
+from doremi_jax.cli import run_tool
+
+FORMATS = ("seqio", "grain", "maxtext", "levanter", "json")
+# Where a run keeps its final weights, in order of preference: the rates a
+# pipeline's or a stage's Step 3 trained on, a Step 2 run's average (the
+# last round of a pipeline without Step 3), a swarm's optimum.
+WEIGHT_FILES = ("main_doremi/main_weights.json", "main_weights.json",
+                "average_domain_weights.json", "round_*/proxy/average_domain_weights.json",
+                "swarm_weights.json", "swarm/swarm_weights.json")
+INFO_FILES = ("main_doremi/run_info.json", "run_info.json", "round_1/reference/run_info.json",
+              "swarm/run_info.json")
+
+
+def _last(pattern: str):
+  """The path matching `pattern` with the highest round number, or None."""
+  found = glob.glob(pattern)
+  key = lambda p: [int(n) for n in re.findall(r"round_(\d+)", p)]
+  return max(found, key=key) if found else None
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The tool's flags (defined when run, so importing this module for its
+  functions leaves the other tools' flags alone)."""
+  flags.DEFINE_string("format", "json", f"One of {', '.join(FORMATS)}.")
+  flags.DEFINE_float("token_budget", None, "Training tokens of the model the weights are for "
+                     "(default: the Step 3 run's, when RUN_DIR holds one).")
+  flags.DEFINE_multi_string("paths", [], "DOMAIN=GLOB: that domain's files in the target "
+                            "stack.")
+  flags.DEFINE_string("output", None, "Write here instead of standard output.")
+  flags.DEFINE_string("name", "doremi_mixture", "Name of the mixture (seqio, Levanter).")
+
+
+def find_weights(run_dir: str) -> tuple:
+  """(path, {domain: weight}) of the run's final weights."""
+  from doremi_jax.config import ConfigError
+  if os.path.isfile(run_dir):
+    candidates = [run_dir]
+  elif os.path.isdir(run_dir):
+    candidates = [_last(os.path.join(run_dir, f)) for f in WEIGHT_FILES]
+  else:
+    raise ConfigError(f"{run_dir!r} does not exist; give a run directory or a weights file.")
+  for path in candidates:
+    if path and os.path.isfile(path):
+      try:
+        with open(path) as f:
+          weights = json.load(f)
+      except (OSError, ValueError) as e:
+        raise ConfigError(f"{path} is not readable JSON ({e}).") from e
+      weights = weights.get("weights", weights) if isinstance(weights, dict) else weights
+      ok = (isinstance(weights, dict) and weights and
+            all(isinstance(v, (int, float)) and v >= 0 for v in weights.values()) and
+            sum(weights.values()) > 0)
+      if not ok:
+        raise ConfigError(f"{path} is not a {{domain: weight}} mapping of non-negative "
+                          "numbers with a positive sum.")
+      total = float(sum(weights.values()))
+      return path, {d: float(w) / total for d, w in weights.items()}
+  raise ConfigError(f"no weights in {run_dir!r}: expected one of {', '.join(WEIGHT_FILES)} "
+                    "(a pipeline, Step 3, Step 2 or swarm run) or a JSON weights file.")
+
+
+def find_info(run_dir: str):
+  """The run_info.json of the run (None for a bare weights file)."""
+  base = run_dir if os.path.isdir(run_dir) else os.path.dirname(run_dir)
+  for name in INFO_FILES:
+    path = os.path.join(base, name)
+    if os.path.isfile(path):
+      with open(path) as f:
+        return json.load(f), os.path.dirname(path)
+  return None, None
+
+
+def gin_value(run_path: str, binding: str):
+  """A string binding's value in the run's config.gin (in any scope), or None."""
+  path = os.path.join(run_path, "config.gin")
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    text = re.sub(r"\\\n\s*", "", f.read())   # gin wraps long bindings with '\'
+  # (a stage's bindings carry its gin scope: 'main/LocalCorpusConfig.name')
+  m = re.search(rf"^(?:[\w/]+/)?{re.escape(binding)}\s*=\s*['\"](.*)['\"]\s*$", text, re.M)
+  return m.group(1) if m else None
+
+
+def packed_files(info: dict, run_path: str) -> dict:
+  """{domain: (train glob, validation glob, meta)} of a local corpus's packed
+  shards for the run's vocabulary and length; {} when there are none."""
+  from doremi_jax.data import local_prepare, packing
+  data_dir = gin_value(run_path, "LocalCorpusConfig.data_dir")
+  name = gin_value(run_path, "LocalCorpusConfig.name") or "local"
+  if not (info and data_dir and info.get("corpus", "").startswith("local")):
+    return {}
+  mpath = local_prepare.manifest_path(data_dir, name)
+  if not os.path.isfile(mpath):
+    return {}
+  with open(mpath) as f:
+    entries = {d["domain"]: d for d in json.load(f)["domains"]}
+  out = {}
+  for domain in info["domains"]:
+    if domain not in entries:
+      return {}
+    root = os.path.join(local_prepare.domain_dir(data_dir, entries[domain]), "packed")
+    for cand in sorted(glob.glob(os.path.join(root, f"*_L{info['seq_len']}", packing.META))):
+      with open(cand) as f:
+        meta = json.load(f)
+      if meta["vocabulary"]["size"] == info["tokenizer"]["vocab_size"] and (
+          meta["vocabulary"]["sha256"] == info["tokenizer"].get("sentencepiece_sha256")):
+        d = os.path.dirname(os.path.abspath(cand))
+        out[domain] = (os.path.join(d, "train.array_record-*"),
+                       os.path.join(d, "validation.array_record-*"), meta)
+        break
+    else:
+      return {}
+  return out
+
+
+def expected_epochs(weights: dict, info, budget) -> dict:
+  if info is None or budget is None:
+    return {}
+  tokens = dict(zip(info["domains"], info["train_tokens"]))
+  return {d: budget * w / tokens[d] for d, w in weights.items() if tokens.get(d)}
+
+
+def _nonzero(weights: dict, digits: int = 4) -> tuple:
+  kept = {d: w for d, w in weights.items() if round(w, digits) > 0}
+  return kept, sorted(set(weights) - set(kept))
+
+
+def render(fmt: str, weights: dict, epochs: dict, budget, source: str, info, paths: dict,
+           packed: dict, name: str) -> str:
+  from doremi_jax.config import ConfigError
+  header = (f"Mixture exported by doremi_jax from {source}"
+            + (f"; expected epochs at {budget:.4g} tokens: " + ", ".join(
+                f"{d} {e:.3g}" for d, e in epochs.items()) if epochs else ""))
+  if fmt == "json":
+    return json.dumps({"weights": weights, "expected_epochs": epochs, "token_budget": budget,
+                       "source": source}, indent=2) + "\n"
+  if fmt == "seqio":
+    corpus = (info or {}).get("corpus")
+    tasks = ({d: f"doremi_{corpus}_{re.sub(r'[^a-z0-9_]+', '_', d.lower()).strip('_')}"
+              for d in weights} if corpus else {})
+    return (f'"""{header}.\n\nCall register() after the Tasks exist (doremi_jax registers '
+            'its own when\nthe corpus is built; give yours as tasks={domain: task_name})."""\n\n'
+            f"import seqio\n\nNAME = {name!r}\nWEIGHTS = {json.dumps(weights, indent=4)}\n"
+            f"EXPECTED_EPOCHS = {json.dumps(epochs, indent=4)}\n"
+            f"TASKS = {json.dumps(tasks, indent=4)}\n\n\n"
+            "def register(name=NAME, tasks=None):\n"
+            "  tasks = tasks or TASKS\n"
+            "  missing = sorted(set(WEIGHTS) - set(tasks))\n"
+            "  if missing:\n"
+            "    raise ValueError(f'no seqio Task for domains {missing}')\n"
+            "  if name in seqio.MixtureRegistry.names():\n"
+            "    seqio.MixtureRegistry.remove(name)\n"
+            "  return seqio.MixtureRegistry.add(name, [(tasks[d], w) for d, w in "
+            "WEIGHTS.items()])\n")
+  kept, dropped = _nonzero(weights)
+  note = f" Left out (weight rounds to 0): {', '.join(dropped)}." if dropped else ""
+  if fmt == "grain":
+    files = {d: paths[d] if d in paths else packed[d][0] for d in kept if d in paths or
+             d in packed}
+    missing = sorted(set(kept) - set(files))
+    if missing:
+      raise ConfigError(f"no files for domains {missing}: the run's corpus has no packed "
+                        "shards here; give --paths DOMAIN=GLOB for each.")
+    row = next(iter(packed.values()))[2] if packed else None
+    decoder = ""
+    if row is not None and not paths:
+      decoder = (f"\nSEQ_LEN = {row['seq_len']}\nTOKEN_DTYPE = {row['token_dtype']!r}\n\n\n"
+                 "def decode(record):\n"
+                 "  \"\"\"A doremi_jax packed row: targets and segment ids (0: padding).\"\"\"\n"
+                 "  n = SEQ_LEN * np.dtype(TOKEN_DTYPE).itemsize\n"
+                 "  targets = np.frombuffer(record[:n], TOKEN_DTYPE).astype(np.int32)\n"
+                 "  segment_ids = np.frombuffer(record[n:], np.uint16).astype(np.int32)\n"
+                 "  return {'targets': targets, 'segment_ids': segment_ids}\n")
+    return (f'"""{header}.{note}"""\n\nimport glob\n\nimport grain\nimport numpy as np\n\n'
+            f"WEIGHTS = {json.dumps(kept, indent=4)}\nFILES = {json.dumps(files, indent=4)}\n"
+            f"{decoder}\n\n"
+            "def mixture(seed=0):\n"
+            "  \"\"\"One shuffled, repeated dataset per domain, mixed with WEIGHTS.\"\"\"\n"
+            "  datasets = []\n"
+            "  for i, (domain, pattern) in enumerate(FILES.items()):\n"
+            "    source = grain.sources.ArrayRecordDataSource(sorted(glob.glob(pattern)))\n"
+            "    ds = grain.MapDataset.source(source).shuffle(seed=seed + i).repeat()\n"
+            + ("    ds = ds.map(decode)\n" if decoder else "")
+            + "    datasets.append(ds)\n"
+            "  return grain.MapDataset.mix(datasets, [WEIGHTS[d] for d in FILES])\n")
+  if fmt == "maxtext":
+    missing = sorted(set(kept) - set(paths))
+    if missing:
+      raise ConfigError(f"give --paths DOMAIN=GLOB (your ArrayRecord files in MaxText's "
+                        f"record format) for domains {missing}.")
+    bad = [p for p in paths.values() if re.search(r"[,;]", p) or p != p.strip()]
+    if bad:
+      raise ConfigError(f"MaxText's mixture string cannot hold ',' ';' or surrounding spaces "
+                        f"in a path: {bad}.")
+    mix = ";".join(f"{paths[d]},{w:.6g}" for d, w in kept.items())
+    lines = [f"# {header}.{note}", "# Weights are relative; MaxText normalises them.",
+             "dataset_type: grain", "grain_file_type: arrayrecord",
+             f'grain_train_files: "{mix}"']
+    return "\n".join(lines) + "\n"
+  if fmt == "levanter":
+    missing = sorted(set(weights) - set(paths))
+    if missing:
+      raise ConfigError(f"give --paths DOMAIN=GLOB (the train files Levanter tokenizes) for "
+                        f"domains {missing}.")
+    out = [f"# {header}.", "# Weights are relative; Levanter normalises them.", "data:",
+           "  components:"]
+    for d in weights:
+      out += [f"    {json.dumps(d)}:", "      source:", "        type: url",
+              f"        train_urls: [{json.dumps(paths[d])}]"]
+    out += ["  train_weights:"] + [f"    {json.dumps(d)}: {w:.6g}" for d, w in weights.items()]
+    return "\n".join(out) + "\n"
+  raise ConfigError(f"--format={fmt!r} does not exist; use one of {', '.join(FORMATS)}.")
+
+
+def main(argv):
+  from doremi_jax.config import ConfigError
+  if len(argv) != 2:
+    raise ConfigError("give one RUN_DIR: python -m doremi_jax.export_mixture RUN_DIR "
+                      f"--format {'|'.join(FORMATS)}.")
+  if FLAGS.format not in FORMATS:
+    raise ConfigError(f"--format={FLAGS.format!r} does not exist; use one of "
+                      f"{', '.join(FORMATS)}.")
+  run_dir = argv[1]
+  source, weights = find_weights(run_dir)
+  info, run_path = find_info(run_dir)
+  paths = {}
+  for entry in FLAGS.paths:
+    domain, sep, pattern = entry.partition("=")
+    if not sep or not pattern:
+      raise ConfigError(f"--paths {entry!r}: use DOMAIN=GLOB.")
+    if domain not in weights:
+      raise ConfigError(f"--paths names {domain!r}, which is not a domain of the weights "
+                        f"({', '.join(weights)}).")
+    paths[domain] = pattern
+  budget = FLAGS.token_budget
+  if budget is not None and not budget > 0:
+    raise ConfigError(f"--token_budget must be positive, got {budget}.")
+  if budget is None and info is not None and info.get("stage") == "main" and \
+      os.path.basename(source) == "main_weights.json":
+    budget = float(info["num_steps"] * info["tokens_per_step"])
+  if info is not None and sorted(info["domains"]) != sorted(weights):
+    raise ConfigError(f"the weights name {sorted(weights)} but the run's corpus has "
+                      f"{sorted(info['domains'])}.")
+  packed = packed_files(info, run_path) if FLAGS.format == "grain" else {}
+  text = render(FLAGS.format, weights, expected_epochs(weights, info, budget), budget, source,
+                info, paths, packed, FLAGS.name)
+  if FLAGS.output:
+    tmp = FLAGS.output + ".tmp"
+    with open(tmp, "w") as f:
+      f.write(text)
+    os.replace(tmp, FLAGS.output)
+    print(f"[export_mixture] {FLAGS.format}: {FLAGS.output}")
+  else:
+    sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+  define_flags()
+  run_tool(main)
