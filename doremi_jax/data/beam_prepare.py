@@ -25,14 +25,14 @@ import os
 import shlex
 
 from doremi_jax.data import packing, pack_prepare
-from doremi_jax.data.local_prepare import is_validation, read_documents
+from doremi_jax.data.local_prepare import split_documents
 
 
 def _read(item, counts, text_field, text_format, domain, validation_fraction):
   """((split, shard), (file index, document index, text)) per document."""
   f, path = item
-  for i, doc in enumerate(read_documents(path, text_field, text_format, domain)):
-    split = "validation" if is_validation(path, i, validation_fraction) else "train"
+  for i, split, doc in split_documents(path, text_field, text_format, validation_fraction,
+                                       domain):
     yield (split, packing.shard_of(pack_prepare.document_key(path, i), counts[split])), (f, i,
                                                                                          doc)
 

@@ -199,6 +199,7 @@ class BatchLoader:
     self.pid, self.nproc = process_index, process_count
     self.step = start_step
     self.sources = open_sources(corpus, split, seq_len)
+    self.sizes = None if self.sources is None else np.array([len(s) for s in self.sources])
     # Streamed sources keep the 'all'/'shard' trade-off; packed ones are read by index.
     self.host_reads = "all" if self.sources is not None else host_reads
     k = corpus.num_domains
@@ -270,14 +271,12 @@ class BatchLoader:
       onehot = assignment[:, None] == np.arange(k)[None]
       rank = np.cumsum(onehot, axis=0)[np.arange(len(assignment)), assignment] - 1
       pos = self.positions[0, local] + rank[lo:hi]
-      sizes = np.array([len(s) for s in self.sources], np.int64)
-      rows = packing.shuffled_rows(pos, sizes[local], self.seed, local)
+      rows = packing.shuffled_rows(pos, self.sizes[local], self.seed, local)
       for i in np.unique(local):
         mine = np.flatnonzero(local == i)
         targets[mine], segments[mine] = self.sources[i].read(rows[mine])
-    for i in range(self.corpus.num_domains if self.sources is None else 0):
+    for i, stream in enumerate(self.streams or ()):
       rows = np.flatnonzero(assignment == i)     # global rows of domain i, in order
-      stream = self.streams[i]
       if self.host_reads == "all":
         # The domain's examples for the whole global batch, in row order;
         # keep the ones that land in this host's rows.

@@ -101,6 +101,14 @@ def is_validation(path: str, index: int, fraction: float) -> bool:
   return int.from_bytes(h[:8], "big") / 2**64 < fraction
 
 
+def split_documents(path: str, text_field: str, text_format: str, fraction: float,
+                    domain: str) -> Iterator[tuple]:
+  """(index, split, text) of one file's documents: the one reading every
+  preparation path shares (text, counts, packing; locally or with Beam)."""
+  for i, doc in enumerate(read_documents(path, text_field, text_format, domain)):
+    yield i, "validation" if is_validation(path, i, fraction) else "train", doc
+
+
 @functools.lru_cache(maxsize=None)
 def _builder_class():
   import tensorflow_datasets as tfds
@@ -131,23 +139,17 @@ def _builder_class():
         return (beam.Create(list(self._files))
                 | beam.FlatMap(_split_examples, split, self._text_field, self._text_format,
                                self._frac, self._domain))
-      return self._examples(split)
-
-    def _examples(self, split):
-      for path in self._files:
-        for i, doc in enumerate(read_documents(path, self._text_field, self._text_format,
-                                               self._domain)):
-          if is_validation(path, i, self._frac) == (split == "validation"):
-            yield f"{path}:{i}", {"text": doc}
+      return (ex for path in self._files for ex in _split_examples(
+          path, split, self._text_field, self._text_format, self._frac, self._domain))
 
   DoremiLocalCorpus.name = BUILDER_NAME
   return DoremiLocalCorpus
 
 
 def _split_examples(path, split, text_field, text_format, fraction, domain):
-  """(key, example) of one file's documents in `split` (the Beam path)."""
-  for i, doc in enumerate(read_documents(path, text_field, text_format, domain)):
-    if is_validation(path, i, fraction) == (split == "validation"):
+  """(key, example) of one file's documents in `split`."""
+  for i, s, doc in split_documents(path, text_field, text_format, fraction, domain):
+    if s == split:
       yield f"{path}:{i}", {"text": doc}
 
 
@@ -162,11 +164,12 @@ def prepare_domain(corpus: str, domain: str, pattern: str, data_dir: str, text_f
   # Validate and count before writing anything (a corrupt line fails here).
   n_docs, n_bytes, n_val, train_bytes = 0, 0, 0, 0
   for path in files:
-    for i, doc in enumerate(read_documents(path, text_field, text_format, domain)):
+    for _, split, doc in split_documents(path, text_field, text_format, validation_fraction,
+                                         domain):
       n_docs += 1
       size = len(doc.encode("utf-8"))
       n_bytes += size
-      if is_validation(path, i, validation_fraction):
+      if split == "validation":
         n_val += 1
       else:
         train_bytes += size

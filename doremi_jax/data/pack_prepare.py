@@ -21,7 +21,7 @@ import numpy as np
 
 from doremi_jax.config import ConfigError
 from doremi_jax.data import packing
-from doremi_jax.data.local_prepare import is_validation, read_documents
+from doremi_jax.data.local_prepare import split_documents
 
 SPLITS = ("train", "validation")
 SHARD_BYTES = 128 << 20   # text bytes per shard when the shard count is automatic
@@ -36,10 +36,10 @@ def document_key(path: str, index: int) -> str:
 
 
 def documents(files, text_field, text_format, domain, validation_fraction) -> Iterator[tuple]:
-  """(split, file index, document index, text) of every document, in order."""
+  """(split, file index, document index, path, text) of every document, in order."""
   for f, path in enumerate(files):
-    for i, doc in enumerate(read_documents(path, text_field, text_format, domain)):
-      split = "validation" if is_validation(path, i, validation_fraction) else "train"
+    for i, split, doc in split_documents(path, text_field, text_format, validation_fraction,
+                                         domain):
       yield split, f, i, path, doc
 
 

@@ -108,17 +108,6 @@ def pack_documents(documents: Iterable[Sequence[int]], seq_len: int,
   yield from packer.flush()
 
 
-def segment_positions(segment_ids: np.ndarray) -> np.ndarray:
-  """Position of each token within its document (NumPy; rows on the last
-  axis): 0 where a segment starts, counting up to its end."""
-  seg = np.asarray(segment_ids)
-  idx = np.broadcast_to(np.arange(seg.shape[-1]), seg.shape)
-  start = np.concatenate([np.ones(seg.shape[:-1] + (1,), bool),
-                          seg[..., 1:] != seg[..., :-1]], axis=-1)
-  first = np.maximum.accumulate(np.where(start, idx, 0), axis=-1)
-  return idx - first
-
-
 def shard_of(key: str, num_shards: int) -> int:
   """The shard of a document, from a hash of its key (file name and index)."""
   h = hashlib.sha1(f"shard:{key}".encode()).digest()
