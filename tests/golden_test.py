@@ -33,7 +33,9 @@ TINY = ModelConfig(d_model=32, num_layers=2, num_heads=4, head_dim=8, mlp_dim=64
                    unembed_init_scale=1.0)
 KEYS = {"lm": ("loss", "grad_norm", "domain_loss"),
         "dro": ("loss", "grad_norm", "proxy_domain_loss", "reference_domain_loss", "excess",
-                "domain_weights", "average_weights")}
+                "domain_weights", "average_weights"),
+        # Step 2 with train_proxy.mode = 'resample' (batches drawn from the weights)
+        "dro_resample": ("loss", "grad_norm", "excess", "domain_weights", "average_weights")}
 
 
 def _check_golden(name: str, got: dict, rtol: float):
@@ -62,9 +64,11 @@ def _first_steps(kind: str, n: int = 3) -> dict:
     assignment = loader_lib.MixtureAssignment(np.full(k, 1 / k), 0)
   else:
     ref = state_lib.init_state(setup, 123).params
+    mode = "resample" if kind == "dro_resample" else "reweight"
     program = steps.dro_program(setup, setup.model, ref, setup.state_shardings.params, k, 1,
-                                doremi.DROConfig(), np.full(k, 1 / k), cfg.seq_len)
-    assignment = loader_lib.StratifiedAssignment(k, 0)
+                                doremi.DROConfig(), np.full(k, 1 / k), cfg.seq_len, mode)
+    assignment = (loader_lib.MixtureAssignment(np.full(k, 1 / k), 0) if mode == "resample"
+                  else loader_lib.StratifiedAssignment(k, 0))
   loader = loader_lib.BatchLoader(corpus, assignment, cfg.global_batch_size, cfg.seq_len, 0)
   state, rows = program.init(0), {key: [] for key in KEYS[kind]}
   for _ in range(n):
@@ -75,7 +79,7 @@ def _first_steps(kind: str, n: int = 3) -> dict:
   return rows
 
 
-@pytest.mark.parametrize("kind", ["lm", "dro"])
+@pytest.mark.parametrize("kind", ["lm", "dro", "dro_resample"])
 def test_first_steps_match_golden_values(kind):
   _check_golden(f"first_steps_{kind}", _first_steps(kind), rtol=2e-5)
 
