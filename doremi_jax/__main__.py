@@ -1,3 +1,6 @@
-from doremi_jax.main import cli
+"""`python -m doremi_jax ...` is `python -m doremi_jax.main ...`."""
 
-cli()
+from doremi_jax.main import cli_main
+
+if __name__ == "__main__":
+  cli_main()

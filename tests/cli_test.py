@@ -151,3 +151,22 @@ def test_batch_not_divisible_by_data_parallel_cli(tmp_path):
   assert r.returncode == 2
   assert "not divisible by the data-parallel size 8" in r.stderr
   assert not (tmp_path / "r").exists()
+
+
+def test_python_dash_m_package_is_main(tmp_path):
+  """`python -m doremi_jax` runs the same entry point as `python -m
+  doremi_jax.main`: it trains, and it refuses bad input the same way."""
+  import subprocess
+  import sys
+  from helpers import REPO
+  env = dict(os.environ, XLA_FLAGS="")
+  base = [sys.executable, "-m", "doremi_jax", *SMALL, "--gin.TrainConfig.num_steps=2",
+          "--gin.TrainConfig.checkpoint_every=2", "--gin.TrainConfig.log_every=1"]
+  ok = subprocess.run(base + [f"--workdir={tmp_path / 'ok'}"], cwd=REPO, env=env,
+                      capture_output=True, text=True, timeout=300)
+  assert ok.returncode == 0, ok.stderr[-3000:]
+  assert (tmp_path / "ok" / "complete.json").exists()
+  bad = subprocess.run(base + ["--gin.TrainConfig.num_steps=-1", f"--workdir={tmp_path / 'bad'}"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 2 and bad.stderr.startswith("error: "), bad.stderr[-2000:]
+  assert "Traceback" not in bad.stderr
