@@ -77,6 +77,7 @@ def main():
   args = p.parse_args()
 
   from doremi_jax import model as model_lib, state as state_lib, steps as steps_lib
+  from doremi_jax import reference as reference_lib
   from doremi_jax.data import synthetic
   from doremi_jax.mixers import ado, aioli, doremi_online, odm
 
@@ -92,7 +93,7 @@ def main():
   ref_model = setup.make_model(setup.model_cfg)
   _, ref_shardings = setup.abstract_params(ref_model, args.seq_len)
   ref_params = state_lib.init_state(setup, 1).params
-  reference = (ref_model, ref_params, ref_shardings)
+  reference = reference_lib.Reference(ref_model, ref_params, ref_shardings, {})
   mixers = {
       "odm": odm.ODMMixer(k, n, warmup_steps=0),
       # a step without a refit: the first fit is after ignore_steps

@@ -122,6 +122,7 @@ def main():
   args = p.parse_args()
 
   from doremi_jax import doremi, model as model_lib, state as state_lib, steps as steps_lib
+  from doremi_jax import reference as reference_lib
   from doremi_jax.data import synthetic  # numpy only: the built-in corpus's sizes
 
   # The built-in synthetic corpus's vocabulary and domains (batches are numpy).
@@ -141,8 +142,9 @@ def main():
   ref_model = setup.make_model(mcfg)
   _, ref_shardings = setup.abstract_params(ref_model, args.seq_len)
   ref_params = state_lib.init_state(setup, 1).params
-  dro = steps_lib.dro_program(setup, ref_model, ref_params, ref_shardings, k, 1,
-                              doremi.DROConfig(), np.full(k, 1.0 / k), args.seq_len)
+  dro = steps_lib.dro_program(setup, reference_lib.Reference(ref_model, ref_params,
+                                                             ref_shardings, {}),
+                              k, 1, doremi.DROConfig(), np.full(k, 1.0 / k), args.seq_len)
   fpt = lm.flops_per_token
   flops_per_token = int(fpt) if float(fpt).is_integer() else fpt
 

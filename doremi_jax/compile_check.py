@@ -1,11 +1,14 @@
 r"""Check that a config fits a TPU slice before you rent it.
 
-    python -m doremi_jax.compile_check --gin_file gin/models/280m.gin \
-        --gin_file gin/mesh/v5p-64.gin --gin_file gin/pod/proxy_280m.gin
+    python -m doremi_jax.compile_check --gin_file gin/pod/doremi_280m_8b.gin \
+        --gin_file gin/mesh/v5p-64.gin [--stage proxy]
 
-Ahead-of-time compiles the real train step of each stage the gin files
-configure (the LM step of `reference`/`main`, the Group-DRO step of `proxy`;
-for a `pipeline`, each kind under its gin scope) for a TPU topology, on any
+Ahead-of-time compiles the train step of each stage the gin files configure
+exactly as that stage would build it (the stage runs in build-only mode and
+hands over its step program: the LM step of `reference`/`main`, with an
+online mixer and its reference's forward where `train_main_model.mixer`
+says; the Group-DRO step of `proxy`; the swarm's vmapped step; for a
+`pipeline`, each kind under its gin scope) for a TPU topology, on any
 machine with `libtpu` installed (`pip install -e ".[tpu]"`), using
 `jax.experimental.topologies`: no TPU is needed. Prints per-chip memory
 (arguments, outputs, temporaries, generated code; total vs the chip's HBM),
@@ -19,6 +22,7 @@ import dataclasses
 import os
 import re
 import sys
+import tempfile
 from typing import Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -115,6 +119,7 @@ def topology_devices(slice_name: str):
 @dataclasses.dataclass
 class Result:
   stage: str
+  program: str                # the step program's name ('lm', 'dro', 'lm+doremi_online', ...)
   slice_name: str
   chip: Chip
   num_devices: int
@@ -165,6 +170,7 @@ class Result:
     gib = lambda b: f"{b / 2**30:8.2f} GiB"
     lines = [
         f"== {self.stage} on {self.slice_name} ({self.num_devices} x {self.chip.name}), "
+        f"{self.program} step, "
         f"mesh {self.mesh}, {self.num_params / 1e6:.2f}M params, "
         f"{self.tokens_per_step} tokens/step",
         f"  attention {self.attention}; vocabulary {self.vocab_size}; loss "
@@ -199,18 +205,33 @@ def _cost(compiled) -> tuple[Optional[float], Optional[float]]:
           float(cost["bytes accessed"]) if cost.get("bytes accessed") else None)
 
 
-def check_stage(stage: str, slice_name: str, devices, chip: Chip, corpus) -> Result:
-  """AOT-compiles one stage kind's step program on `devices` (a TPU topology)."""
+def build_stage_program(kind: str, kwargs: dict, devices):
+  """The step program the stage `kind` would train with gin's settings (and
+  `kwargs`), built on `devices` by the stage itself in build-only mode:
+  nothing is read from data or written (it builds in a scratch directory
+  that must stay empty)."""
+  from doremi_jax import context
   from doremi_jax.stages import registry
+  with tempfile.TemporaryDirectory(prefix="doremi_compile_check_") as scratch:
+    with context.using(devices=devices):
+      program = context.build_program(lambda: registry.get(kind)(scratch, **kwargs))
+    if os.listdir(scratch):
+      raise RuntimeError(f"building the {kind} program wrote {os.listdir(scratch)}")
+  return program
+
+
+def check_stage(stage: str, slice_name: str, devices, chip: Chip, kwargs=None) -> Result:
+  """AOT-compiles the step program stage kind `stage` trains, on `devices`
+  (a TPU topology)."""
   from doremi_jax.state import TrainConfig
 
   cfg = TrainConfig()
-  program = registry.get(stage).build_program(corpus, cfg, devices=devices)
+  program = build_stage_program(stage, kwargs or {}, devices)
   setup = program.setup
-  tokens = cfg.tokens_per_step
-  common = dict(stage=stage, slice_name=slice_name, chip=chip, num_devices=len(devices),
-                mesh=dict(setup.mesh.shape), num_params=setup.model_cfg.num_params(),
-                tokens_per_step=tokens,
+  tokens = cfg.tokens_per_step * int(np.prod(program.batch_prefix, dtype=np.int64))
+  common = dict(stage=stage, program=program.name, slice_name=slice_name, chip=chip,
+                num_devices=len(devices), mesh=dict(setup.mesh.shape),
+                num_params=setup.model_cfg.num_params(), tokens_per_step=tokens,
                 model_flops_per_device=program.flops_per_token * tokens / len(devices),
                 attention=setup.model.attention_impl, loss_chunk=setup.model_cfg.loss_chunk,
                 vocab_size=setup.model_cfg.vocab_size)
@@ -250,23 +271,25 @@ def _per_device_bytes(tree) -> int:
 
 @gin.configurable
 def compile_check(topology: str = gin.REQUIRED, stages=None) -> list:
-  """Compiles each stage kind for `topology` (default: the kinds `run.stage`
-  trains); returns the Results."""
-  from doremi_jax.data import registry as corpus_registry
+  """Compiles the step program of each stage kind for `topology` (default:
+  the kinds `run.stage` trains, e.g. all three of a pipeline); returns the
+  Results."""
   from doremi_jax.stages import registry
-  if stages is None:
-    stage = gin.query_parameter("run.stage") if "run.stage" in gin.config_str() else "reference"
-    stages = list(registry.get(stage).compiled_kinds)
-  for s in stages:
-    if registry.get(s).build_program is None:
-      kinds = sorted(n for n, st in registry.STAGES.items() if st.build_program)
-      raise ConfigError(f"stage {s!r} cannot be compile-checked; use one of {kinds}.")
+  run = gin.query_parameter("run.stage") if "run.stage" in gin.config_str() else "reference"
+  kinds = list(registry.get(run).compiled)
+  if stages is not None:
+    known = {kind: kwargs for kind, kwargs in kinds}
+    for s in stages:
+      registry.get(s)   # a stage name, else ConfigError
+      if registry.get(s).runs:
+        raise ConfigError(f"stage {s!r} runs other stages; compile one of its kinds "
+                          f"({', '.join(k for k, _ in registry.get(s).compiled)}).")
+    kinds = [(s, known.get(s, {})) for s in stages]
   devices, chip = topology_devices(topology)
-  corpus = corpus_registry.get_corpus()
   results = []
-  for s in stages:
-    with gin.config_scope(s):
-      results.append(check_stage(s, topology, devices, chip, corpus))
+  for kind, kwargs in kinds:
+    with gin.config_scope(kind):
+      results.append(check_stage(kind, topology, devices, chip, kwargs))
     print(results[-1].format(), flush=True)
   return results
 

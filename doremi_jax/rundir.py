@@ -29,6 +29,25 @@ from doremi_jax.config import ConfigError
 from doremi_jax.model import EXECUTION_FIELDS
 
 COMPLETE = "complete.json"
+RUN_INFO = "run_info.json"
+CHECKPOINTS = "checkpoints"
+# Every training stage (the runner)
+EVAL = "eval.json"                        # the final per-domain evaluation
+EVAL_LOG = "eval.jsonl"                   # every evaluation
+# Step 2 (proxy)
+AVERAGE_WEIGHTS = "average_domain_weights.json"   # the DoReMi mixture, read by Step 3
+DRO_LOG = "doremi_weights.jsonl"
+REFERENCE_EVAL = "reference_eval.json"
+# A mixture that changes during training (online mixers, Step 2's resample mode)
+MIXTURE_LOG = "mixture_weights.jsonl"
+AVERAGE_MIXTURE = "average_mixture_weights.json"
+MIXER_COST = "mixer_cost.json"
+# The swarm
+SWARM_MIXTURES = "swarm_mixtures.json"
+SWARM_RESULT = "swarm.json"
+SWARM_WEIGHTS = "swarm_weights.json"
+# The study
+STUDY_RESULT = "study.json"
 PIPELINE_STATE = "pipeline.json"
 COMPARISON = "comparison.json"
 # The pipeline's two Step 3 ("main model") runs.
@@ -48,6 +67,16 @@ def announce(stage: str, msg: str):
 
 def round_dir(workdir, r: int, stage: str):
   return files.path(workdir) / f"round_{r}" / stage
+
+
+def weights_file(stage: str) -> str:
+  """The rates a static run (or a mixer's prior) trains with: `<stage>_weights.json`."""
+  return f"{stage}_weights.json"
+
+
+def arm_dir(root, arm: str, seed: int):
+  """A study's main-model run of arm `arm`, seed `seed`."""
+  return files.path(root) / "arms" / arm / f"seed_{seed}"
 
 
 def load_pipeline_state(workdir) -> Optional[dict]:
@@ -77,7 +106,7 @@ def check_resumable(workdir: str, stage: str, model_cfg, domains):
   must hold this stage's run, on the same domains, with the same model, or
   its checkpoints could not be resumed."""
   check_writable(workdir)
-  path = files.path(workdir) / "run_info.json"
+  path = files.path(workdir) / RUN_INFO
   if not files.exists(path):
     return
   try:

@@ -1,19 +1,27 @@
 """The stage runner: the skeleton every training stage shares.
 
-`run_stage` takes a step program (`doremi_jax.steps`), a domain assignment
-(which domain each row of each global batch comes from) and a stage's
-`Hooks`, and owns everything else: restore-or-init from the newest readable
-checkpoint, run_info and config, the exactly resumable loader, metrics and
-progress, evaluation (at the start, every `eval_every` steps and at the
-end, on the same validation examples for every stage), checkpoints (train
-state + data position) and the completion marker written last.
+`run_stage` takes a step program (`doremi_jax.steps`), a loader factory
+(which rows each global batch holds) and the stage's `Hook`s, and owns
+everything else: restore-or-init from the newest readable checkpoint,
+run_info and config, metrics and progress, evaluation (at the start, every
+`eval_every` steps and at the end, on the same validation examples for
+every stage), checkpoints (train state + data position) and the completion
+marker written last. In build-only mode (`context.build_only`) it raises
+`context.ProgramBuilt` with the program instead, before it reads or writes
+anything.
 
-It also guards the run: every step's loss, per-domain losses and gradient
-norm are checked (fetched one step late, so the device never waits on the
-host), and before any checkpoint is written the steps it covers are
-checked. A non-finite value stops the stage with `TrainingDiverged` naming
-the step and the domains, and no checkpoint holding it is written: the last
-good one stays resumable.
+A `Hook` is the one way a stage extends the skeleton: its own run_info
+entries and start files, a reference evaluation, per-step and per-log
+callbacks, host-side events between steps, extra data state in the
+checkpoint, its result files at the end. A mixture whose rates change
+during training is a hook too (`Publisher`).
+
+The runner guards the run: every step's loss, per-domain losses and
+gradient norm are checked (fetched one step late, so the device never
+waits on the host), and before any checkpoint is written the steps it
+covers are checked. A non-finite value stops the stage with
+`TrainingDiverged` naming the step and the domains, and no checkpoint
+holding it is written: the last good one stays resumable.
 """
 
 from __future__ import annotations
@@ -22,13 +30,13 @@ import dataclasses
 import logging
 import math
 import time
-from functools import partial
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
 
 from doremi_jax import checkpoint as ckpt_lib
+from doremi_jax import context
 from doremi_jax import evaluate
 from doremi_jax import files
 from doremi_jax import metrics as metrics_lib
@@ -43,135 +51,120 @@ class TrainingDiverged(ConfigError):
   """A non-finite loss or gradient: the settings need changing (exit 2)."""
 
 
-@dataclasses.dataclass
-class Hooks:
-  """What a stage adds to the skeleton.
+class Hook:
+  """What a stage adds to the skeleton; override only what it needs. Every
+  method runs on every process unless its docstring says otherwise."""
 
-  on_log(step, host_metrics): at every logged step (`log_every` and the last).
-  reference_eval(evaluator) -> summary: evaluated once before training; every
-    evaluation then reports each domain's excess over it.
-  on_finish(state, final_eval, reference_eval) -> str: writes the stage's own
-    result files (process 0 only) and returns its one-line summary.
-  after_step(done, state, evaluator) -> state: on every process after each
-    step is dispatched (and with done 0 before the first step of a fresh
-    run), before that step's checkpoint; may change the state (Aioli's
-    host-driven rounds).
-  """
-  on_log: Optional[Callable[[int, dict], None]] = None
-  after_step: Optional[Callable[[int, Any, evaluate.Evaluator], Any]] = None
-  reference_eval: Optional[Callable[[evaluate.Evaluator], dict]] = None
-  on_finish: Optional[Callable[[Any, dict, Optional[dict]], str]] = None
+  def run_info(self) -> dict:
+    """Entries for run_info.json (they override the runner's own)."""
+    return {}
+
+  def start(self, workdir: str, start_step: int, data_state: Optional[dict]) -> None:
+    """After the checkpoint is restored, before the loader is made."""
+
+  def reference_eval(self, evaluator) -> Optional[dict]:
+    """An evaluation summary to report every evaluation's excess over."""
+    return None
+
+  def on_step(self, step: int, host: dict) -> None:
+    """Every step's host metrics, in order, once checked finite."""
+
+  def on_log(self, step: int, host: dict) -> None:
+    """At every logged step (`log_every` and the last)."""
+
+  def after_step(self, done: int, state, evaluator):
+    """After each step is dispatched (and with done 0 before the first step
+    of a fresh run), before its checkpoint; returns the state (Aioli's
+    host-driven rounds change it)."""
+    return state
+
+  def data_state(self, done: int, data_state: dict) -> dict:
+    """The data state saved with the checkpoint after `done` steps."""
+    return data_state
+
+  def on_finish(self, state, final: dict, reference: Optional[dict]) -> Optional[str]:
+    """At the end: write the stage's result files; returns its one-line
+    summary (the last hook's that returns one is kept)."""
+    return None
+
+  def close(self) -> None:
+    """Always, when the stage ends or fails."""
 
 
-def resume_loader(corpus, assignment, cfg: TrainConfig, start_step: int,
-                  data_state: Optional[dict]) -> loader_lib.BatchLoader:
-  """This process's batch loader, positioned where the checkpoint left off."""
-  positions = None if data_state is None else np.asarray(data_state["positions"])
-  return loader_lib.BatchLoader(
-      corpus, assignment, cfg.global_batch_size, cfg.seq_len, cfg.seed, start_step, positions,
-      jax.process_index(), jax.process_count(), host_reads=loader_lib.loader_host_reads())
+class Record(Hook):
+  """What a stage records before it trains: `info` entries in run_info.json
+  and `start_files`, {name: JSON object} written (process 0) when it starts
+  (e.g. the rates a static mixture trains with)."""
+
+  def __init__(self, info: Optional[dict] = None, start_files: Optional[dict] = None):
+    self.info, self.start_files = dict(info or {}), dict(start_files or {})
+
+  def run_info(self):
+    return self.info
+
+  def start(self, workdir, start_step, data_state):
+    if rundir.is_writer():
+      for name, obj in self.start_files.items():
+        files.write_json(files.path(workdir) / name, obj)
+
+
+class OnFinish(Hook):
+  """`fn(state, final, reference) -> summary` at the end, as a hook."""
+
+  def __init__(self, fn: Callable):
+    self.fn = fn
+
+  def on_finish(self, state, final, reference):
+    return self.fn(state, final, reference)
+
+
+class Publisher(Hook):
+  """A mixture whose rates change during training
+  (`scheduled.RatesPublisher`): every step's metrics publish the rates they
+  are the source of, the checkpoint's data state keeps the published
+  blocks a resumed run needs, and at every logged step all processes are
+  checked to hold the same published rates."""
+
+  def __init__(self, publisher, corpus):
+    self.publisher, self.corpus = publisher, corpus
+
+  def start(self, workdir, start_step, data_state):
+    self.publisher.restore(start_step, data_state)
+    self.publisher.start(start_step)
+    if loader_lib.BatchLoader.needs_replay(data_state, self.corpus, jax.process_count(),
+                                           loader_lib.loader_host_reads()):
+      self.publisher.check_replayable(start_step)
+
+  def on_step(self, step, host):
+    self.publisher.on_step(step, host)
+
+  def on_log(self, step, host):
+    check_same_rates(step, self.publisher)
+
+  def data_state(self, done, data_state):
+    return dict(data_state, mixture=self.publisher.data_state(done))
+
+  def close(self):
+    self.publisher.assignment.close()
+
+
+def batch_loader(corpus, assignment, cfg: TrainConfig) -> Callable:
+  """The loader factory of a run over `assignment`: `(start_step,
+  data_state) -> BatchLoader` positioned where the checkpoint left off."""
+
+  def make(start_step: int, data_state: Optional[dict]) -> loader_lib.BatchLoader:
+    positions = None if data_state is None else np.asarray(data_state["positions"])
+    return loader_lib.BatchLoader(
+        corpus, assignment, cfg.global_batch_size, cfg.seq_len, cfg.seed, start_step,
+        positions, jax.process_index(), jax.process_count(),
+        host_reads=loader_lib.loader_host_reads())
+
+  return make
 
 
 def summary_line(final: dict) -> str:
   return (f"uniform avg {final['uniform_average']:.4f}, worst "
           f"{final['worst_case']['loss']:.4f} ({final['worst_case']['domain']})")
-
-
-def run_stage(*, workdir: str, stage: str, corpus, cfg: TrainConfig, program: StepProgram,
-              assignment, info: Optional[dict] = None, start_files: Optional[dict] = None,
-              hooks: Optional[Hooks] = None, publisher=None,
-              make_loader: Optional[Callable] = None) -> dict:
-  """Trains `program` for `cfg.num_steps` in `workdir` (resuming if it holds
-  checkpoints) and returns the final evaluation summary.
-
-  Writes: checkpoints/, config.gin, run_info.json (with `info`), each
-  `start_files` entry as JSON, metrics.jsonl, tensorboard/, eval.jsonl,
-  eval.json, the hooks' files, and complete.json last.
-
-  With a `publisher` (`scheduled.RatesPublisher`, for an `assignment`
-  whose rates change during training) every step's metrics publish the
-  rates they are the source of, the checkpoint's data state keeps the
-  published blocks a resumed run needs, and at every logged step all
-  processes are checked to hold the same published rates.
-
-  `make_loader(start_step, data_state)`, if given, makes the loader instead
-  of a `BatchLoader` over `assignment` (the swarm's one loader per member);
-  `info` entries override the run_info fields computed here.
-  """
-  t0 = time.time()
-  workdir = str(workdir)
-  hooks = hooks or Hooks()
-  rundir.check_resumable(workdir, stage, program.setup.model_cfg, corpus.domains)
-  for split in ("train", "validation"):   # packed data for this vocabulary and length?
-    loader_lib.open_sources(corpus, split, cfg.seq_len)
-  checkpointer = ckpt_lib.Checkpointer(files.path(workdir) / "checkpoints", cfg.checkpoint_every,
-                                       cfg.keep_checkpoints, cfg.async_checkpointing)
-  loader = None
-  try:
-    restored = checkpointer.restore_latest(program.abstract_state)
-    if restored is None:
-      start_step, state, data_state = 0, program.init(cfg.seed), None
-    else:
-      start_step, state, data_state = restored
-    if publisher is not None:
-      publisher.restore(start_step, data_state)
-      publisher.start(start_step)
-      if loader_lib.BatchLoader.needs_replay(data_state, corpus, jax.process_count(),
-                                             loader_lib.loader_host_reads()):
-        publisher.check_replayable(start_step)
-    rundir.write_run_info(workdir, stage, start_step, corpus, program.setup, {**dict(
-        num_steps=cfg.num_steps, seq_len=cfg.seq_len, seed=cfg.seed,
-        tokens_per_step=cfg.tokens_per_step, flops_per_token=program.flops_per_token,
-        eval_tokens=cfg.eval_examples_per_domain * corpus.num_domains * cfg.seq_len),
-        **(info or {})})
-    if rundir.is_writer():
-      for name, obj in (start_files or {}).items():
-        files.write_json(files.path(workdir) / name, obj)
-    loader = (make_loader or partial(resume_loader, corpus, assignment, cfg))(start_step,
-                                                                              data_state)
-    evaluator = (program.make_evaluator or evaluate.Evaluator.create)(program.setup, corpus, cfg)
-    reference = hooks.reference_eval(evaluator) if hooks.reference_eval else None
-    eval_log = files.path(workdir) / "eval.jsonl"
-
-    def do_eval(st, step):
-      summary = evaluator(program.params_of(st), step, reference)
-      if rundir.is_writer():
-        files.append_jsonl(eval_log, summary)
-      return summary
-
-    if start_step == 0:
-      rundir.announce(stage, "initial eval: " + summary_line(do_eval(state, 0)))
-    else:
-      rundir.announce(stage, f"resuming from step {start_step}")
-    writer = metrics_lib.MetricsWriter(workdir, corpus.domains, stage, cfg.tensorboard)
-    timing = {}
-    after_step = None
-    if hooks.after_step is not None:
-      after_step = lambda done, st: hooks.after_step(done, st, evaluator)
-      if start_step == 0:
-        state = after_step(0, state)
-    state = train_loop(stage=stage, cfg=cfg, program=program, state=state, loader=loader,
-                       checkpointer=checkpointer, writer=writer, start_step=start_step,
-                       domains=corpus.domains, evaluate_fn=do_eval, on_log=hooks.on_log,
-                       timing=timing, publisher=publisher, after_step=after_step,
-                       tokens_per_step=(info or {}).get("tokens_per_step"))
-    final = do_eval(state, cfg.num_steps)
-    if rundir.is_writer():
-      files.write_json(files.path(workdir) / "eval.json", final)
-      print(f"[{stage}] final per-domain validation loss:\n" + evaluate.format_table(final),
-            flush=True)
-    summary = hooks.on_finish(state, final, reference) if hooks.on_finish else \
-        summary_line(final)
-  finally:
-    if loader is not None:
-      loader.close()
-    if publisher is not None:
-      publisher.assignment.close()
-    checkpointer.close()
-  rundir.mark_complete(workdir, stage, cfg.num_steps, time.time() - t0, summary,
-                       dict(timing, tokens_per_step=(info or {}).get("tokens_per_step",
-                                                                     cfg.tokens_per_step)))
-  return final
 
 
 def check_finite(step: int, num_steps: int, host: dict, domain_loss_key: str, domains,
@@ -209,72 +202,187 @@ def check_same_rates(step: int, publisher) -> None:
                        f"processes (CRCs {every.ravel().tolist()})")
 
 
-def train_loop(*, stage: str, cfg: TrainConfig, program: StepProgram, state, loader,
-               checkpointer: ckpt_lib.Checkpointer, writer: metrics_lib.MetricsWriter,
-               start_step: int, domains, evaluate_fn: Optional[Callable] = None,
-               on_log: Optional[Callable] = None, timing: Optional[dict] = None,
-               publisher=None, after_step: Optional[Callable] = None,
-               tokens_per_step: Optional[int] = None):
+@dataclasses.dataclass
+class _Run:
+  """One invocation of a stage: what the loop and the evaluations share."""
+  workdir: str
+  stage: str
+  corpus: Any
+  cfg: TrainConfig
+  program: StepProgram
+  hooks: Sequence[Hook]
+  checkpointer: ckpt_lib.Checkpointer
+  info: dict
+  evaluator: Any = None
+  reference: Optional[dict] = None
+  timing: dict = dataclasses.field(default_factory=dict)
+
+  def evaluate(self, state, step: int) -> dict:
+    summary = self.evaluator(self.program.params_of(state), step, self.reference)
+    if rundir.is_writer():
+      files.append_jsonl(files.path(self.workdir) / rundir.EVAL_LOG, summary)
+    return summary
+
+  def after_step(self, done: int, state):
+    for hook in self.hooks:
+      state = hook.after_step(done, state, self.evaluator)
+    return state
+
+  @property
+  def tokens_per_step(self) -> int:
+    return self.info.get("tokens_per_step", self.cfg.tokens_per_step)
+
+
+def _restore(run: _Run):
+  """(start step, state, data state): the newest checkpoint, or a fresh init."""
+  restored = run.checkpointer.restore_latest(run.program.abstract_state)
+  if restored is None:
+    return 0, run.program.init(run.cfg.seed), None
+  return restored
+
+
+def _write_run_info(run: _Run, start_step: int):
+  cfg, corpus = run.cfg, run.corpus
+  rundir.write_run_info(run.workdir, run.stage, start_step, corpus, run.program.setup, {**dict(
+      num_steps=cfg.num_steps, seq_len=cfg.seq_len, seed=cfg.seed,
+      tokens_per_step=cfg.tokens_per_step, flops_per_token=run.program.flops_per_token,
+      eval_tokens=cfg.eval_examples_per_domain * corpus.num_domains * cfg.seq_len),
+      **run.info})
+
+
+def _finish(run: _Run, state) -> str:
+  """The final evaluation, eval.json, and the hooks' result files; returns
+  the stage's one-line summary."""
+  final = run.evaluate(state, run.cfg.num_steps)
+  if rundir.is_writer():
+    files.write_json(files.path(run.workdir) / rundir.EVAL, final)
+    print(f"[{run.stage}] final per-domain validation loss:\n" + evaluate.format_table(final),
+          flush=True)
+  summary = summary_line(final)
+  for hook in run.hooks:
+    summary = hook.on_finish(state, final, run.reference) or summary
+  return summary, final
+
+
+def run_stage(*, workdir: str, stage: str, corpus, cfg: TrainConfig, program: StepProgram,
+              loader: Callable[[int, Optional[dict]], Any],
+              hooks: Sequence[Hook] = ()) -> dict:
+  """Trains `program` for `cfg.num_steps` in `workdir` (resuming if it holds
+  checkpoints) and returns the final evaluation summary. `loader(start_step,
+  data_state)` makes the run's loader (`batch_loader` for most stages).
+
+  Writes: checkpoints/, config.gin, run_info.json (with the hooks'
+  entries), metrics.jsonl, tensorboard/, eval.jsonl, eval.json, the hooks'
+  files, and complete.json last."""
+  if context.current().build_only:
+    raise context.ProgramBuilt(program)
+  t0 = time.time()
+  workdir = str(workdir)
+  rundir.check_resumable(workdir, stage, program.setup.model_cfg, corpus.domains)
+  for split in ("train", "validation"):   # packed data for this vocabulary and length?
+    loader_lib.open_sources(corpus, split, cfg.seq_len)
+  info = {}
+  for hook in hooks:
+    info.update(hook.run_info())
+  run = _Run(workdir, stage, corpus, cfg, program, hooks, ckpt_lib.Checkpointer(
+      files.path(workdir) / rundir.CHECKPOINTS, cfg.checkpoint_every, cfg.keep_checkpoints,
+      cfg.async_checkpointing), info)
+  batches = None
+  try:
+    start_step, state, data_state = _restore(run)
+    for hook in hooks:
+      hook.start(workdir, start_step, data_state)
+    _write_run_info(run, start_step)
+    batches = loader(start_step, data_state)
+    run.evaluator = (program.make_evaluator or evaluate.Evaluator.create)(program.setup, corpus,
+                                                                          cfg)
+    for hook in hooks:
+      run.reference = hook.reference_eval(run.evaluator) or run.reference
+    if start_step == 0:
+      rundir.announce(stage, "initial eval: " + summary_line(run.evaluate(state, 0)))
+      state = run.after_step(0, state)
+    else:
+      rundir.announce(stage, f"resuming from step {start_step}")
+    state = train_loop(run, state, batches, start_step)
+    summary, final = _finish(run, state)
+  finally:
+    if batches is not None:
+      batches.close()
+    for hook in hooks:
+      hook.close()
+    run.checkpointer.close()
+  rundir.mark_complete(workdir, stage, cfg.num_steps, time.time() - t0, summary,
+                       dict(run.timing, tokens_per_step=run.tokens_per_step))
+  return final
+
+
+class _Checks:
+  """Step metrics still on the device, fetched one step late: checked
+  finite, handed to the hooks, written at log steps."""
+
+  def __init__(self, run: _Run, start_step: int):
+    self.run, self.unchecked = run, []   # [(step, device metrics)], oldest first
+    self.writer = metrics_lib.MetricsWriter(run.workdir, run.corpus.domains, run.stage,
+                                            run.cfg.tensorboard)
+    self.progress = metrics_lib.Progress(run.stage, start_step, run.cfg.num_steps,
+                                         run.tokens_per_step)
+
+  def settle(self, keep: int):
+    run, cfg = self.run, self.run.cfg
+    while len(self.unchecked) > keep:
+      step, m = self.unchecked.pop(0)
+      host = jax.device_get(m)
+      check_finite(step, cfg.num_steps, host, run.program.domain_loss_key, run.corpus.domains,
+                   run.checkpointer)
+      for hook in run.hooks:
+        hook.on_step(step, host)
+      if step % cfg.log_every == 0 or step == cfg.num_steps:
+        for hook in run.hooks:
+          hook.on_log(step, host)
+        self.writer.write(step, host)
+        self.progress.update(step, float(host["loss"]))
+
+
+def train_loop(run: _Run, state, batches, start_step: int):
   """Runs steps start_step..num_steps-1 and returns the final state.
 
   Each step's metrics are fetched after the next step is dispatched (nanodo
-  style), checked (`check_finite`) and, at log steps, written and passed to
-  `on_log(step, host_metrics)`. Before a checkpoint is saved every step up to
-  it is checked. `evaluate_fn(state, step)` runs every `eval_every` steps.
-  `timing`, if given, receives the first step's seconds (compile + run) and
-  the seconds of the loop after it. `publisher` (see `run_stage`) gets
-  every step's metrics in order; `after_step(done, state) -> state` runs
-  after each step, before its checkpoint. `tokens_per_step` (default the
-  config's) counts the progress line's tokens (a swarm's, all members')."""
-  progress = metrics_lib.Progress(stage, start_step, cfg.num_steps,
-                                  tokens_per_step or cfg.tokens_per_step)
-  unchecked = []  # [(step, device metrics)], oldest first
-
-  def settle(keep: int):
-    while len(unchecked) > keep:
-      step, m = unchecked.pop(0)
-      host = jax.device_get(m)
-      check_finite(step, cfg.num_steps, host, program.domain_loss_key, domains, checkpointer)
-      if publisher is not None:
-        publisher.on_step(step, host)
-      if step % cfg.log_every == 0 or step == cfg.num_steps:
-        if publisher is not None:
-          check_same_rates(step, publisher)
-        writer.write(step, host)
-        if on_log is not None:
-          on_log(step, host)
-        progress.update(step, float(host["loss"]))
-
+  style) and checked (`_Checks`). Before a checkpoint is saved every step
+  up to it is checked. The run evaluates every `eval_every` steps.
+  `run.timing` receives the first step's seconds (compile + run) and the
+  seconds of the loop after it."""
+  cfg, program, checkpointer = run.cfg, run.program, run.checkpointer
+  checks = _Checks(run, start_step)
   compile_start = time.perf_counter()
+  loop_start = None
   for step in range(start_step, cfg.num_steps):
-    local, data_state = loader.next()
+    local, data_state = batches.next()
     state, metrics = program(state, program.global_batch(local))
     if step == start_step:
       jax.block_until_ready(metrics)
       first = time.perf_counter() - compile_start
       if rundir.is_writer():
-        logging.info("%s: first step (compile + run) took %.1fs", stage, first)
-      if timing is not None:
-        timing.update(first_step_seconds=round(first, 3), loop_start=time.perf_counter())
-      progress.start_timing(step + 1)
+        logging.info("%s: first step (compile + run) took %.1fs", run.stage, first)
+      run.timing["first_step_seconds"] = round(first, 3)
+      loop_start = time.perf_counter()
+      checks.progress.start_timing(step + 1)
     done = step + 1
-    if after_step is not None:
-      state = after_step(done, state)
-    unchecked.append((done, metrics))
+    state = run.after_step(done, state)
+    checks.unchecked.append((done, metrics))
     last = done == cfg.num_steps
     if last or checkpointer.due(done):
-      settle(keep=0)
-      if publisher is not None:
-        data_state = dict(data_state, mixture=publisher.data_state(done))
+      checks.settle(keep=0)
+      for hook in run.hooks:
+        data_state = hook.data_state(done, data_state)
       checkpointer.maybe_save(done, state, data_state, force=last)
     else:
-      settle(keep=1)
-    if evaluate_fn is not None and cfg.eval_every and done % cfg.eval_every == 0 and not last:
-      evaluate_fn(state, done)
-  settle(keep=0)
-  writer.flush()
-  if timing is not None and "loop_start" in timing:
+      checks.settle(keep=1)
+    if cfg.eval_every and done % cfg.eval_every == 0 and not last:
+      run.evaluate(state, done)
+  checks.settle(keep=0)
+  checks.writer.flush()
+  if loop_start is not None:
     jax.block_until_ready(state)
-    timing["later_steps"] = cfg.num_steps - start_step - 1
-    timing["later_steps_seconds"] = round(time.perf_counter() - timing.pop("loop_start"), 3)
+    run.timing["later_steps"] = cfg.num_steps - start_step - 1
+    run.timing["later_steps_seconds"] = round(time.perf_counter() - loop_start, 3)
   return state

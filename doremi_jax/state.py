@@ -24,6 +24,7 @@ import optax
 
 from doremi_jax import attention as attention_lib
 from doremi_jax import checkpoint as ckpt_lib
+from doremi_jax import context as context_lib
 from doremi_jax import model as model_lib
 from doremi_jax import optimizer as opt_lib
 from doremi_jax import sharding as sharding_lib
@@ -149,13 +150,15 @@ def mesh_platform(mesh) -> str:
 def build_setup(vocab_size: int, train_cfg: TrainConfig, model_cfg=None, mesh_cfg=None,
                 opt_cfg=None, devices=None) -> ModelSetup:
   """Model, mesh and optimizer from their configs (gin's when not given), for
-  data whose vocabulary has `vocab_size` ids."""
+  data whose vocabulary has `vocab_size` ids, on `devices` (default: the
+  caller's `context.current().devices`, else every device)."""
   model_cfg = (model_cfg or model_lib.ModelConfig()).with_data_vocab(vocab_size)
   if train_cfg.seq_len > model_cfg.max_len:
     raise ConfigError(f"TrainConfig.seq_len={train_cfg.seq_len} exceeds "
                       f"ModelConfig.max_len={model_cfg.max_len}.")
   mesh_cfg = mesh_cfg or sharding_lib.MeshConfig()
-  mesh = sharding_lib.make_mesh(mesh_cfg, devices)
+  mesh = sharding_lib.make_mesh(
+      mesh_cfg, devices if devices is not None else context_lib.current().devices)
   rules = tuple(tuple(r) for r in mesh_cfg.rules)
   validate_batching(train_cfg, mesh, rules)
   opt_cfg = opt_cfg or opt_lib.OptimizerConfig()

@@ -13,6 +13,8 @@ jitted step and its extra (non-donated) inputs.
   over the whole global batch before any gradient is taken, so the step
   first runs proxy and reference forwards over all micro-batches, then a
   second forward + backward with the new weights (one extra proxy forward).
+* `resample_program`: Step 2's resample mode, which is the LM step with the
+  online DoReMi mixer (`mixers.doremi_online`) at proxy size.
 
 The stage runner trains a program; `compile_check` lowers one for a TPU
 topology; the benchmarks time one. Every step returns `(state, metrics)`
@@ -36,7 +38,7 @@ from doremi_jax import doremi
 from doremi_jax import sharding as sharding_lib
 from doremi_jax.loss import per_domain_sums, per_token_loss, tokens_of
 from doremi_jax.mixers import base as mixer_base
-from doremi_jax.mixers.doremi_online import hold_excess
+from doremi_jax.mixers.doremi_online import DoReMiOnlineMixer
 from doremi_jax.state import ModelSetup, TrainState, init_state, to_global
 
 
@@ -64,6 +66,10 @@ class StepProgram:
   # `setup.batch_shardings`), and (setup, corpus, cfg) -> the evaluator.
   make_global: Optional[Callable[[dict], dict]] = None
   make_evaluator: Optional[Callable] = None
+  # Leading batch axes before [B, L] (the swarm's member axis).
+  batch_prefix: tuple = ()
+  # The online mixer whose update runs inside the step (`mixers.base.Mixer`).
+  mixer: Any = None
 
   def global_batch(self, batch: dict) -> dict:
     """The step's global batch from this process's loader output."""
@@ -76,13 +82,12 @@ class StepProgram:
       return self.jitted(state, batch, *self.extra)
 
   def abstract_batch(self, global_batch_size: int, seq_len: int) -> dict:
-    sh = self.setup.batch_shardings
-    return {"targets": jax.ShapeDtypeStruct((global_batch_size, seq_len), np.int32,
+    sh, rows = self.setup.batch_shardings, self.batch_prefix + (global_batch_size,)
+    return {"targets": jax.ShapeDtypeStruct(rows + (seq_len,), np.int32,
                                             sharding=sh["targets"]),
-            "segment_ids": jax.ShapeDtypeStruct((global_batch_size, seq_len), np.int32,
+            "segment_ids": jax.ShapeDtypeStruct(rows + (seq_len,), np.int32,
                                                 sharding=sh["segment_ids"]),
-            "domain_ids": jax.ShapeDtypeStruct((global_batch_size,), np.int32,
-                                               sharding=sh["domain_ids"])}
+            "domain_ids": jax.ShapeDtypeStruct(rows, np.int32, sharding=sh["domain_ids"])}
 
   def lower(self, global_batch_size: int, seq_len: int, extra=None):
     """`jax.jit(...).lower` on abstract state and batch (and `extra`, default
@@ -210,9 +215,10 @@ def lm_program(setup: ModelSetup, num_domains: int, accum: int, seq_len: int, mi
   `{"train": TrainState, "mixer": its state}` (initialised from `prior`),
   the mixer updates inside the step from the step's per-domain signals, and
   the metrics carry its proposed rates (`mixer_rates`) and its report
-  (`mixer/<name>`). A mixer that needs a reference gets `reference`
-  (model, params, shardings): its forward runs in the same program and the
-  clipped per-domain excess joins the signals."""
+  (`mixer/<name>`). A mixer that needs a reference gets `reference` (a
+  `reference.Reference`: model, params or their abstract shapes,
+  shardings): its forward runs in the same program and the clipped
+  per-domain excess joins the signals."""
   if mixer is not None and mixer.needs_reference and reference is None:
     raise ValueError(f"the {mixer.name} mixer needs a reference model")
   train = lm_train(setup, num_domains, accum)
@@ -239,7 +245,7 @@ def lm_program(setup: ModelSetup, num_domains: int, accum: int, seq_len: int, mi
     dom_B = batch["domain_ids"]
     excess = None
     if mixer.needs_reference:
-      ref_loss_BxL, _ = forward_losses(reference[0], jax.lax.stop_gradient(ref_params[0]),
+      ref_loss_BxL, _ = forward_losses(reference.model, jax.lax.stop_gradient(ref_params[0]),
                                        tokens_of(batch), accum)
       excess = doremi.per_domain_excess_loss(loss_BxL, ref_loss_BxL, mask_BxL, dom_B,
                                              num_domains)
@@ -259,15 +265,15 @@ def lm_program(setup: ModelSetup, num_domains: int, accum: int, seq_len: int, mi
 
   extra, extra_shardings = (), ()
   if mixer.needs_reference:
-    extra, extra_shardings = (reference[1],), (reference[2],)
-    flops += reference[0].cfg.flops_per_token(seq_len) / 3
+    extra, extra_shardings = (reference.params,), (reference.shardings,)
+    flops += reference.model.cfg.flops_per_token(seq_len) / 3
   return StepProgram(
       name=f"lm+{mixer.name}", setup=setup,
       abstract_state={"train": setup.abstract_state, "mixer": mixer_abstract},
       state_shardings=state_shardings, init=init,
       jitted=jit_step(setup, mixed_step, state_shardings, extra_shardings), extra=extra,
       params_of=lambda s: s["train"].params, domain_loss_key="domain_loss",
-      flops_per_token=flops)
+      flops_per_token=flops, mixer=mixer)
 
 
 # --------------------------------------------------------------------------
@@ -279,36 +285,18 @@ def dro_state(setup: ModelSetup, initial_weights):
   return replicated_state(setup, lambda: doremi.DROState.create(initial_weights))
 
 
-DRO_MODES = ("reweight", "resample")
-
-
-def dro_program(setup: ModelSetup, ref_model, ref_params, ref_shardings, num_domains: int,
-                accum: int, dro_cfg: doremi.DROConfig, initial_weights,
-                seq_len: int, mode: str = "reweight") -> StepProgram:
-  """The Group-DRO step against the frozen reference (`ref_model`,
-  `ref_params`: arrays to train, or their abstract shapes to compile). The
-  state is `{"train": TrainState, "dro": doremi.DROState}`.
-
-  mode 'reweight' (DoReMi's Algorithm 1): the batch is stratified and the
-  proxy's loss is the weight-averaged per-domain mean loss. mode
-  'resample' (the variant the paper proposes for larger proxies): the batch
-  is sampled from the current weights (published to the loader as the
-  metrics' `domain_weights`) and the proxy trains on the plain token-mean
-  loss; a domain absent from the batch holds its last excess
-  (`mixers.doremi_online.hold_excess`, kept in the state's `held`)."""
-  if mode not in DRO_MODES:
-    raise ValueError(f"mode must be one of {DRO_MODES}, got {mode!r}")
-  resample = mode == "resample"
-  model = setup.model
+def dro_program(setup: ModelSetup, reference, num_domains: int, accum: int,
+                dro_cfg: doremi.DROConfig, initial_weights, seq_len: int) -> StepProgram:
+  """DoReMi's Algorithm 1 against the frozen `reference` (a
+  `reference.Reference`: arrays to train, or abstract shapes to compile):
+  the batch is stratified and the proxy's loss is the weight-averaged
+  per-domain mean loss. The state is `{"train": TrainState, "dro":
+  doremi.DROState}`. (Step 2's resample mode is `resample_program`.)"""
+  model, ref_model = setup.model, reference.model
   initial_weights = np.asarray(initial_weights, np.float32)
   dro_abstract, dro_shardings = dro_state(setup, initial_weights)
   state_shardings = {"train": setup.state_shardings, "dro": dro_shardings}
   abstract_state = {"train": setup.abstract_state, "dro": dro_abstract}
-  if resample:
-    held_abstract, held_shardings = replicated_state(
-        setup, lambda: jnp.zeros(num_domains, jnp.float32))
-    state_shardings["held"] = held_shardings
-    abstract_state["held"] = held_abstract
 
   def step(state, batch, ref_params):
     ts: TrainState = state["train"]
@@ -325,16 +313,8 @@ def dro_program(setup: ModelSetup, ref_model, ref_params, ref_shardings, num_dom
                                              num_domains)
     t = ts.step
     do_update = dro_cfg.update_gate(t)
-    new_state = {}
-    if resample:
-      _, tokens_K = per_domain_sums(mask_BxL, mask_BxL, dom_B, num_domains)
-      excess_K = hold_excess(state["held"], excess_K, tokens_K > 0)
-      new_state["held"] = excess_K
     new_dro = doremi.dro_update(dro, excess_K, dro_cfg.step_size, dro_cfg.smoothing, do_update)
-    if resample:
-      w_BxL = mask_BxL / jnp.maximum(mask_BxL.sum(), 1.0)
-    else:
-      w_BxL = doremi.token_weights(new_dro.weights, mask_BxL, dom_B, num_domains)
+    w_BxL = doremi.token_weights(new_dro.weights, mask_BxL, dom_B, num_domains)
     if accum == 1:
       grads = vjp(w_BxL)[0]
     else:
@@ -344,9 +324,7 @@ def dro_program(setup: ModelSetup, ref_model, ref_params, ref_shardings, num_dom
     r_sum, _ = per_domain_sums(ref_loss_BxL, mask_BxL, dom_B, num_domains)
     proxy_dom = p_sum / jnp.maximum(counts, 1.0)
     metrics = {
-        # the DRO objective (reweight); the token-mean loss trained (resample)
-        "loss": ((proxy_loss_BxL * mask_BxL).sum() / jnp.maximum(mask_BxL.sum(), 1.0)
-                 if resample else jnp.sum(new_dro.weights * proxy_dom)),
+        "loss": jnp.sum(new_dro.weights * proxy_dom),   # the DRO objective
         "proxy_domain_loss": proxy_dom,
         "reference_domain_loss": r_sum / jnp.maximum(counts, 1.0),
         "excess": excess_K,
@@ -357,22 +335,36 @@ def dro_program(setup: ModelSetup, ref_model, ref_params, ref_shardings, num_dom
         "grad_norm": optax.tree.norm(grads),
         "learning_rate": setup.lr_schedule(t),
     }
-    return {"train": new_ts, "dro": new_dro, **new_state}, metrics
+    return {"train": new_ts, "dro": new_dro}, metrics
 
   def init(seed):
-    state = {"train": init_state(setup, seed),
-             "dro": jax.device_put(doremi.DROState.create(initial_weights), dro_shardings)}
-    if resample:
-      state["held"] = jax.device_put(np.zeros(num_domains, np.float32), held_shardings)
-    return state
+    return {"train": init_state(setup, seed),
+            "dro": jax.device_put(doremi.DROState.create(initial_weights), dro_shardings)}
 
   # proxy forward + backward, reference forward, and with accumulation a
   # second proxy forward (a forward is a third of a training token's FLOPs).
   proxy_flops = setup.model_cfg.flops_per_token(seq_len)
   ref_flops = ref_model.cfg.flops_per_token(seq_len) / 3
   return StepProgram(
-      name="dro" if not resample else "dro-resample", setup=setup,
+      name="dro", setup=setup,
       abstract_state=abstract_state, state_shardings=state_shardings, init=init,
-      jitted=jit_step(setup, step, state_shardings, (ref_shardings,)), extra=(ref_params,),
+      jitted=jit_step(setup, step, state_shardings, (reference.shardings,)),
+      extra=(reference.params,),
       params_of=lambda s: s["train"].params, domain_loss_key="proxy_domain_loss",
       flops_per_token=float(proxy_flops + ref_flops + (proxy_flops / 3 if accum > 1 else 0)))
+
+
+def resample_program(setup: ModelSetup, reference, num_domains: int, accum: int,
+                     dro_cfg: doremi.DROConfig, initial_weights, seq_len: int) -> StepProgram:
+  """Step 2's `train_proxy.mode = 'resample'` (the variant the paper proposes
+  for larger proxies): the proxy trains on the plain token-mean loss of
+  batches drawn from the current Group-DRO weights, and the weights follow
+  the same update, on the same program as online DoReMi
+  (`mixers.doremi_online`, with `train_proxy`'s settings). A domain absent
+  from a batch holds its last excess. The weights reach the loader with the
+  mixers' fixed delay (`mixers.base.DELAY` = 2 steps: step t's batch is
+  drawn from the weights after step t - 3), so the host never waits on the
+  device."""
+  mixer = DoReMiOnlineMixer.from_dro_config(num_domains, dro_cfg)
+  return lm_program(setup, num_domains, accum, seq_len, mixer=mixer, prior=initial_weights,
+                    reference=reference)

@@ -82,3 +82,47 @@ def test_unknown_slice_and_missing_topology_fail_clearly():
   r = subprocess.run([sys.executable, "-m", "doremi_jax.compile_check",
                       "--gin_file=gin/reference.gin"], cwd=REPO, capture_output=True, text=True)
   assert r.returncode == 2 and "pass --topology" in r.stderr
+
+
+def test_mixer_main_run_and_swarm_compile_what_they_would_train(tmp_path):
+  """compile_check builds the step a stage trains by running the stage in
+  build-only mode: a main run with the doremi_online mixer compiles the LM
+  step with the mixer's update and its reference's forward (more FLOPs than
+  the plain step, by that forward), and a swarm compiles its vmapped step
+  over the members. Nothing is written anywhere."""
+  main = ["gin/main.gin"]
+  (plain,) = _check(main, ["train_main_model.weights = 'uniform'"], topology="v5e-4")
+  mixed_bindings = ["train_main_model.weights = 'uniform'",
+                    "train_main_model.mixer = 'doremi_online'",
+                    f"train_main_model.reference_dir = '{tmp_path / 'future_reference'}'"]
+  (mixed,) = _check(main, mixed_bindings, topology="v5e-4")
+  assert (plain.program, mixed.program) == ("lm", "lm+doremi_online")
+  assert plain.fits and mixed.fits
+  # the reference (gin's reference/ model: here the main model's size) adds a
+  # forward pass: a third of a training token's FLOPs
+  assert mixed.model_flops_per_device == pytest.approx(plain.model_flops_per_device * 4 / 3)
+  assert mixed.flops > plain.flops * 1.2, (mixed.flops, plain.flops)
+  (swarm,) = _check(["gin/swarm_quickstart.gin"], ["train_swarm.members = 8"],
+                    topology="v5e-4")
+  assert swarm.program == "swarm8" and swarm.fits
+  assert swarm.tokens_per_step == 8 * plain.tokens_per_step
+  assert swarm.flops > 4 * plain.flops
+  assert not (tmp_path / "future_reference").exists() and not any(tmp_path.iterdir())
+
+
+def test_a_stage_in_build_only_mode_builds_and_writes_nothing(tmp_path):
+  """`context.build_program` runs the stage's own code up to training: the
+  program a proxy run would train, with its reference abstract when the
+  reference run does not exist yet, and an empty run directory."""
+  import jax
+  from doremi_jax import context
+  from doremi_jax.stages import registry
+  gin.clear_config()
+  main_lib.register_configurables()
+  config_lib.parse_gin(["gin/quickstart.gin"], ["train_proxy.mode = 'resample'"])
+  wd = tmp_path / "proxy"
+  with context.using(devices=jax.devices()[:1]):
+    program = context.build_program(
+        lambda: registry.get("proxy")(str(wd), reference_dir=str(tmp_path / "none")))
+  assert program.name == "lm+doremi_online" and program.mixer.name == "doremi_online"
+  assert not wd.exists()

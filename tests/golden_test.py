@@ -24,6 +24,7 @@ from doremi_jax.data import loader as loader_lib
 from doremi_jax.data import synthetic
 from doremi_jax.data.synthetic_tasks import synthetic_corpus
 from doremi_jax.model import ModelConfig
+from doremi_jax.reference import Reference
 
 GOLDEN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 UPDATE = bool(os.environ.get("DOREMI_UPDATE_GOLDEN"))
@@ -34,8 +35,11 @@ TINY = ModelConfig(d_model=32, num_layers=2, num_heads=4, head_dim=8, mlp_dim=64
 KEYS = {"lm": ("loss", "grad_norm", "domain_loss"),
         "dro": ("loss", "grad_norm", "proxy_domain_loss", "reference_domain_loss", "excess",
                 "domain_weights", "average_weights"),
-        # Step 2 with train_proxy.mode = 'resample' (batches drawn from the weights)
-        "dro_resample": ("loss", "grad_norm", "excess", "domain_weights", "average_weights")}
+        # Step 2 with train_proxy.mode = 'resample' (batches drawn from the weights),
+        # recorded before it became online DoReMi's program: {golden name: metric}
+        "dro_resample": {"loss": "loss", "grad_norm": "grad_norm", "excess": "mixer/excess",
+                         "domain_weights": "mixer_rates",
+                         "average_weights": "mixer/average_weights"}}
 
 
 def _check_golden(name: str, got: dict, rtol: float):
@@ -63,18 +67,19 @@ def _first_steps(kind: str, n: int = 3) -> dict:
     program = steps.lm_program(setup, k, 1, cfg.seq_len)
     assignment = loader_lib.MixtureAssignment(np.full(k, 1 / k), 0)
   else:
-    ref = state_lib.init_state(setup, 123).params
-    mode = "resample" if kind == "dro_resample" else "reweight"
-    program = steps.dro_program(setup, setup.model, ref, setup.state_shardings.params, k, 1,
-                                doremi.DROConfig(), np.full(k, 1 / k), cfg.seq_len, mode)
-    assignment = (loader_lib.MixtureAssignment(np.full(k, 1 / k), 0) if mode == "resample"
+    ref = Reference(setup.model, state_lib.init_state(setup, 123).params,
+                    setup.state_shardings.params, {})
+    build = steps.resample_program if kind == "dro_resample" else steps.dro_program
+    program = build(setup, ref, k, 1, doremi.DROConfig(), np.full(k, 1 / k), cfg.seq_len)
+    assignment = (loader_lib.MixtureAssignment(np.full(k, 1 / k), 0) if kind == "dro_resample"
                   else loader_lib.StratifiedAssignment(k, 0))
   loader = loader_lib.BatchLoader(corpus, assignment, cfg.global_batch_size, cfg.seq_len, 0)
   state, rows = program.init(0), {key: [] for key in KEYS[kind]}
   for _ in range(n):
     state, m = program(state, state_lib.to_global(loader.next()[0], setup.batch_shardings))
-    for key in KEYS[kind]:
-      rows[key].append(np.asarray(jax.device_get(m[key]), np.float64).tolist())
+    names = KEYS[kind] if isinstance(KEYS[kind], dict) else {k: k for k in KEYS[kind]}
+    for key, metric in names.items():
+      rows[key].append(np.asarray(jax.device_get(m[metric]), np.float64).tolist())
   loader.close()
   return rows
 

@@ -65,3 +65,25 @@ def run_cli_until(args, workdir, marker, timeout=400):
   assert proc.poll() is None, "run finished before it could be killed"
   proc.send_signal(signal.SIGKILL)
   proc.wait()
+
+
+def configure(bindings=(), gin_files=()):
+  """A fresh in-process gin config: every configurable registered, then
+  `gin_files` and `bindings` parsed (as `python -m doremi_jax.main` does)."""
+  import gin
+  from doremi_jax import config as config_lib
+  from doremi_jax import main as main_lib
+  gin.clear_config()
+  main_lib.register_configurables()
+  config_lib.parse_gin([os.path.join(REPO, f) for f in gin_files], list(bindings))
+
+
+def run_stage(stage, workdir, bindings=(), gin_files=(), devices=1, **kwargs):
+  """Runs the registered stage `stage` in `workdir` in this process, with a
+  fresh gin config (`configure`) on the first `devices` devices."""
+  import jax
+  from doremi_jax import context
+  from doremi_jax.stages import registry
+  configure(bindings, gin_files)
+  with context.using(devices=jax.devices()[:devices]):
+    return registry.get(stage)(str(workdir), **kwargs)

@@ -14,6 +14,7 @@ from doremi_jax.data import loader as loader_lib
 from doremi_jax.data import synthetic
 from doremi_jax.data.synthetic_tasks import synthetic_corpus
 from doremi_jax.model import ModelConfig
+from doremi_jax.reference import Reference
 
 from np_reference import np_excess, np_update
 
@@ -40,8 +41,9 @@ def _run(corpus, mesh_cfg, devices, batches, accum=1, dro_cfg=doremi.DROConfig()
   setup = state_lib.build_setup(corpus.vocab_size, cfg, model_cfg=TINY, mesh_cfg=mesh_cfg,
                                 devices=devices)
   ref_params = state_lib.init_state(setup, seed=123).params   # a different model as reference
-  program = steps.dro_program(setup, setup.model, ref_params, setup.state_shardings.params, K,
-                              accum, dro_cfg, np.full(K, 1 / K), cfg.seq_len)
+  program = steps.dro_program(setup, Reference(setup.model, ref_params,
+                                              setup.state_shardings.params, {}),
+                              K, accum, dro_cfg, np.full(K, 1 / K), cfg.seq_len)
   state = program.init(0)
   history = []
   for b in batches:
@@ -118,9 +120,9 @@ def test_resample_mode_holds_absent_excess_and_trains_the_plain_loss(corpus):
                                 mesh_cfg=sharding_lib.MeshConfig(1, 1, 1),
                                 devices=jax.devices()[:1])
   ref_params = state_lib.init_state(setup, seed=123).params
-  program = steps.dro_program(setup, setup.model, ref_params, setup.state_shardings.params, K,
-                              1, doremi.DROConfig(), np.full(K, 1 / K), cfg.seq_len,
-                              mode="resample")
+  program = steps.resample_program(setup, Reference(setup.model, ref_params,
+                                                   setup.state_shardings.params, {}),
+                                   K, 1, doremi.DROConfig(), np.full(K, 1 / K), cfg.seq_len)
   plain = steps.lm_program(setup, K, 1, cfg.seq_len)
   rates = [np.full(K, 0.2), np.array([0, .25, .25, .25, .25]), np.full(K, 0.2),
            np.array([.25, .25, .25, 0, .25])]
@@ -142,12 +144,12 @@ def test_resample_mode_holds_absent_excess_and_trains_the_plain_loss(corpus):
     present = np.bincount(ids, minlength=K) > 0
     held = np.where(present, lam, held)
     w = np_update(w, held, 1.0, 1e-3)
-    np.testing.assert_allclose(m["excess"], held, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(m["domain_weights"], w, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(m["mixer/excess"], held, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(m["mixer_rates"], w, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(float(m["loss"]), float(plain_m["loss"]), rtol=1e-6)
     for a, e in zip(jax.tree.leaves(state["train"].params), jax.tree.leaves(expect_params)):
       np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-5, atol=1e-6)
     if not present.all():   # held exactly: the previous step's value
-      assert m["excess"][~present].tolist() == prev[~present].tolist()
-    prev = np.asarray(m["excess"])
+      assert m["mixer/excess"][~present].tolist() == prev[~present].tolist()
+    prev = np.asarray(m["mixer/excess"])
   loader.close()

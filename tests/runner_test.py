@@ -16,6 +16,8 @@ from doremi_jax import runner
 from doremi_jax.runner import TrainingDiverged
 from doremi_jax.stages import registry
 
+from helpers import run_stage
+
 # A tiny Step 1 on one device: 20 steps, a checkpoint every 5.
 SMALL = [
     "include 'gin/cpu.gin'",
@@ -27,11 +29,7 @@ SMALL = [
 
 
 def _reference(workdir, *bindings):
-  import gin
-  gin.clear_config()
-  main_lib.register_configurables()
-  config_lib.parse_gin([], SMALL + list(bindings))
-  return registry.get("reference")(str(workdir), devices=jax.devices()[:1])
+  return run_stage("reference", workdir, SMALL + list(bindings))
 
 
 def _params(workdir, step):

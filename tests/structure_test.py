@@ -112,6 +112,7 @@ for name in ("tensorflow", "seqio", "tensorflow_datasets"):
 import jax, numpy as np
 from doremi_jax import doremi, model, runner, state, steps
 from doremi_jax.stages import registry
+from doremi_jax.reference import Reference
 
 cfg = state.TrainConfig(num_steps=2, global_batch_size=8, seq_len=16)
 setup = state.build_setup(128, cfg, model_cfg=model.ModelConfig(d_model=32, num_layers=1,
@@ -124,8 +125,8 @@ batch = state.to_global({"targets": rng.integers(2, 128, (8, 16)).astype(np.int3
 lm = steps.lm_program(setup, 4, 1, cfg.seq_len)
 _, m = lm(lm.init(0), batch)
 ref = lm.init(1).params
-dro = steps.dro_program(setup, setup.model, ref, setup.state_shardings.params, 4, 1,
-                        doremi.DROConfig(), np.full(4, 0.25), cfg.seq_len)
+dro = steps.dro_program(setup, Reference(setup.model, ref, setup.state_shardings.params, {}),
+                        4, 1, doremi.DROConfig(), np.full(4, 0.25), cfg.seq_len)
 _, d = dro(dro.init(0), batch)
 assert np.isfinite(float(m["loss"])) and np.isfinite(float(d["loss"]))
 assert all(sys.modules.get(n) is None for n in ("tensorflow", "seqio", "tensorflow_datasets"))

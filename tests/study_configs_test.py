@@ -24,23 +24,23 @@ def _parse(gin_file, *bindings):
   config_lib.parse_gin([os.path.join(REPO, gin_file)], list(bindings))
 
 
-def _arms():
-  return study.parse_arms(gin.query_parameter("train_study.arms"))
+def _arms(workdir):
+  """The config's arms, made and checked as the study makes them."""
+  return study.make_arms(gin.query_parameter("train_study.arms"), str(workdir))
 
 
-def test_reproduce_gin_arms_resolve_on_the_builtin_corpus():
+def test_reproduce_gin_arms_resolve_on_the_builtin_corpus(tmp_path):
   _parse("gin/reproduce.gin")
-  arms = _arms()
-  assert list(arms) == ["stratified", "uniform", "proportional", "unimax", "doremi",
-                        "doremi_iterated"]
+  arms = _arms(tmp_path)
+  assert [a.name for a in arms] == ["stratified", "uniform", "proportional", "unimax",
+                                    "doremi", "doremi_iterated"]
   assert gin.query_parameter("train_study.baseline") == "stratified"
-  rounds = {n: study.doremi_round(s, 1) for n, s in arms.items()}
-  assert rounds["doremi"] == 1 and rounds["doremi_iterated"] == 2
+  rounds = {a.name: a.round() for a in arms if a.kind == "doremi"}
+  assert rounds == {"doremi": 1, "doremi_iterated": 2}
   corpus = get_corpus()
-  cfg = study.main_config()
-  for name, spec in arms.items():
-    w = study.resolve_arm(name, spec, corpus, cfg, 1.0)
-    if rounds[name] is None:
+  for arm in arms:
+    if arm.static:
+      w = arm.rates(1)
       assert w.shape == (corpus.num_domains,) and abs(w.sum() - 1) < 1e-12
 
 
@@ -61,11 +61,9 @@ def test_real_text_script_builds_a_corpus_the_study_config_reads(tmp_path):
     corpus = get_corpus()
     assert corpus.domains == domains
     ratios[vocab] = np.array(corpus.bytes_per_token)
-    cfg = study.main_config()
-    for name, spec in _arms().items():
-      if study.doremi_round(spec, 1) is None:
-        w = study.resolve_arm(name, spec, corpus, cfg, 1.0)
-        assert abs(w.sum() - 1) < 1e-12
+    for arm in _arms(tmp_path / "study"):
+      if arm.static:
+        assert abs(arm.rates(1).sum() - 1) < 1e-12
   # a vocabulary smaller than the sample's characters: a clear error, exit 2
   r = subprocess.run([sys.executable, "-m", "doremi_jax.tokenizer", "--corpus=realtext",
                       f"--data_dir={out}", "--vocab_size=100", f"--output={tmp_path / 'x'}"],

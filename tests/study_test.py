@@ -14,6 +14,9 @@ from doremi_jax import main as main_lib
 from doremi_jax.config import ConfigError
 from doremi_jax.stages import registry
 from doremi_jax.stages import study
+from doremi_jax.arms import static as static_arms
+
+from helpers import run_stage
 
 TINY = [
     "include 'gin/cpu.gin'", "run.stage = 'study'",
@@ -26,11 +29,7 @@ NO_REPEAT = "{'noise': 1, 'repeat': 0, 'markov': 1, 'arithmetic': 1, 'sort': 1}"
 
 
 def _study(workdir, *bindings):
-  import gin
-  gin.clear_config()
-  main_lib.register_configurables()
-  config_lib.parse_gin([], TINY + list(bindings))
-  return registry.get("study")(str(workdir), devices=jax.devices()[:1])
+  return run_stage("study", workdir, TINY + list(bindings))
 
 
 def np_unimax(sizes, budget, epochs):
@@ -50,14 +49,14 @@ def test_unimax_matches_numpy(seed):
   rng = np.random.default_rng(seed)
   sizes = rng.integers(10, 10_000, 6)
   budget, epochs = float(rng.integers(1_000, 40_000)), float(rng.choice([1, 2, 4]))
-  np.testing.assert_allclose(study.unimax_weights(sizes, budget, epochs),
+  np.testing.assert_allclose(static_arms.unimax_weights(sizes, budget, epochs),
                              np_unimax(sizes, budget, epochs), rtol=1e-12)
 
 
 def test_unimax_caps_small_domains_and_spreads_the_rest():
-  w = study.unimax_weights([10, 1000, 1000], 300, 1.0)
+  w = static_arms.unimax_weights([10, 1000, 1000], 300, 1.0)
   np.testing.assert_allclose(w * 300, [10, 145, 145])
-  np.testing.assert_allclose(study.unimax_weights([10, 10], 10**6, 1.0), [0.5, 0.5])
+  np.testing.assert_allclose(static_arms.unimax_weights([10, 10], 10**6, 1.0), [0.5, 0.5])
 
 
 @pytest.mark.parametrize("binding, message", [
@@ -86,11 +85,15 @@ def test_bad_study_input_fails_before_any_training(tmp_path, binding, message):
   assert not (tmp_path / "s").exists()
 
 
-def test_doremi_round_of_an_arm():
-  assert study.doremi_round("doremi", 3) == 3
-  assert study.doremi_round("doremi:2", 1) == 2
-  assert study.doremi_round("uniform", 1) is None
-  assert study.doremi_round({"a": 1}, 1) is None
+def test_doremi_round_of_an_arm(tmp_path):
+  _configure = TINY + ["train_study.arms = ['stratified']"]
+  from helpers import configure
+  configure(_configure)
+  arms = study.make_arms({"a": "doremi", "b": "doremi:2", "c": "uniform", "d": {"noise": 1,
+                          "repeat": 1, "markov": 1, "arithmetic": 1, "sort": 1}},
+                         str(tmp_path), rounds=3)
+  assert [a.kind for a in arms] == ["doremi", "doremi", "weights", "weights"]
+  assert [a.round() for a in arms[:2]] == [3, 2]
 
 
 ARMS = (f"train_study.arms = {{'stratified': 'stratified', 'no_repeat': {NO_REPEAT}, "

@@ -26,6 +26,8 @@ from doremi_jax.stages import registry
 from doremi_jax.state import TrainConfig, build_setup
 from doremi_jax.swarm import program as swarm_lib
 
+from helpers import run_stage
+
 MODEL = model_lib.ModelConfig(d_model=32, num_layers=2, num_heads=2, head_dim=16, mlp_dim=64,
                               max_len=64)
 
@@ -99,12 +101,8 @@ SMALL = [
 ]
 
 
-def _swarm(workdir, *bindings, devices=None):
-  gin.clear_config()
-  main_lib.register_configurables()
-  config_lib.parse_gin([], SMALL + list(bindings))
-  return registry.get("swarm")(str(workdir),
-                               devices=devices if devices is not None else jax.devices()[:2])
+def _swarm(workdir, *bindings, devices=2):
+  return run_stage("swarm", workdir, SMALL + list(bindings), devices=devices)
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +169,7 @@ def test_killed_swarm_resumes_bitwise(tiny_swarm, tmp_path):
       shutil.rmtree(p)
   for name in ("complete.json", "eval.json", "swarm.json", "swarm_weights.json"):
     (copy / name).unlink()
-  again = _swarm(copy, devices=jax.devices()[:2])
+  again = _swarm(copy, devices=2)
   a = ocp.StandardCheckpointer().restore(wd / "checkpoints" / "12" / "state")
   b = ocp.StandardCheckpointer().restore(copy / "checkpoints" / "12" / "state")
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -193,5 +191,5 @@ def test_killed_swarm_resumes_bitwise(tiny_swarm, tmp_path):
 ])
 def test_bad_swarm_settings_fail_before_anything_is_written(tmp_path, binding, message):
   with pytest.raises(ConfigError, match=re.escape(message)):
-    _swarm(tmp_path / "s", binding, devices=jax.devices()[:4])
+    _swarm(tmp_path / "s", binding, devices=4)
   assert not (tmp_path / "s").exists()

@@ -48,6 +48,9 @@ PRESETS = {"pile_baseline": PILE_BASELINE, "pile_doremi_280m": PILE_DOREMI_280M}
 
 
 BUILTIN = ("uniform", "proportional")
+# Not a mixture but a sampling mode (`sampling.resolve`), spelled where a
+# static run's weights go: equal rows of every domain in every batch.
+STRATIFIED = "stratified"
 RUN_WEIGHTS_FILE = "average_domain_weights.json"  # what a Step 2 (proxy) run writes
 
 
@@ -57,6 +60,10 @@ def resolve_weights(spec, corpus: Corpus, what: str = "weights") -> np.ndarray:
   Mappings must name every domain of the corpus (0 is allowed)."""
   k = corpus.num_domains
   if isinstance(spec, str):
+    if spec == STRATIFIED:
+      raise ConfigError(f"{what} = 'stratified': stratified sampling (equal rows of every "
+                        "domain in every batch) is a sampling mode, not a mixture; this "
+                        "setting needs rates ('uniform', 'proportional', a file or a mapping).")
     if spec == "uniform":
       return np.full(k, 1.0 / k)
     if spec == "proportional":

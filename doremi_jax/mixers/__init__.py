@@ -12,43 +12,36 @@ independent NumPy implementation (tests/mixers_test.py).
             LearnParams' loss decreases, and the exponentiated-gradient step
 
   doremi_online.py  DoReMi's Group-DRO weights against a reference, as the
-            main run's rates
+            main run's rates (also Step 2's `train_proxy.mode = 'resample'`)
 
 `base.Mixer` is the interface the main stage trains with (its state lives
-in the step program's state, its update inside the jitted step); `make`
-builds one by name with its gin settings.
+in the step program's state, its update inside the jitted step). A method
+registers itself once, by name, with its starting mixture
+(`@base.register(prior=...)`); `make` builds one by name with its gin
+settings, and the study's mixer arms are every registered name.
 """
 
-from doremi_jax.config import ConfigError
-from doremi_jax.mixers import ado, aioli, doremi_online, odm  # registers their gin settings
-
-METHODS = ("odm", "ado", "doremi_online", "aioli")
-
-# Each method's starting mixture as published: ODM's warm-up mixes
-# naturally and ADO's prior mu is the token shares (both 'proportional');
-# Aioli starts from uniform, and DoReMi's Group DRO from uniform.
-PRIORS = {"odm": "proportional", "ado": "proportional", "doremi_online": "uniform",
-          "aioli": "uniform"}
+from doremi_jax.mixers import base
+# Importing the methods registers them (and their gin settings), in this order.
+from doremi_jax.mixers import odm, ado, doremi_online, aioli  # noqa: F401,I001  pylint: disable=wrong-import-order
 
 
-def make(name: str, num_domains: int, num_steps: int):
-  """The mixer `name` (one of METHODS) with its gin-bound settings."""
-  classes = {"odm": odm.ODMMixer, "ado": ado.ADOMixer,
-             "doremi_online": doremi_online.DoReMiOnlineMixer,
-             "aioli": aioli.AioliMixer}
-  if name not in classes:
-    raise ConfigError(f"unknown mixing method {name!r}; train_main_model.mixer takes one of "
-                      f"{', '.join(METHODS)}, or None for a static mixture.")
-  return classes[name](num_domains, num_steps)
+def names() -> tuple:
+  """Every registered method's name, in registration order."""
+  return base.names()
 
 
-def refuse_on_stage(stage: str, mixer) -> None:
-  """A clear error for an online mixer bound to a stage where it has no
-  meaning (Step 1's fixed reference mixture, Step 2's Group DRO)."""
-  if mixer is None:
-    return
-  why = ("DoReMi compares against a reference trained on a fixed mixture" if stage ==
-         "reference" else "Group DRO's weights are the proxy's own online mixture "
-         "(train_proxy.mode = 'resample' samples with them)")
-  raise ConfigError(f"train_{stage}.mixer = {mixer!r}: an online mixer has no meaning in the "
-                    f"{stage} stage: {why}. Set train_main_model.mixer instead.")
+def prior(name: str) -> str:
+  """The weights spec method `name` starts from."""
+  return base.get(name).prior
+
+
+def make(name: str, num_domains: int, num_steps: int) -> base.Mixer:
+  """The mixer `name` with its gin-bound settings (ConfigError for an
+  unknown name)."""
+  return base.get(name).cls(num_domains, num_steps)
+
+
+def needs_reference(name: str) -> bool:
+  """Whether method `name` compares the model with a reference run."""
+  return base.get(name).cls.needs_reference

@@ -183,6 +183,7 @@ def init_curve(num_domains: int, capacity: int):
           "acc_ok": jnp.ones(k, bool)}
 
 
+@base.register(prior="proportional")
 @gin.configurable
 class ADOMixer(base.Mixer):
   """ADO in the main run. Every step records each domain's sequences seen

@@ -85,6 +85,7 @@ def step_weights(weights_K, a_KxK, eta: float, smoothing=None, abar_KxK=None):
 # The mixer (issue 14's interface, `mixers.base`): host-orchestrated rounds
 
 
+@base.register(prior="uniform")
 @gin.configurable
 class AioliMixer(base.Mixer):
   """Aioli in the main run. Round r covers steps [r T, (r + 1) T), T =

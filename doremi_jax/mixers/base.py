@@ -25,10 +25,13 @@ rates from the same replicated state, so every host builds the same batch.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+
+from doremi_jax.config import ConfigError
 
 DELAY = 2
 
@@ -76,3 +79,39 @@ class Mixer:
 
   def describe(self) -> dict:
     return {"method": self.name, "every": self.every, "delay": DELAY, **self.hyper}
+
+
+@dataclasses.dataclass(frozen=True)
+class Registered:
+  """A mixing method as users name it: its class and its starting mixture
+  (a weights spec, e.g. 'proportional')."""
+  name: str
+  cls: type
+  prior: str
+
+
+REGISTRY: dict = {}
+
+
+def register(prior: str):
+  """Class decorator: registers a `Mixer` subclass under its `name`, with
+  the starting mixture `prior` its authors start from."""
+
+  def add(cls):
+    if cls.name in REGISTRY and REGISTRY[cls.name].cls is not cls:
+      raise ValueError(f"two mixers are named {cls.name!r}")
+    REGISTRY[cls.name] = Registered(cls.name, cls, prior)
+    return cls
+
+  return add
+
+
+def names() -> tuple:
+  return tuple(REGISTRY)
+
+
+def get(name: str) -> Registered:
+  if name not in REGISTRY:
+    raise ConfigError(f"unknown mixing method {name!r}; train_main_model.mixer takes one of "
+                      f"{', '.join(REGISTRY)}, or None for a static mixture.")
+  return REGISTRY[name]

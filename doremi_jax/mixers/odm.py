@@ -90,6 +90,7 @@ def update(state: ODMState, losses_K, observed_K, smoothing: float = 0.9,
 # The mixer (issue 14's interface, `mixers.base`)
 
 
+@base.register(prior="proportional")
 @gin.configurable
 class ODMMixer(base.Mixer):
   """ODM in the main run: the prior mixture for `warmup_steps` (the

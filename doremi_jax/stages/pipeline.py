@@ -94,8 +94,7 @@ def _check_reference_weights(subdir, expected: dict):
 @gin.configurable
 def train_pipeline(workdir: str, rounds: int = 1, tolerance: float = 1e-2,
                    reference_weights: Any = "uniform", run_main: bool = True,
-                   run_baseline: bool = True, write_report: bool = True,
-                   devices=None) -> dict:
+                   run_baseline: bool = True, write_report: bool = True) -> dict:
   """Runs DoReMi end to end in `workdir` (see the module docstring).
 
   rounds: reference->proxy rounds (iterated DoReMi); round r+1's reference
@@ -140,9 +139,9 @@ def train_pipeline(workdir: str, rounds: int = 1, tolerance: float = 1e-2,
     ref_dir, proxy_dir = round_dir(workdir, r, "reference"), round_dir(workdir, r, "proxy")
     _check_reference_weights(ref_dir, current)
     _run_stage(log, f"round_{r}/reference", f"round {r}/{rounds}, Step 1: reference model",
-               ref_dir, "reference", weights=dict(current), devices=devices)
+               ref_dir, "reference", weights=dict(current))
     _run_stage(log, f"round_{r}/proxy", f"round {r}/{rounds}, Step 2: Group-DRO proxy",
-               proxy_dir, "proxy", reference_dir=str(ref_dir), devices=devices)
+               proxy_dir, "proxy", reference_dir=str(ref_dir))
     new = files.read_json(files.path(proxy_dir) / "average_domain_weights.json")
     change = l1_change(new, current)
     log.data["rounds"].append({"round": r, "reference_weights": current, "weights": new,
@@ -160,12 +159,10 @@ def train_pipeline(workdir: str, rounds: int = 1, tolerance: float = 1e-2,
 
   if run_main:
     _run_stage(log, MAIN_MODEL_DOREMI, "Step 3: main model on the DoReMi weights",
-               files.path(workdir) / MAIN_MODEL_DOREMI, "main", weights=dict(current),
-               devices=devices)
+               files.path(workdir) / MAIN_MODEL_DOREMI, "main", weights=dict(current))
   if run_baseline:
     _run_stage(log, MAIN_MODEL_BASELINE, "baseline: main model on the reference weights",
-               files.path(workdir) / MAIN_MODEL_BASELINE, "main", weights=dict(w0),
-               devices=devices)
+               files.path(workdir) / MAIN_MODEL_BASELINE, "main", weights=dict(w0))
     comparison = evaluate.compare(
         files.read_json(files.path(workdir) / MAIN_MODEL_DOREMI / "eval.json"),
         files.read_json(files.path(workdir) / MAIN_MODEL_BASELINE / "eval.json"))
@@ -185,5 +182,7 @@ def train_pipeline(workdir: str, rounds: int = 1, tolerance: float = 1e-2,
   return log.data
 
 
-registry.register(registry.Stage("pipeline", train_pipeline,
-                                 runs=("reference", "proxy", "main")))
+# What compile_check compiles for a pipeline: its three step programs (the
+# proxy against gin's `reference/` model; weights do not change a program).
+registry.register(registry.Stage("pipeline", train_pipeline, runs=(
+    ("reference", {}), ("proxy", {"reference_dir": None}), ("main", {"weights": "uniform"}))))

@@ -1,16 +1,16 @@
 """The stage registry: what `run.stage` may name.
 
 Each stage module registers its stages when imported (`doremi_jax.main`
-imports them all). `main` runs `get(name)(workdir)`; the pipeline runs each
-step's stage the same way; and
-`compile_check` compiles, for each kind in `get(name).compiles`, the step
-program that `get(kind).build_program(corpus, cfg, devices)` returns.
+imports them all). `main` runs `get(name)(workdir)`; the pipeline and the
+study run other stages the same way; `compile_check` builds, for each
+stage kind in `get(name).compiled`, the step program that stage would
+train (`context.build_program`) and compiles it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import gin
 
@@ -19,21 +19,21 @@ from doremi_jax.config import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  """`fn(workdir, devices=None)` runs the stage. `build_program(corpus, cfg,
-  devices)` returns its step program (for ahead-of-time compilation) where
-  it trains one. A composite stage (the pipeline) runs other stages, each
-  under the gin scope of its name; `runs` names them. A single stage runs
-  under the gin scope of its own name, so `proxy/TrainConfig.num_steps`
-  applies to a proxy run alone as to the proxy inside a pipeline."""
+  """`fn(workdir, **kwargs)` runs the stage. A composite stage (the pipeline,
+  the study) runs other stages, each under the gin scope of its kind;
+  `runs` lists them as (kind, kwargs): the arguments the composite passes
+  that gin does not (`compile_check` passes these, e.g. placeholder weights
+  that do not change the step program). A single stage runs under the gin
+  scope of its own name, so `proxy/TrainConfig.num_steps` applies to a
+  proxy run alone as to the proxy inside a pipeline."""
   name: str
   fn: Callable[..., Any]
-  build_program: Optional[Callable[..., Any]] = None
   runs: tuple = ()
 
   @property
-  def compiled_kinds(self) -> tuple:
-    """The stages whose step programs `compile_check` compiles for this one."""
-    return self.runs or (self.name,)
+  def compiled(self) -> tuple:
+    """(kind, kwargs) of every step program `compile_check` compiles."""
+    return self.runs or ((self.name, {}),)
 
   def __call__(self, workdir: str, **kwargs):
     if self.runs:

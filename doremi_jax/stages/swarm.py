@@ -46,9 +46,6 @@ from doremi_jax.swarm import law as law_lib
 from doremi_jax.swarm import program as swarm_lib
 from doremi_jax.swarm import report
 
-MIXTURES_FILE = "swarm_mixtures.json"
-RESULT_FILE = "swarm.json"
-WEIGHTS_FILE = "swarm_weights.json"
 SEEDS = ("same", "distinct")
 
 
@@ -131,8 +128,8 @@ def train_swarm(workdir: str, members: int = 16, prior: Any = "proportional",
                 law: str = "loglinear", objective: Any = "average", kl_weight: float = 0.05,
                 repetitions: Optional[float] = None, main_tokens: Optional[int] = None,
                 folds: int = 5, gbm_settings: Optional[dict] = None,
-                candidates: int = 100_000, top_k: int = 128, compare_with: Any = None,
-                devices=None, check_only: bool = False) -> Optional[dict]:
+                candidates: int = 100_000, top_k: int = 128,
+                compare_with: Any = None) -> dict:
   """Trains a swarm of `members` small models (gin's model, `swarm/`
   TrainConfig) on mixtures drawn around `prior` (a weights spec;
   RegMix's Dirichlet with `concentration`, default RegMix's 15 values
@@ -145,8 +142,7 @@ def train_swarm(workdir: str, members: int = 16, prior: Any = "proportional",
   and swarm.md (with `compare_with`'s weights beside, e.g. a DoReMi run).
   `seeds='same'`: every member has the same initialisation and the same
   row-draw seed (only its mixture differs); 'distinct': member m uses
-  seed + m for both. Returns swarm.json (None with `check_only`, which
-  checks the settings and the mesh and trains nothing)."""
+  seed + m for both. Returns swarm.json."""
   cfg = TrainConfig()
   corpus = get_corpus()
   p = plan(corpus, cfg, members, prior, concentration, tuple(corners), cap_factor, min_weight,
@@ -157,16 +153,14 @@ def train_swarm(workdir: str, members: int = 16, prior: Any = "proportional",
   if compare_with is not None:
     compare = {"compared": weights_lib.as_dict(corpus.domains, weights_lib.resolve_weights(
         compare_with, corpus, "train_swarm.compare_with"))}
-  mixtures_path = files.path(workdir) / MIXTURES_FILE
+  mixtures_path = files.path(workdir) / rundir.SWARM_MIXTURES
   mixtures_json = {"domains": list(corpus.domains), "mixtures": p.mixtures.tolist(),
                    "member_seeds": list(p.member_seeds)}
   if files.exists(mixtures_path) and files.read_json(mixtures_path) != mixtures_json:
     raise ConfigError(f"{workdir} holds a swarm with other mixtures or seeds "
                       f"({mixtures_path}); resume it with its own settings, or use a new "
                       "run directory.")
-  setup = swarm_lib.swarm_setup(corpus.vocab_size, cfg, members, devices=devices)
-  if check_only:
-    return None
+  setup = swarm_lib.swarm_setup(corpus.vocab_size, cfg, members)
   program = swarm_lib.swarm_program(setup, corpus.num_domains, cfg.grad_accum_steps,
                                     cfg.seq_len, p.member_seeds)
 
@@ -182,8 +176,8 @@ def train_swarm(workdir: str, members: int = 16, prior: Any = "proportional",
         kl_weight=kl_weight, caps=p.caps, folds=folds, seed=cfg.seed,
         gbm_settings=gbm_settings, candidates=candidates, top_k=top_k)
     if rundir.is_writer():
-      files.write_json(files.path(workdir) / RESULT_FILE, result)
-      files.write_json(files.path(workdir) / WEIGHTS_FILE, result["weights"])
+      files.write_json(files.path(workdir) / rundir.SWARM_RESULT, result)
+      files.write_json(files.path(workdir) / rundir.SWARM_WEIGHTS, result["weights"])
       rundir.announce("swarm", f"report: {report.write(workdir, result, compare)}")
     cv = result["laws"][law]["cross_validation"]["average"]["spearman"]
     cv_obj = result["laws"][law]["objective_cross_validation"]["spearman"]
@@ -197,9 +191,8 @@ def train_swarm(workdir: str, members: int = 16, prior: Any = "proportional",
           "eval_tokens": members * cfg.eval_examples_per_domain * corpus.num_domains
           * cfg.seq_len}
   runner.run_stage(workdir=workdir, stage="swarm", corpus=corpus, cfg=cfg, program=program,
-                   assignment=None, info=info, make_loader=make_loader,
-                   start_files={MIXTURES_FILE: mixtures_json},
-                   hooks=runner.Hooks(on_finish=on_finish))
+                   loader=make_loader, hooks=[runner.Record(info, {rundir.SWARM_MIXTURES: mixtures_json}),
+                                              runner.OnFinish(on_finish)])
   return out["result"]
 
 

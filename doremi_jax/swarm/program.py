@@ -131,7 +131,7 @@ def swarm_program(setup: ModelSetup, num_domains: int, accum: int, seq_len: int,
       params_of=lambda s: s.params, domain_loss_key="domain_loss",
       flops_per_token=float(setup.model_cfg.flops_per_token(seq_len)),
       make_global=lambda b: from_full(b, setup.batch_shardings),
-      make_evaluator=SwarmEvaluator.create)
+      make_evaluator=SwarmEvaluator.create, batch_prefix=(members,))
 
 
 class SwarmAssignment:

@@ -1,0 +1,122 @@
+"""What a study arm is, and the registry of arm kinds.
+
+An arm kind is one small class: which specs it answers to (`matches`), how
+it checks its settings before anything trains (`check`), how it prepares
+its mixture or schedule by running its method's own runs (`prepare_all`,
+once for all the study's arms of the kind, e.g. one iterated DoReMi run for
+'doremi' and 'doremi:2'), how each seed's main-model run trains (`train`),
+which mixture it reports (`rates`) and which method runs its cost is
+charged with (`method_runs`). The study stage only calls these; it never
+looks at an arm's spelling.
+
+Kinds register in order (`register`); a spec is the first kind's that
+`matches` it, and the weights kind (any weights spec) comes last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import numpy as np
+
+from doremi_jax import rundir
+from doremi_jax.config import ConfigError
+from doremi_jax.stages import registry as stages
+
+
+@dataclasses.dataclass
+class Study:
+  """What the arms of one study share: its directory, corpus and main-model
+  config, the study's own settings (`train_study`'s arguments that belong
+  to a kind, e.g. `rounds`, `unimax_epochs`) and `shared`, where one kind's
+  method runs leave what another kind reuses (DoReMi's round-1 reference
+  for online DoReMi)."""
+  root: Any
+  corpus: Any
+  cfg: Any
+  settings: dict
+  shared: dict = dataclasses.field(default_factory=dict)
+
+  def say(self, msg: str):
+    rundir.announce("study", msg)
+
+  def domain_rates(self, weights: dict) -> np.ndarray:
+    """{domain: weight} -> [K] float64 in the corpus's domain order."""
+    return np.array([weights[d] for d in self.corpus.domains], np.float64)
+
+
+class Arm:
+  """One arm of one study (see the module docstring). `kind` names the kind;
+  `spelling` is how users write it (listed in errors); `static`: the
+  mixture is known before anything trains."""
+  kind: ClassVar[str] = ""
+  spelling: ClassVar[str] = ""
+  static: ClassVar[bool] = False
+
+  def __init__(self, name: str, spec: Any, study: Study):
+    self.name, self.spec, self.study = name, spec, study
+    self.method_runs: list = []   # run directories charged to this arm's cost
+
+  @classmethod
+  def matches(cls, spec: Any) -> bool:
+    raise NotImplementedError
+
+  def check(self) -> None:
+    """Raises ConfigError before anything trains if the arm cannot work."""
+
+  @classmethod
+  def prepare_all(cls, arms: list, study: Study) -> None:
+    """Runs the method's own runs for all of the study's arms of this kind."""
+
+  def weights(self) -> Any:
+    """What `train_main_model.weights` trains this arm with."""
+    raise NotImplementedError
+
+  def train(self, run_dir: str, seed: int) -> None:
+    """Seed `seed`'s main-model run of this arm, in `run_dir`."""
+    stages.get("main")(run_dir, weights=self.weights(), seed=seed)
+
+  def rates(self, seeds: int) -> np.ndarray:
+    """The arm's mixture [K] for the report, once its runs are done."""
+    raise NotImplementedError
+
+  def what(self) -> str:
+    return f"train_study.arms[{self.name!r}]"
+
+
+KINDS: list = []
+
+
+def register(cls):
+  """Class decorator: adds an arm kind (after those registered before it)."""
+  if any(k.kind == cls.kind for k in KINDS):
+    raise ValueError(f"two arm kinds are named {cls.kind!r}")
+  KINDS.append(cls)
+  return cls
+
+
+def spellings() -> list:
+  """How users write the methods' arms (every kind that has a spelling)."""
+  return [k.spelling() if callable(k.spelling) else k.spelling for k in KINDS if k.spelling]
+
+
+def make(name: str, spec: Any, study: Study) -> Arm:
+  """The arm `name` of `study` from its spec (the first kind that matches;
+  its `check` then refuses what cannot work)."""
+  for kind in KINDS:
+    if kind.matches(spec):
+      return kind(name, spec, study)
+  raise ConfigError(f"train_study.arms[{name!r}]: {spec!r} is not an arm; write one of "
+                    f"{', '.join(spellings())}.")
+
+
+def by_kind(arms) -> list:
+  """[(kind class, [its arms])] in registration order (kinds present only)."""
+  out = []
+  for kind in KINDS:
+    mine = [a for a in arms if type(a) is kind]
+    if mine:
+      out.append((kind, mine))
+  return out
+

@@ -1,0 +1,59 @@
+"""DoReMi arms: the study runs DoReMi's reference + proxy itself."""
+
+from __future__ import annotations
+
+from doremi_jax.arms import base
+from doremi_jax.config import ConfigError
+from doremi_jax.stages import registry as stages
+
+DIR = "doremi"   # RUN/doremi: the study's iterated DoReMi run (a pipeline without Step 3)
+
+
+@base.register
+class DoReMi(base.Arm):
+  """'doremi': the weights of DoReMi's last round (`train_study.rounds`;
+  iterated DoReMi when > 1), run once in RUN/doremi for all DoReMi arms.
+  'doremi:N': the weights after round N of the same iterated run (it runs
+  as many rounds as any arm asks for; a round the run skipped because the
+  weights had converged gives the converged ones), so one study compares
+  DoReMi with iterated DoReMi. The reference and proxy runs of the rounds
+  an arm uses are charged to its cost."""
+  kind, spelling = "doremi", "doremi, doremi:N"
+
+  @classmethod
+  def matches(cls, spec):
+    return isinstance(spec, str) and (spec == "doremi" or spec.startswith("doremi:"))
+
+  def round(self) -> int:
+    """The round whose weights the arm uses."""
+    if self.spec == "doremi":
+      return self.study.settings["rounds"]
+    n = self.spec[len("doremi:"):]
+    if not (n.isdigit() and int(n) >= 1):
+      raise ConfigError(f"train_study.arms: {self.spec!r} names no round; write 'doremi:N' "
+                        "with N >= 1 (the weights after round N of iterated DoReMi).")
+    return int(n)
+
+  def check(self):
+    self.round()
+
+  @classmethod
+  def prepare_all(cls, arms, study):
+    most = max(a.round() for a in arms)
+    run_dir = study.root / DIR
+    study.say(f"arms {', '.join(a.name for a in arms)}: DoReMi's reference + proxy ({most} "
+              f"round(s)) in {run_dir}")
+    state = stages.get("pipeline")(str(run_dir), rounds=most, run_main=False,
+                                   run_baseline=False)
+    done = state["rounds"]
+    study.shared["reference_dir"] = done[0]["reference_dir"]
+    for arm in arms:
+      used = done[:arm.round()]   # fewer when the run converged before the arm's round
+      arm.final = used[-1]["weights"]
+      arm.method_runs = [x[k] for x in used for k in ("reference_dir", "proxy_dir")]
+
+  def weights(self):
+    return self.final
+
+  def rates(self, seeds):
+    return self.study.domain_rates(self.final)

@@ -1,0 +1,59 @@
+"""Online mixer arms: the main run's mixture changes during training."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from doremi_jax import files
+from doremi_jax import mixers
+from doremi_jax import rundir
+from doremi_jax.arms import base
+from doremi_jax.stages import registry as stages
+
+REFERENCE_DIR = "reference"   # RUN/reference: online DoReMi's reference, without DoReMi arms
+
+
+@base.register
+class Mixer(base.Arm):
+  """Every registered online mixer by its name (`mixers.names()`: 'odm',
+  'ado', 'doremi_online', 'aioli', ...), from its method's starting mixture
+  (`mixers.prior`), with gin's settings for it; the arm's weights are the
+  rates averaged over the run's steps (mean over seeds). A mixer that
+  compares with a reference ('doremi_online') uses DoReMi's round-1
+  reference when the study has DoReMi arms, else trains one in
+  RUN/reference (charged to it)."""
+  kind = "mixer"
+
+  @staticmethod
+  def spelling():
+    return ", ".join(mixers.names())
+
+  @classmethod
+  def matches(cls, spec):
+    return isinstance(spec, str) and spec in mixers.names()
+
+  @classmethod
+  def prepare_all(cls, arms, study):
+    needs = [a for a in arms if mixers.needs_reference(a.spec)]
+    if not needs:
+      return
+    reference_dir = study.shared.get("reference_dir")
+    own = reference_dir is None
+    if own:
+      reference_dir = str(study.root / REFERENCE_DIR)
+      if not rundir.is_complete(reference_dir):
+        study.say(f"arms {', '.join(a.name for a in needs)}: their reference in "
+                  f"{reference_dir}")
+        stages.get("reference")(reference_dir)
+    for arm in needs:
+      arm.reference_dir = reference_dir
+      arm.method_runs = [reference_dir] if own else []
+
+  def train(self, run_dir, seed):
+    stages.get("main")(run_dir, weights=mixers.prior(self.spec), seed=seed, mixer=self.spec,
+                       reference_dir=getattr(self, "reference_dir", None))
+
+  def rates(self, seeds):
+    avg = [files.read_json(rundir.arm_dir(self.study.root, self.name, s) /
+                           rundir.AVERAGE_MIXTURE) for s in range(seeds)]
+    return np.mean([self.study.domain_rates(a) for a in avg], axis=0)

@@ -1,0 +1,59 @@
+"""Swarm arms: the optimum of a mixing law fitted to a swarm of small models."""
+
+from __future__ import annotations
+
+from doremi_jax import context
+from doremi_jax import files
+from doremi_jax import rundir
+from doremi_jax.arms import base
+from doremi_jax.config import ConfigError
+from doremi_jax.stages import registry as stages
+from doremi_jax.swarm import fit
+
+DIR = "swarm"   # RUN/swarm: the study's swarm (gin's `swarm/` scope)
+
+
+@base.register
+class Swarm(base.Arm):
+  """'swarm': the study trains a swarm (`train_swarm`, gin's `swarm/`
+  scope) once in RUN/swarm and uses its law's optimum (swarm_weights.json).
+  'swarm:LAW': the optimum of the same swarm's law LAW (linear, loglinear,
+  gbm), so one study compares the laws at the cost of one swarm. The
+  swarm's run is charged to every swarm arm."""
+  kind, spelling = "swarm", "swarm, swarm:LAW"
+
+  @classmethod
+  def matches(cls, spec):
+    return isinstance(spec, str) and (spec == "swarm" or spec.startswith("swarm:"))
+
+  def law(self) -> str:
+    """The arm's law ('' for the swarm's own `train_swarm.law`)."""
+    law = self.spec[len("swarm:"):] if self.spec != "swarm" else ""
+    if law and law not in fit.LAWS:
+      raise ConfigError(f"train_study.arms: {self.spec!r} names no law; write 'swarm:LAW' "
+                        f"with LAW one of {fit.LAWS}.")
+    return law
+
+  def check(self):
+    self.law()
+    if "swarm_checked" not in self.study.shared:   # its settings and mesh, training nothing
+      run_dir = str(self.study.root / DIR)
+      context.build_program(lambda: stages.get("swarm")(run_dir))
+      self.study.shared["swarm_checked"] = True
+
+  @classmethod
+  def prepare_all(cls, arms, study):
+    run_dir = study.root / DIR
+    if not rundir.is_complete(run_dir):
+      study.say(f"arms {', '.join(a.name for a in arms)}: the swarm in {run_dir}")
+      stages.get("swarm")(str(run_dir))
+    swarm = files.read_json(run_dir / rundir.SWARM_RESULT)
+    for arm in arms:
+      arm.final = swarm["laws"][arm.law() or swarm["law"]]["optimum"]
+      arm.method_runs = [str(run_dir)]
+
+  def weights(self):
+    return self.final
+
+  def rates(self, seeds):
+    return self.study.domain_rates(self.final)
