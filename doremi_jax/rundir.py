@@ -34,6 +34,40 @@ COMPARISON = "comparison.json"
 # The pipeline's two Step 3 ("main model") runs.
 MAIN_MODEL_DOREMI = "main_doremi"
 MAIN_MODEL_BASELINE = "main_baseline"
+# What a stage writes and the reports (doremi_jax.analysis) read; each name
+# is spelled here once.
+RUN_INFO = "run_info.json"
+CHECKPOINTS = "checkpoints"
+METRICS_LOG = "metrics.jsonl"
+EVAL = "eval.json"                                # the final evaluation
+EVAL_LOG = "eval.jsonl"                           # every evaluation during training
+REFERENCE_WEIGHTS = "reference_weights.json"      # Step 1's training weights
+AVERAGE_WEIGHTS = "average_domain_weights.json"   # Step 2's result, read by Step 3
+REFERENCE_EVAL = "reference_eval.json"            # Step 2's reference, evaluated
+DOREMI_WEIGHTS_LOG = "doremi_weights.jsonl"       # Step 2's weights over its steps
+MIXTURE_LOG = "mixture_weights.jsonl"             # an online mixer's rates
+AVERAGE_MIXTURE_WEIGHTS = "average_mixture_weights.json"
+MIXER_COST = "mixer_cost.json"                    # an online mixer's own evaluations
+REPORT_MD = "report.md"                           # the pipeline report
+REPORT_JSON = "report.json"                       # what report.md shows, as data
+PLOTS = "plots"                                   # every report's figures
+STUDY_JSON = "study.json"
+STUDY_MD = "study.md"
+STUDY_DOREMI = "doremi"     # RUN/doremi: a study's DoReMi pipeline (reference + proxy)
+SWARM_JSON = "swarm.json"
+SWARM_MD = "swarm.md"
+SWARM_WEIGHTS = "swarm_weights.json"
+
+
+def arm_dir(root, arm: str, seed: int):
+  """A study's run of `arm` with seed `seed`: RUN/arms/<arm>/seed_<seed>."""
+  return files.path(root) / "arms" / arm / f"seed_{seed}"
+
+
+def round_number(name: str) -> Optional[int]:
+  """r for a pipeline's `round_<r>` directory name, else None."""
+  digits = name[len("round_"):]
+  return int(digits) if name.startswith("round_") and digits.isdigit() else None
 
 
 def is_writer() -> bool:
