@@ -11,7 +11,7 @@ import pytest
 from helpers import REPO, run_cli, run_cli_until
 from doremi_jax import config as config_lib
 from doremi_jax import main as main_lib
-from doremi_jax import report
+from doremi_jax.analysis import pipeline_report
 from doremi_jax.config import ConfigError
 
 # A small pipeline for in-process runs on the 8 forced CPU devices (8-way
@@ -144,7 +144,7 @@ def test_report_on_a_run_with_only_step1(three_rounds, tmp_path):
   _, wd, _ = three_rounds
   part = tmp_path / "partial"
   shutil.copytree(wd / "round_1" / "reference", part / "round_1" / "reference")
-  path = report.write_report(str(part))
+  path = pipeline_report.write(str(part))
   text = (part / "report.md").read_text()
   assert path == str(part / "report.md")
   assert "| round_1/proxy |" in text and "missing: not run yet" in text
@@ -156,10 +156,10 @@ def test_report_on_a_run_with_only_step1(three_rounds, tmp_path):
 
 def test_report_errors_clearly_on_a_non_run(tmp_path):
   with pytest.raises(ConfigError, match="does not exist"):
-    report.write_report(str(tmp_path / "nope"))
+    pipeline_report.write(str(tmp_path / "nope"))
   (tmp_path / "empty").mkdir()
   with pytest.raises(ConfigError, match="holds no DoReMi run"):
-    report.write_report(str(tmp_path / "empty"))
+    pipeline_report.write(str(tmp_path / "empty"))
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ Step 2 run directory), or:
                 arms, else trains one in RUN/reference (charged to it)
 
     RUN/arms/<arm>/seed_<s>/   one main-model run (resumable, skipped when complete)
-    RUN/study.json, study.md   the statistics (doremi_jax.stats) and the verdicts
+    RUN/study.json, study.md   the statistics (doremi_jax.analysis.stats) and the verdicts
 
 Re-running the command after a kill finishes the study with identical
 numbers: finished runs are skipped and the interrupted one resumes.
@@ -50,7 +50,8 @@ import numpy as np
 from doremi_jax import files
 from doremi_jax import mixers
 from doremi_jax import rundir
-from doremi_jax import study_report
+from doremi_jax.analysis import study_report
+from doremi_jax.analysis import study_stats
 from doremi_jax.config import ConfigError
 from doremi_jax.data import weights as weights_lib
 from doremi_jax.data.registry import get_corpus
@@ -239,7 +240,7 @@ def train_study(workdir: str, arms: Any = gin.REQUIRED, seeds: int = 3,
 
   for name, spec in arms.items():
     for seed in range(seeds):
-      run_dir = root / "arms" / name / f"seed_{seed}"
+      run_dir = rundir.arm_dir(root, name, seed)
       if rundir.is_complete(run_dir):
         _say(f"arm {name}, seed {seed}: already complete, skipping")
         continue
@@ -254,15 +255,15 @@ def train_study(workdir: str, arms: Any = gin.REQUIRED, seeds: int = 3,
       registry.get("main")(str(run_dir), weights=weights, seed=seed, devices=devices)
   for name, spec in arms.items():
     if spec in mixers.METHODS:   # the schedule's time-averaged rates, mean over seeds
-      avg = [files.read_json(root / "arms" / name / f"seed_{s}" / "average_mixture_weights.json")
+      avg = [files.read_json(rundir.arm_dir(root, name, s) / "average_mixture_weights.json")
              for s in range(seeds)]
       rates[name] = np.mean([[a[d] for d in corpus.domains] for a in avg], axis=0)
 
-  result = study_report.analyse(root, list(arms), seeds, baseline, corpus, rates, method_runs,
-                                level)
+  result = study_stats.analyse(root, list(arms), seeds, baseline, corpus, rates, method_runs,
+                               level)
   if rundir.is_writer():
     files.write_json(root / STUDY_FILE, result)
-    path = study_report.write(root, result)
+    path = study_report.write(root)
     print(study_report.format_verdicts(result), flush=True)
     _say(f"report: {path}")
   _say(f"done in {time.time() - t_start:.0f}s")
