@@ -84,6 +84,13 @@ def test_iterated_doremi_records_every_round(three_rounds):
   assert not (wd / "main_doremi").exists()
   text = (wd / "report.md").read_text()
   assert "round 3" in text and "not converged within 3 round(s)" in text
+  # report.json: what report.md shows, as data
+  report = json.loads((wd / "report.json").read_text())
+  assert report["pipeline"] == state
+  assert [s["name"] for s in report["stages"]] == [f"round_{r}/{k}" for r in (1, 2, 3)
+                                                   for k in ("reference", "proxy")]
+  assert report["weight_trajectory"] == [[0, rounds[0]["reference_weights"]]] + [
+      [r["round"], r["weights"]] for r in rounds]
   assert (wd / "plots" / "weights_across_rounds.png").exists()
   assert (wd / "plots" / "proxy_weights_round_3.png").exists()
 
