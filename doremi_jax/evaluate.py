@@ -1,6 +1,6 @@
 """Per-domain evaluation: mean token loss and perplexity per domain on the
-validation split, their uniform average and the worst case; and the
-comparison of two main models.
+validation split, their uniform average and the worst case. (Comparing two
+main models, and the console tables, are `doremi_jax.analysis.compare`.)
 
 `Evaluator` runs one jitted forward over fixed validation batches (the first
 `eval_examples_per_domain` sequences of every domain, the same for every
@@ -96,47 +96,3 @@ def summarize(domains: Sequence[str], sums, counts, step: int,
       "uniform_average": float(np.mean(losses)),
       "worst_case": {"domain": domains[worst], "loss": float(losses[worst])},
   }
-
-
-def format_table(summary: dict) -> str:
-  lines = [f"{'domain':<14}{'loss':>9}{'ppl':>10}{'floor':>9}"]
-  for d, r in summary["per_domain"].items():
-    floor = f"{r['entropy_floor']:9.3f}" if "entropy_floor" in r else f"{'-':>9}"
-    lines.append(f"{d:<14}{r['loss']:9.4f}{r['perplexity']:10.2f}{floor}")
-  lines.append(f"{'uniform avg':<14}{summary['uniform_average']:9.4f}")
-  lines.append(f"{'worst case':<14}{summary['worst_case']['loss']:9.4f}  "
-               f"({summary['worst_case']['domain']})")
-  return "\n".join(lines)
-
-
-def compare(doremi_summary: dict, baseline_summary: dict) -> dict:
-  """Per-domain validation loss of two main models (DoReMi vs baseline);
-  `delta` < 0 means DoReMi is better."""
-  rows = {}
-  for d, r in doremi_summary["per_domain"].items():
-    b = baseline_summary["per_domain"][d]["loss"]
-    rows[d] = {"doremi": r["loss"], "baseline": b, "delta": r["loss"] - b,
-               "doremi_perplexity": r["perplexity"],
-               "baseline_perplexity": baseline_summary["per_domain"][d]["perplexity"]}
-    if "entropy_floor" in r:
-      rows[d]["entropy_floor"] = r["entropy_floor"]
-  du, bu = doremi_summary["uniform_average"], baseline_summary["uniform_average"]
-  agg = {"uniform_average": {"doremi": du, "baseline": bu, "delta": du - bu}}
-  dw, bw = doremi_summary["worst_case"], baseline_summary["worst_case"]
-  agg["worst_case"] = {"doremi": dw["loss"], "baseline": bw["loss"],
-                       "delta": dw["loss"] - bw["loss"],
-                       "doremi_domain": dw["domain"], "baseline_domain": bw["domain"]}
-  return {"per_domain": rows, **agg,
-          "domains_improved": sum(1 for r in rows.values() if r["delta"] < 0),
-          "num_domains": len(rows)}
-
-
-def format_comparison(cmp: dict) -> str:
-  lines = [f"{'domain':<14}{'DoReMi':>9}{'baseline':>10}{'delta':>9}"]
-  for d, r in cmp["per_domain"].items():
-    lines.append(f"{d:<14}{r['doremi']:9.4f}{r['baseline']:10.4f}{r['delta']:+9.4f}")
-  for key, label in (("uniform_average", "uniform avg"), ("worst_case", "worst case")):
-    r = cmp[key]
-    lines.append(f"{label:<14}{r['doremi']:9.4f}{r['baseline']:10.4f}{r['delta']:+9.4f}")
-  lines.append(f"DoReMi is better on {cmp['domains_improved']} of {cmp['num_domains']} domains.")
-  return "\n".join(lines)

@@ -28,31 +28,59 @@ from doremi_jax import files
 from doremi_jax.config import ConfigError
 from doremi_jax.model import EXECUTION_FIELDS
 
-COMPLETE = "complete.json"
-RUN_INFO = "run_info.json"
-CHECKPOINTS = "checkpoints"
+# Every file and directory name a run writes or reads is spelled here and
+# nowhere else (tests/structure_test.py checks).
 # Every training stage (the runner)
-EVAL = "eval.json"                        # the final per-domain evaluation
-EVAL_LOG = "eval.jsonl"                   # every evaluation
+COMPLETE = "complete.json"                        # written last, after the final checkpoint
+RUN_INFO = "run_info.json"
+CONFIG = "config.gin"
+CHECKPOINTS = "checkpoints"
+METRICS_LOG = "metrics.jsonl"
+TENSORBOARD = "tensorboard"
+EVAL = "eval.json"                                # the final evaluation
+EVAL_LOG = "eval.jsonl"                           # every evaluation during training
+# Step 1 and Step 3: the rates a static run trains with (`weights_file`)
+REFERENCE_WEIGHTS = "reference_weights.json"
+MAIN_WEIGHTS = "main_weights.json"
 # Step 2 (proxy)
-AVERAGE_WEIGHTS = "average_domain_weights.json"   # the DoReMi mixture, read by Step 3
-DRO_LOG = "doremi_weights.jsonl"
-REFERENCE_EVAL = "reference_eval.json"
+AVERAGE_WEIGHTS = "average_domain_weights.json"   # Step 2's result, read by Step 3
+REFERENCE_EVAL = "reference_eval.json"            # Step 2's reference, evaluated
+DOREMI_WEIGHTS_LOG = "doremi_weights.jsonl"       # Step 2's weights over its steps
 # A mixture that changes during training (online mixers, Step 2's resample mode)
-MIXTURE_LOG = "mixture_weights.jsonl"
-AVERAGE_MIXTURE = "average_mixture_weights.json"
-MIXER_COST = "mixer_cost.json"
+MIXTURE_LOG = "mixture_weights.jsonl"             # the rates of every block of steps
+AVERAGE_MIXTURE_WEIGHTS = "average_mixture_weights.json"
+MIXER_COST = "mixer_cost.json"                    # an online mixer's own evaluations
+# The pipeline
+PIPELINE_STATE = "pipeline.json"
+PIPELINE_CONFIG = "pipeline_config.gin"
+COMPARISON = "comparison.json"
+MAIN_MODEL_DOREMI = "main_doremi"                 # the pipeline's two Step 3 runs
+MAIN_MODEL_BASELINE = "main_baseline"
+REPORT_MD = "report.md"                           # the pipeline report
+REPORT_JSON = "report.json"                       # what report.md shows, as data
+PLOTS = "plots"                                   # every report's figures
+# The study (its arms' runs: `arm_dir`)
+STUDY_JSON = "study.json"
+STUDY_MD = "study.md"
+STUDY_DOREMI = "doremi"        # RUN/doremi: a study's DoReMi pipeline (reference + proxy)
+STUDY_SWARM = "swarm"          # RUN/swarm: a study's swarm
+STUDY_REFERENCE = "reference"  # RUN/reference: online DoReMi's reference without DoReMi arms
 # The swarm
 SWARM_MIXTURES = "swarm_mixtures.json"
-SWARM_RESULT = "swarm.json"
+SWARM_JSON = "swarm.json"
+SWARM_MD = "swarm.md"
 SWARM_WEIGHTS = "swarm_weights.json"
-# The study
-STUDY_RESULT = "study.json"
-PIPELINE_STATE = "pipeline.json"
-COMPARISON = "comparison.json"
-# The pipeline's two Step 3 ("main model") runs.
-MAIN_MODEL_DOREMI = "main_doremi"
-MAIN_MODEL_BASELINE = "main_baseline"
+
+
+def arm_dir(root, arm: str, seed: int):
+  """A study's run of `arm` with seed `seed`: RUN/arms/<arm>/seed_<seed>."""
+  return files.path(root) / "arms" / arm / f"seed_{seed}"
+
+
+def round_number(name: str) -> Optional[int]:
+  """r for a pipeline's `round_<r>` directory name, else None."""
+  digits = name[len("round_"):]
+  return int(digits) if name.startswith("round_") and digits.isdigit() else None
 
 
 def is_writer() -> bool:
@@ -70,13 +98,9 @@ def round_dir(workdir, r: int, stage: str):
 
 
 def weights_file(stage: str) -> str:
-  """The rates a static run (or a mixer's prior) trains with: `<stage>_weights.json`."""
-  return f"{stage}_weights.json"
-
-
-def arm_dir(root, arm: str, seed: int):
-  """A study's main-model run of arm `arm`, seed `seed`."""
-  return files.path(root) / "arms" / arm / f"seed_{seed}"
+  """The rates a static run (or a mixer's prior) trains with:
+  REFERENCE_WEIGHTS or MAIN_WEIGHTS."""
+  return {"reference": REFERENCE_WEIGHTS, "main": MAIN_WEIGHTS}[stage]
 
 
 def load_pipeline_state(workdir) -> Optional[dict]:

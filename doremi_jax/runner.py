@@ -41,6 +41,7 @@ from doremi_jax import evaluate
 from doremi_jax import files
 from doremi_jax import metrics as metrics_lib
 from doremi_jax import rundir
+from doremi_jax.analysis import compare
 from doremi_jax.config import ConfigError
 from doremi_jax.data import loader as loader_lib
 from doremi_jax.state import TrainConfig
@@ -256,7 +257,7 @@ def _finish(run: _Run, state) -> str:
   final = run.evaluate(state, run.cfg.num_steps)
   if rundir.is_writer():
     files.write_json(files.path(run.workdir) / rundir.EVAL, final)
-    print(f"[{run.stage}] final per-domain validation loss:\n" + evaluate.format_table(final),
+    print(f"[{run.stage}] final per-domain validation loss:\n" + compare.format_table(final),
           flush=True)
   summary = summary_line(final)
   for hook in run.hooks:

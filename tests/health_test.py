@@ -2,7 +2,7 @@
 
 import math
 
-from doremi_jax import health
+from doremi_jax.analysis import health
 
 DOMAINS = ["a", "b", "c", "d"]
 

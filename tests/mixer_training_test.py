@@ -100,14 +100,14 @@ def test_each_method_logs_every_steps_rates_and_their_time_average(runs, method)
 
 
 def test_aioli_evaluations_are_charged_to_its_compute(runs):
-  from doremi_jax import study_report
+  from doremi_jax.analysis import study_stats
   _, out = runs
   wd = out["aioli"][0]
   cost = json.loads((wd / "mixer_cost.json").read_text())
   info = json.loads((wd / "run_info.json").read_text())
   per_token = info["flops_per_token"]
   plain = per_token * info["tokens_per_step"] * STEPS + 2 * info["eval_tokens"] * per_token / 3
-  assert study_report.run_flops(wd) == pytest.approx(
+  assert study_stats.run_flops(wd) == pytest.approx(
       plain + cost["eval_tokens"] * per_token / 3, rel=1e-12)
   assert cost["eval_tokens"] == cost["evaluations"] * info["eval_tokens"]
 

@@ -11,7 +11,7 @@ import pytest
 from helpers import REPO, run_cli, run_cli_until
 from doremi_jax import config as config_lib
 from doremi_jax import main as main_lib
-from doremi_jax import report
+from doremi_jax.analysis import pipeline_report
 from doremi_jax.config import ConfigError
 
 # A small pipeline for in-process runs on the 8 forced CPU devices (8-way
@@ -84,6 +84,13 @@ def test_iterated_doremi_records_every_round(three_rounds):
   assert not (wd / "main_doremi").exists()
   text = (wd / "report.md").read_text()
   assert "round 3" in text and "not converged within 3 round(s)" in text
+  # report.json: what report.md shows, as data
+  report = json.loads((wd / "report.json").read_text())
+  assert report["pipeline"] == state
+  assert [s["name"] for s in report["stages"]] == [f"round_{r}/{k}" for r in (1, 2, 3)
+                                                   for k in ("reference", "proxy")]
+  assert report["weight_trajectory"] == [[0, rounds[0]["reference_weights"]]] + [
+      [r["round"], r["weights"]] for r in rounds]
   assert (wd / "plots" / "weights_across_rounds.png").exists()
   assert (wd / "plots" / "proxy_weights_round_3.png").exists()
 
@@ -144,7 +151,7 @@ def test_report_on_a_run_with_only_step1(three_rounds, tmp_path):
   _, wd, _ = three_rounds
   part = tmp_path / "partial"
   shutil.copytree(wd / "round_1" / "reference", part / "round_1" / "reference")
-  path = report.write_report(str(part))
+  path = pipeline_report.write(str(part))
   text = (part / "report.md").read_text()
   assert path == str(part / "report.md")
   assert "| round_1/proxy |" in text and "missing: not run yet" in text
@@ -156,10 +163,10 @@ def test_report_on_a_run_with_only_step1(three_rounds, tmp_path):
 
 def test_report_errors_clearly_on_a_non_run(tmp_path):
   with pytest.raises(ConfigError, match="does not exist"):
-    report.write_report(str(tmp_path / "nope"))
+    pipeline_report.write(str(tmp_path / "nope"))
   (tmp_path / "empty").mkdir()
   with pytest.raises(ConfigError, match="holds no DoReMi run"):
-    report.write_report(str(tmp_path / "empty"))
+    pipeline_report.write(str(tmp_path / "empty"))
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from doremi_jax import stats
+from doremi_jax.analysis import stats
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -105,6 +105,28 @@ def test_no_module_over_400_lines():
   assert not long, f"modules over {MAX_LINES} lines (split them by concern): {long}"
 
 
+# What trains: the reports read finished runs and never import it (they import
+# rundir and what it imports, the file formats' readers and matplotlib).
+TRAINING = ("doremi_jax.stages", "doremi_jax.runner", "doremi_jax.steps", "doremi_jax.state",
+            "doremi_jax.evaluate", "doremi_jax.swarm", "doremi_jax.mixers", "doremi_jax.doremi",
+            "doremi_jax.main", "doremi_jax.sharding", "doremi_jax.checkpoint",
+            "doremi_jax.optimizer", "doremi_jax.data.loader")
+
+
+def test_analysis_imports_no_training_code():
+  graph = {m: _imports(p)[0] - {m} for m, p in MODULES.items()}
+  bad = []
+  for m in (m for m in MODULES if m.startswith("doremi_jax.analysis")):
+    seen, todo = set(), [m]
+    while todo:
+      for d in graph.get(todo.pop(), ()):
+        if d not in seen:
+          seen.add(d)
+          todo.append(d)
+    bad += [f"{m} -> {d}" for d in sorted(seen) if d.startswith(TRAINING)]
+  assert not bad, "analysis/ imports training code:\n" + "\n".join(bad)
+
+
 IMPORT_WITHOUT_TF = r"""
 import sys
 for name in ("tensorflow", "seqio", "tensorflow_datasets"):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from doremi_jax import rundir
 from doremi_jax.arms import base
 from doremi_jax.config import ConfigError
 from doremi_jax.stages import registry as stages
 
-DIR = "doremi"   # RUN/doremi: the study's iterated DoReMi run (a pipeline without Step 3)
 
 
 @base.register
@@ -40,7 +40,7 @@ class DoReMi(base.Arm):
   @classmethod
   def prepare_all(cls, arms, study):
     most = max(a.round() for a in arms)
-    run_dir = study.root / DIR
+    run_dir = study.root / rundir.STUDY_DOREMI
     study.say(f"arms {', '.join(a.name for a in arms)}: DoReMi's reference + proxy ({most} "
               f"round(s)) in {run_dir}")
     state = stages.get("pipeline")(str(run_dir), rounds=most, run_main=False,

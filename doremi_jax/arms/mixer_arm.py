@@ -10,8 +10,6 @@ from doremi_jax import rundir
 from doremi_jax.arms import base
 from doremi_jax.stages import registry as stages
 
-REFERENCE_DIR = "reference"   # RUN/reference: online DoReMi's reference, without DoReMi arms
-
 
 @base.register
 class Mixer(base.Arm):
@@ -40,7 +38,7 @@ class Mixer(base.Arm):
     reference_dir = study.shared.get("reference_dir")
     own = reference_dir is None
     if own:
-      reference_dir = str(study.root / REFERENCE_DIR)
+      reference_dir = str(study.root / rundir.STUDY_REFERENCE)
       if not rundir.is_complete(reference_dir):
         study.say(f"arms {', '.join(a.name for a in needs)}: their reference in "
                   f"{reference_dir}")
@@ -55,5 +53,5 @@ class Mixer(base.Arm):
 
   def rates(self, seeds):
     avg = [files.read_json(rundir.arm_dir(self.study.root, self.name, s) /
-                           rundir.AVERAGE_MIXTURE) for s in range(seeds)]
+                           rundir.AVERAGE_MIXTURE_WEIGHTS) for s in range(seeds)]
     return np.mean([self.study.domain_rates(a) for a in avg], axis=0)

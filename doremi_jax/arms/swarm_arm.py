@@ -10,8 +10,6 @@ from doremi_jax.config import ConfigError
 from doremi_jax.stages import registry as stages
 from doremi_jax.swarm import fit
 
-DIR = "swarm"   # RUN/swarm: the study's swarm (gin's `swarm/` scope)
-
 
 @base.register
 class Swarm(base.Arm):
@@ -37,17 +35,17 @@ class Swarm(base.Arm):
   def check(self):
     self.law()
     if "swarm_checked" not in self.study.shared:   # its settings and mesh, training nothing
-      run_dir = str(self.study.root / DIR)
+      run_dir = str(self.study.root / rundir.STUDY_SWARM)
       context.build_program(lambda: stages.get("swarm")(run_dir))
       self.study.shared["swarm_checked"] = True
 
   @classmethod
   def prepare_all(cls, arms, study):
-    run_dir = study.root / DIR
+    run_dir = study.root / rundir.STUDY_SWARM
     if not rundir.is_complete(run_dir):
       study.say(f"arms {', '.join(a.name for a in arms)}: the swarm in {run_dir}")
       stages.get("swarm")(str(run_dir))
-    swarm = files.read_json(run_dir / rundir.SWARM_RESULT)
+    swarm = files.read_json(run_dir / rundir.SWARM_JSON)
     for arm in arms:
       arm.final = swarm["laws"][arm.law() or swarm["law"]]["optimum"]
       arm.method_runs = [str(run_dir)]

@@ -141,7 +141,7 @@ class MixerHook(runner.Hook):
       files.write_json(files.path(self.workdir) / rundir.MIXER_COST, self.mixer.cost(
           jax.device_get(state["mixer"]),
           cfg.eval_examples_per_domain * corpus.num_domains * cfg.seq_len, cfg.tokens_per_step))
-    files.write_json(files.path(self.workdir) / rundir.AVERAGE_MIXTURE,
+    files.write_json(files.path(self.workdir) / rundir.AVERAGE_MIXTURE_WEIGHTS,
                      weights_lib.as_dict(corpus.domains, avg))
     top = sorted(zip(corpus.domains, avg), key=lambda kv: -kv[1])
     return (runner.summary_line(final) + f"; {self.method} time-averaged rates " +

@@ -26,10 +26,10 @@ from typing import Any
 import gin
 import numpy as np
 
-from doremi_jax import evaluate
 from doremi_jax import files
-from doremi_jax import report
 from doremi_jax import rundir
+from doremi_jax.analysis import compare
+from doremi_jax.analysis import pipeline_report
 from doremi_jax.config import ConfigError
 from doremi_jax.data.registry import get_corpus
 from doremi_jax.data import weights as weights_lib
@@ -163,20 +163,20 @@ def train_pipeline(workdir: str, rounds: int = 1, tolerance: float = 1e-2,
   if run_baseline:
     _run_stage(log, MAIN_MODEL_BASELINE, "baseline: main model on the reference weights",
                files.path(workdir) / MAIN_MODEL_BASELINE, "main", weights=dict(w0))
-    comparison = evaluate.compare(
+    comparison = compare.compare(
         files.read_json(files.path(workdir) / MAIN_MODEL_DOREMI / "eval.json"),
         files.read_json(files.path(workdir) / MAIN_MODEL_BASELINE / "eval.json"))
     if rundir.is_writer():
       files.write_json(files.path(workdir) / rundir.COMPARISON, comparison)
       print("[pipeline] main model, per-domain validation loss, DoReMi vs baseline:\n"
-            + evaluate.format_comparison(comparison), flush=True)
+            + compare.format_comparison(comparison), flush=True)
 
   log.data["status"] = "complete"
   log.data["seconds"] = round(time.time() - t_start, 2)
   log.write()
   _say("final DoReMi weights: " + ", ".join(f"{d} {w:.4f}" for d, w in current.items()))
   if write_report and rundir.is_writer():
-    path = report.write_report(workdir)
+    path = pipeline_report.write(workdir)
     _say(f"report: {path}")
   _say(f"done in {time.time() - t_start:.0f}s")
   return log.data

@@ -84,7 +84,7 @@ class DROHook(runner.Hook):
   def on_log(self, step, m):
     check_same_on_all_processes(step, m[self.mode.weights])
     if rundir.is_writer():
-      files.append_jsonl(files.path(self.workdir) / rundir.DRO_LOG, {
+      files.append_jsonl(files.path(self.workdir) / rundir.DOREMI_WEIGHTS_LOG, {
           "step": int(step), "timestamp": time.time(), "domain_names": self.domains,
           "domain_weights": np.asarray(m[self.mode.weights]).tolist(),
           "perdomain_scores": np.asarray(m[self.mode.excess]).tolist(),

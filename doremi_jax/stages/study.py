@@ -14,7 +14,7 @@ per kind), train each seed and report its mixture.
     RUN/arms/<arm>/seed_<s>/   one main-model run (resumable, skipped when complete)
     RUN/doremi, RUN/swarm, RUN/reference
                                the methods' own runs (see each arm kind)
-    RUN/study.json, study.md   the statistics (doremi_jax.stats) and the verdicts
+    RUN/study.json, study.md   the statistics (doremi_jax.analysis.stats) and the verdicts
 
 Re-running the command after a kill finishes the study with identical
 numbers: finished runs are skipped and the interrupted one resumes.
@@ -30,7 +30,8 @@ import gin
 from doremi_jax import arms as arms_lib
 from doremi_jax import files
 from doremi_jax import rundir
-from doremi_jax import study_report
+from doremi_jax.analysis import study_report
+from doremi_jax.analysis import study_stats
 from doremi_jax.config import ConfigError, check_number
 from doremi_jax.data.registry import get_corpus
 from doremi_jax.stages import registry
@@ -124,11 +125,11 @@ def train_study(workdir: str, arms: Any = gin.REQUIRED, seeds: int = 3,
   _train_arms(made, seeds)
   rates = {arm.name: arm.rates(seeds) for arm in made}
   method_runs = {arm.name: arm.method_runs for arm in made}
-  result = study_report.analyse(study.root, list(names), seeds, baseline, study.corpus, rates,
-                                method_runs, level)
+  result = study_stats.analyse(study.root, list(names), seeds, baseline, study.corpus, rates,
+                               method_runs, level)
   if rundir.is_writer():
-    files.write_json(study.root / rundir.STUDY_RESULT, result)
-    path = study_report.write(study.root, result)
+    files.write_json(study.root / rundir.STUDY_JSON, result)
+    path = study_report.write(study.root)
     print(study_report.format_verdicts(result), flush=True)
     study.say(f"report: {path}")
   study.say(f"done in {time.time() - t_start:.0f}s")

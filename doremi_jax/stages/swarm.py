@@ -35,6 +35,7 @@ import numpy as np
 from doremi_jax import files
 from doremi_jax import rundir
 from doremi_jax import runner
+from doremi_jax.analysis import swarm_report
 from doremi_jax.config import ConfigError, check_number
 from doremi_jax.data import weights as weights_lib
 from doremi_jax.data.registry import get_corpus
@@ -44,7 +45,7 @@ from doremi_jax.state import TrainConfig
 from doremi_jax.swarm import fit
 from doremi_jax.swarm import law as law_lib
 from doremi_jax.swarm import program as swarm_lib
-from doremi_jax.swarm import report
+from doremi_jax.swarm import results
 
 SEEDS = ("same", "distinct")
 
@@ -171,14 +172,14 @@ def train_swarm(workdir: str, members: int = 16, prior: Any = "proportional",
   out = {}
 
   def on_finish(state, final, reference_eval):
-    result = out["result"] = report.analyse(
+    result = out["result"] = results.analyse(
         p.mixtures, final["members"], corpus.domains, p.prior, law=law, objective=objective,
         kl_weight=kl_weight, caps=p.caps, folds=folds, seed=cfg.seed,
         gbm_settings=gbm_settings, candidates=candidates, top_k=top_k)
     if rundir.is_writer():
-      files.write_json(files.path(workdir) / rundir.SWARM_RESULT, result)
+      files.write_json(files.path(workdir) / rundir.SWARM_JSON, result)
       files.write_json(files.path(workdir) / rundir.SWARM_WEIGHTS, result["weights"])
-      rundir.announce("swarm", f"report: {report.write(workdir, result, compare)}")
+      rundir.announce("swarm", f"report: {swarm_report.write(workdir, compare)}")
     cv = result["laws"][law]["cross_validation"]["average"]["spearman"]
     cv_obj = result["laws"][law]["objective_cross_validation"]["spearman"]
     top = sorted(result["weights"].items(), key=lambda kv: -kv[1])

@@ -1,7 +1,9 @@
-"""The report's plots (matplotlib, Agg backend), one function per figure.
-Each takes what `report` read from a run directory (a `report.Stage` has
-`name`, `metrics` and `weights_log`) and a path, draws, saves and returns
-whether there was anything to draw."""
+"""The reports' plots (matplotlib, Agg backend), one function per figure.
+Each draws from a report's dict alone (a pipeline stage is a
+`pipeline_report.read_stage` dict: `name`, `kind`, `info`, `complete`,
+`metrics`, `weights_log`; the study's and the swarm's are study.json and
+swarm.json), saves to a path and returns whether there was anything to
+draw."""
 
 from __future__ import annotations
 
@@ -31,8 +33,9 @@ def _save(fig, path):
   files.path(path).write_bytes(buf.getvalue())
 
 
-def plot_proxy_weights(stage, path) -> bool:
-  rows = stage.weights_log
+def plot_proxy_weights(stage: dict, path) -> bool:
+  """Step 2's current and averaged weights over the proxy's logged steps."""
+  rows = stage["weights_log"]
   if not rows:
     return False
   plt = _plt()
@@ -49,9 +52,9 @@ def plot_proxy_weights(stage, path) -> bool:
     ax.grid(alpha=0.3)
   axes[0].set_ylabel("domain weight")
   axes[1].legend(title="domain", loc="center left", bbox_to_anchor=(1.01, 0.5))
-  total = stage.num_steps
-  note = "" if stage.complete else f" (unfinished: {steps[-1]} of {total or '?'} steps)"
-  fig.suptitle(f"Step 2 domain weights over proxy steps, {stage.name}{note}")
+  total = (stage["info"] or {}).get("num_steps")
+  note = "" if stage["complete"] else f" (unfinished: {steps[-1]} of {total or '?'} steps)"
+  fig.suptitle(f"Step 2 domain weights over proxy steps, {stage['name']}{note}")
   _save(fig, path)
   return True
 
@@ -127,28 +130,31 @@ def plot_main_comparison(cmp: dict, path) -> bool:
   return True
 
 
-def plot_training_curves(stages: list, path) -> bool:
-  stages = [s for s in stages if s.metrics]
+def plot_training_curves(stages: list, domains, path) -> bool:
+  """Every stage's per-domain and mean train loss over its steps, one panel
+  per stage with metrics; `domains` in the order of the logged vectors."""
+  stages = [s for s in stages if s["metrics"]]
   if not stages:
     return False
   plt = _plt()
   cols = 2 if len(stages) > 1 else 1
   rows_n = (len(stages) + cols - 1) // cols
   fig, axes = plt.subplots(rows_n, cols, figsize=(6.5 * cols, 3.6 * rows_n), squeeze=False)
-  domains = (stages[0].info or {}).get("domains")
   colors = _colors(domains or [])
   for ax, s in zip(axes.flat, stages):
-    steps = [r["step"] for r in s.metrics]
-    key = "proxy_domain_loss" if s.kind == "proxy" else "domain_loss"
-    if domains and key in s.metrics[0]:
+    steps = [r["step"] for r in s["metrics"]]
+    # Step 2's reweight step logs the proxy's loss as proxy_domain_loss; its
+    # resample mode (online DoReMi's program) and every other stage as domain_loss.
+    key = "proxy_domain_loss" if "proxy_domain_loss" in s["metrics"][0] else "domain_loss"
+    if domains and key in s["metrics"][0]:
       for i, d in enumerate(domains):
         # A domain absent from a logged batch has no loss at that step.
         ys = [r[key][i] if r.get("domain_tokens", [1] * len(domains))[i] > 0 else float("nan")
-              for r in s.metrics]
+              for r in s["metrics"]]
         ax.plot(steps, ys, label=d, color=colors[d], marker="." if len(steps) < 30 else None)
-    ax.plot(steps, [r["loss"] for r in s.metrics], color="black", linestyle="--",
-            label="DRO objective" if s.kind == "proxy" else "mean loss")
-    ax.set_title(s.name + ("" if s.complete else " (unfinished)"))
+    ax.plot(steps, [r["loss"] for r in s["metrics"]], color="black", linestyle="--",
+            label="DRO objective" if s["kind"] == "proxy" else "mean loss")
+    ax.set_title(s["name"] + ("" if s["complete"] else " (unfinished)"))
     ax.set_xlabel("step")
     ax.set_ylabel("train loss (nats/token)")
     ax.grid(alpha=0.3)
@@ -162,7 +168,7 @@ def plot_training_curves(stages: list, path) -> bool:
 
 
 # --------------------------------------------------------------------------
-# The report
+# The study (study.json) and the swarm (swarm.json)
 
 
 def plot_forest(study: dict, path) -> bool:

@@ -1,0 +1,139 @@
+"""The mixture study's report: study.md and its plots, from study.json (the
+`study` stage's statistics, see `study_stats`) and the online mixers' rate
+logs. `collect` reads the run directory into a dict; `render` lays it out
+and draws the plots from the dict alone."""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+from doremi_jax import files
+from doremi_jax import rundir
+from doremi_jax.analysis import health
+from doremi_jax.analysis import plots
+from doremi_jax.data import scheduled
+
+
+def collect(root) -> dict:
+  """study.json, plus where and when the report is written and each arm's
+  seed-0 rates over training (`schedules`: {arm: mixture_weights.jsonl rows},
+  [] for an arm with fixed weights)."""
+  root = files.path(root)
+  study = files.read_json(root / rundir.STUDY_JSON)
+  schedules = {arm: scheduled.read_log(rundir.arm_dir(root, arm, 0) / rundir.MIXTURE_LOG)
+               for arm in study["results"]}
+  return dict(study, root=str(root), schedules=schedules,
+              written_at=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+
+
+def _ci(x: dict, nd: int = 4) -> str:
+  return f"{x['mean']:.{nd}f} [{x['ci'][0]:.{nd}f}, {x['ci'][1]:.{nd}f}]"
+
+
+def _diff(x: Optional[dict], nd: int = 4) -> str:
+  if x is None:
+    return "(baseline)"
+  return f"{x['diff']:+.{nd}f} [{x['ci'][0]:+.{nd}f}, {x['ci'][1]:+.{nd}f}] **{x['verdict']}**"
+
+
+def _speedup(sp: dict, seeds: int) -> str:
+  """A speed-up cell; where some seeds never reached the target the figure
+  is an upper bound (their ratio counts as last step / baseline steps)."""
+  text = f"{sp['mean']:.2f} [{sp['ci'][0]:.2f}, {sp['ci'][1]:.2f}]"
+  if sp["reached"] < seeds:
+    text = f"at most {text}: target not reached on {seeds - sp['reached']} of {seeds} seeds"
+  return text
+
+
+def format_verdicts(study: dict) -> str:
+  """The console table: each arm's uniform average and its verdict."""
+  lines = [f"{'arm':<16}{'uniform avg':>12}{'vs ' + study['baseline']:>14}  verdict"]
+  for arm, r in study["results"].items():
+    vs = r.get("vs_baseline", {}).get("uniform_avg")
+    lines.append(f"{arm:<16}{r['uniform_avg']['mean']:12.4f}"
+                 + (f"{vs['diff']:+14.4f}  {vs['verdict']}" if vs else f"{'':>14}  baseline"))
+  return "\n".join(lines)
+
+
+def render_verdicts(study: dict) -> list:
+  """The heading, how to read the intervals, and each arm's verdicts."""
+  base, res = study["baseline"], study["results"]
+  md = [f"# Mixture study: {len(study['arms'])} arms x {study['seeds']} seeds", "",
+        f"Written {study['written_at']} from `{study['root']}`.", "",
+        f"Baseline: **{base}**. Lower loss is better; a difference is arm minus baseline, "
+        f"paired by seed (same initialisation and data-order seed in every arm). "
+        f"Intervals are {study['level']:.0%} t intervals over seeds; the differences' "
+        f"intervals are adjusted for several arms ({study['adjustment']}). **wins**: the "
+        "whole interval is below zero; **loses**: above; **ties**: it contains zero.", "",
+        "## Verdicts", "",
+        "| arm | uniform avg | vs baseline | worst case vs baseline | speed-up to baseline's "
+        "final loss | cost (x one main run) |", "|---|---|---|---|---|---|"]
+  for arm, r in res.items():
+    vs = r.get("vs_baseline", {})
+    sp = r["speedup"]
+    md.append(f"| {arm} | {_ci(r['uniform_avg'])} | {_diff(vs.get('uniform_avg'))} | "
+              f"{_diff(vs.get('worst_case'))} | {_speedup(sp, study['seeds'])} | "
+              f"{r['cost']['fraction_of_one_main_run']:.2f} |")
+  return md
+
+
+def render_tables(study: dict) -> list:
+  """Per domain, the weights (as tokens and bytes), the spread and the
+  health checks."""
+  domains, res = study["domains"], study["results"]
+  md = ["", "## Per domain: arm minus baseline", "",
+        "| arm | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
+  for arm, r in res.items():
+    if "vs_baseline" in r:
+      md.append(f"| {arm} | " + " | ".join(_diff(r["vs_baseline"]["domains"][d], 3)
+                                           for d in domains) + " |")
+  md += ["", "## Weights of every arm", "",
+         "| arm | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
+  for arm, r in res.items():
+    md.append(f"| {arm} | " + " | ".join(f"{r['weights'][d]:.3f}" for d in domains) + " |")
+  if all("bytes" in r.get("shares", {}) for r in res.values()):
+    md += ["", "The same weights as shares of UTF-8 bytes (the tokenizer's bytes per token "
+           "differ by domain; weights found with another tokenizer would mean other byte "
+           "shares):", "", "| arm | " + " | ".join(domains) + " |",
+           "|---|" + "---|" * len(domains)]
+    for arm, r in res.items():
+      md.append(f"| {arm} | " + " | ".join(f"{r['shares']['bytes'][d]:.3f}" for d in domains)
+                + " |")
+  md += ["", "## Seed-to-seed spread (standard deviation over seeds)", "",
+         "| arm | uniform avg | worst case |", "|---|---|---|"]
+  for arm, r in res.items():
+    md.append(f"| {arm} | {r['spread']['uniform_avg_std']:.4f} | "
+              f"{r['spread']['worst_case_std']:.4f} |")
+  md += ["", "## Health checks", "",
+         "Weights are shares of tokens (every sequence has the same length). A local "
+         "corpus's train sizes (for repetition) are its train bytes over the bytes per "
+         "token measured on its validation text.", ""]
+  return md + health.format_lines(study.get("health", []))
+
+
+def render(study: dict, out_dir) -> str:
+  """study.md's text for a `collect` dict; draws the plots into
+  OUT_DIR/plots/ (the Markdown links them relative to OUT_DIR)."""
+  plot_dir = files.path(out_dir) / rundir.PLOTS
+  md = render_verdicts(study) + render_tables(study)
+  figs = []
+  if plots.plot_forest(study, plot_dir / "study_forest.png"):
+    figs.append(("Paired differences against the baseline", "study_forest.png"))
+  if plots.plot_study_curves(study, plot_dir / "study_curves.png"):
+    figs.append(("Uniform-average validation loss, mean and range over seeds",
+                 "study_curves.png"))
+  if plots.plot_mixer_rates(study.get("schedules", {}), plot_dir / "study_mixer_rates.png"):
+    figs.append(("Online mixers' rates over training (the weights above are their time "
+                 "averages, mean over seeds)", "study_mixer_rates.png"))
+  for title, name in figs:
+    md += ["", f"## {title}", "", f"![{title}]({rundir.PLOTS}/{name})"]
+  return "\n".join(md) + "\n"
+
+
+def write(root) -> str:
+  """study.md and its plots (RUN/plots/) from RUN/study.json; returns the
+  report's path."""
+  path = files.path(root) / rundir.STUDY_MD
+  files.write_text(path, render(collect(root), root))
+  return str(path)

@@ -1,0 +1,132 @@
+"""The mixture study's analysis (study.json), from the run directories a
+`study` stage wrote (RUN/arms/<arm>/seed_<s>/ and its methods' own runs).
+The numbers come from `analysis.stats`; this module reads the runs and puts
+the results together. The stage writes study.json; `study_report` lays it
+out."""
+
+from __future__ import annotations
+
+from doremi_jax import files
+from doremi_jax import rundir
+from doremi_jax.analysis import health
+from doremi_jax.analysis import stats
+
+
+def _curve(path) -> tuple[list, list]:
+  """(steps, uniform-average loss) of a run's evaluations, one per step."""
+  rows = {int(r["step"]): r["uniform_average"] for r in files.read_jsonl(path / rundir.EVAL_LOG)}
+  steps = sorted(rows)
+  return steps, [rows[s] for s in steps]
+
+
+def run_flops(path) -> float:
+  """Training FLOPs of a finished run plus its evaluation passes (a forward
+  is a third of a training token's FLOPs), an online mixer's included; the
+  work of an uninterrupted run (a resumed run's repeated steps and
+  evaluations are not counted)."""
+  info = files.read_json(path / rundir.RUN_INFO)
+  done = files.read_json(path / rundir.COMPLETE)
+  per_token = float(info["flops_per_token"])
+  train = per_token * info["tokens_per_step"] * done["num_steps"]
+  evals = len({r["step"] for r in files.read_jsonl(path / rundir.EVAL_LOG)})
+  extra = 0.0   # an online mixer's own evaluation passes (Aioli's LearnParams)
+  if files.exists(path / rundir.MIXER_COST):
+    extra = files.read_json(path / rundir.MIXER_COST)["eval_tokens"] * per_token / 3
+  return train + evals * info["eval_tokens"] * per_token / 3 + extra
+
+
+def health_checks(root, arms: list, corpus, rates: dict, method_runs: dict, num_steps: int,
+                  batch: int, seq_len: int) -> list:
+  """The study's health lines: starvation and repetition of every arm under
+  the main run's budget, Step 2's collapse, proxy-vs-reference and rounds for
+  the DoReMi arms, and the tokenizer."""
+  domains = list(corpus.domains)
+  sizes = dict(zip(domains, corpus.train_tokens))
+  lines = []
+  for arm in arms:
+    w = {d: float(x) for d, x in zip(domains, rates[arm])}
+    lines.append(health.starved_domains(domains, w, num_steps, batch, f" ({arm})"))
+    lines.append(health.repetition(domains, w, num_steps * batch * seq_len, sizes, f" ({arm})"))
+  # DoReMi's own runs, once each (several arms may share them), by round
+  proxies = list(dict.fromkeys(d for arm in arms for d in method_runs.get(arm, [])
+                               if files.path(d).name == "proxy"))
+  for d in proxies:
+    label = f" ({files.path(d).parent.name.replace('_', ' ')})" if len(proxies) > 1 else ""
+    for line in (health.weight_collapse(files.read_jsonl(files.path(d) / rundir.DOREMI_WEIGHTS_LOG))
+                 + health.proxy_below_reference(files.read_json(files.path(d) / rundir.EVAL))):
+      lines.append(dict(line, check=line["check"] + label))
+  if proxies:
+    lines += health.rounds_converged(rundir.load_pipeline_state(root / rundir.STUDY_DOREMI))
+  info = files.read_json(rundir.arm_dir(root, arms[0], 0) / rundir.RUN_INFO)
+  return lines + health.tokenizer_line(info.get("tokenizer"), domains, corpus.bytes_per_token)
+
+
+def analyse(root, arms: list, seeds: int, baseline: str, corpus, rates: dict,
+            method_runs: dict, level: float = 0.95) -> dict:
+  """study.json: per arm and domain, means with intervals over seeds, paired
+  differences against the baseline with verdicts, the speed-up to the
+  baseline's final loss, the seed-to-seed spread and the cost."""
+  domains = list(corpus.domains)
+  floors = (dict(zip(domains, corpus.entropy_floors))
+            if corpus.entropy_floors is not None else None)
+  per = {}
+  for arm in arms:
+    finals = [files.read_json(rundir.arm_dir(root, arm, s) / rundir.EVAL) for s in range(seeds)]
+    dom = {d: [f["per_domain"][d]["loss"] for f in finals] for d in domains}
+    per[arm] = {
+        "uniform_avg": [f["uniform_average"] for f in finals],
+        "worst_case": [f["worst_case"]["loss"] for f in finals],
+        "excess_over_floor": ([stats.excess_over_floor({d: dom[d][s] for d in domains}, floors)
+                               for s in range(seeds)] if floors else None),
+        "domains": dom,
+        "curves": [_curve(rundir.arm_dir(root, arm, s)) for s in range(seeds)],
+    }
+  main_flops = run_flops(rundir.arm_dir(root, baseline, 0))
+  info = files.read_json(rundir.arm_dir(root, baseline, 0) / rundir.RUN_INFO)
+  seq_len = info["seq_len"]
+  checks = health_checks(root, arms, corpus, rates, method_runs, info["num_steps"],
+                         info["tokens_per_step"] // seq_len, seq_len)
+  m = max(len(arms) - 1, 1)
+  results = {}
+  for arm in arms:
+    p = per[arm]
+    r = {
+        "uniform_avg": stats.summarize(p["uniform_avg"], level),
+        "worst_case": stats.summarize(p["worst_case"], level),
+        "domains": {d: stats.summarize(p["domains"][d], level) for d in domains},
+        "weights": {d: float(w) for d, w in zip(domains, rates[arm])},
+    }
+    r["shares"] = health.shares(domains, r["weights"], corpus.bytes_per_token)
+    if p["excess_over_floor"] is not None:
+      r["excess_over_floor"] = stats.summarize(p["excess_over_floor"], level)
+    r["spread"] = {"uniform_avg_std": r["uniform_avg"]["std"],
+                   "worst_case_std": r["worst_case"]["std"]}
+    own = sum(run_flops(rundir.arm_dir(root, arm, s)) for s in range(seeds)) / seeds
+    extra = sum(run_flops(files.path(d)) for d in method_runs.get(arm, []))
+    r["cost"] = {"main_run_flops": own, "method_flops": extra,
+                 "total_flops_per_seed": own + extra,
+                 "fraction_of_one_main_run": (own + extra) / main_flops}
+    if arm == baseline:
+      r["speedup"] = {"mean": 1.0, "ci": [1.0, 1.0], "reached": seeds}
+    else:
+      b = per[baseline]
+      vs = {key: stats.paired_difference(p[key], b[key], level, m)
+            for key in ("uniform_avg", "worst_case")}
+      vs["domains"] = {d: stats.paired_difference(p["domains"][d], b["domains"][d], level, m)
+                       for d in domains}
+      if p["excess_over_floor"] is not None:
+        vs["excess_over_floor"] = stats.paired_difference(
+            p["excess_over_floor"], b["excess_over_floor"], level, m)
+      r["vs_baseline"] = vs
+      r["speedup"] = stats.speedup(p["curves"], b["curves"], level, m)
+    results[arm] = r
+  return {
+      "baseline": baseline, "arms": list(arms), "seeds": seeds, "domains": domains,
+      "level": level, "comparisons": m,
+      "adjustment": f"Bonferroni over the {m} arm(s) compared with the baseline: each "
+                    f"interval at confidence {stats.adjusted_level(level, m):.4f}",
+      "curves": {arm: [[list(map(int, c[0])), list(map(float, c[1]))] for c in per[arm]["curves"]]
+                 for arm in arms},
+      "results": results,
+      "health": checks,
+  }
