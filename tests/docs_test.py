@@ -12,7 +12,8 @@
   starts with `python -m doremi_jax.` or `python bench/`; ```gin blocks must
   parse too. Commands of other programs are checked where cheap (`pip`
   extras, `bench/` scripts and their flags, `launch/` scripts, their
-  subcommands and flags, and the doremi_jax command they start); the rest
+  subcommands and flags, a `--dry-run` of the command, and the doremi_jax
+  command it starts); the rest
   are ignored. Nothing trains: parsing only.
 
 Values that are the user's (RUN_DIR, YOUR_DIR, <...>, my_data.gin) are
@@ -201,8 +202,9 @@ def _is_placeholder(value: str) -> bool:
 class _Checker:
   """Checks commands, collecting problems and gin parse jobs."""
 
-  def __init__(self):
+  def __init__(self, tmpdir=None):
     self.problems, self.gin_jobs, self._flags = [], [], {}
+    self.tmpdir = tmpdir  # TMPDIR of the scripts' dry runs (they make temp dirs)
     self.setup_py = open(os.path.join(ROOT, "setup.py"), encoding="utf-8").read()
 
   def flags(self, tool):
@@ -308,6 +310,14 @@ class _Checker:
       self.problems.append(f"{where}\n    {script} does not exist")
       return
     source = open(path, encoding="utf-8").read()
+    if args and not args[0].startswith("-") and "--dry-run)" in source:
+      # The script's own check of its arguments: print, do not run, the commands.
+      env = dict(os.environ, **({"TMPDIR": str(self.tmpdir)} if self.tmpdir else {}))
+      out = subprocess.run(["bash", path, args[0], "--dry-run", *args[1:]], capture_output=True,
+                           text=True, cwd=ROOT, env=env, timeout=60)
+      if out.returncode != 0:
+        self.problems.append(f"{where}\n    --dry-run exits with {out.returncode}: "
+                             f"{out.stderr.strip()[-500:]}")
     if args and not args[0].startswith("-"):
       if not re.search(rf"^\s*{re.escape(args[0])}\)", source, re.M) and \
          f"cmd_{args[0]}" not in source:
@@ -396,12 +406,12 @@ def test_mkdocs_build_strict(tmp_path):
   assert (tmp_path / "site" / "index.html").exists()
 
 
-def test_documented_commands_parse():
+def test_documented_commands_parse(tmp_path):
   commands = _shell_commands()
   tools = {w[2] for _, w in commands if w[:2] == ["python", "-m"]}
   assert "doremi_jax.main" in tools and "doremi_jax.prepare" in tools, (
       "found no documented commands; did the extraction break?")
-  checker = _Checker()
+  checker = _Checker(tmp_path)
   for where, words in commands:
     checker.check(where, words)
   for where, block in _gin_blocks():
@@ -410,7 +420,7 @@ def test_documented_commands_parse():
   assert not problems, ("documented commands that no longer parse:\n" + "\n".join(problems))
 
 
-def test_extraction_sees_continued_and_quoted_lines():
+def test_extraction_sees_continued_and_quoted_lines(tmp_path):
   """The command reader joins `\\` continuations and open quotes, and splits
   at `&&`, so a command is checked whole."""
   block = textwrap.dedent("""\
@@ -430,7 +440,7 @@ def test_extraction_sees_continued_and_quoted_lines():
       ["python", "-m", "doremi_jax.prepare", "--beam_options=--runner=X\n  --project=P"],
       ["cat", ">", "f.gin", "<<", "EOF"],
   ]
-  checker = _Checker()
+  checker = _Checker(tmp_path)
   checker._flags["main"] = {"gin_file": True, "workdir": True, "helpfull": False}
   checker.check("t", ["python", "-m", "doremi_jax.main", "--gin_file", "gin/nope.gin",
                       "--workdr", "x"])
