@@ -13,11 +13,11 @@
   parse too. Commands of other programs are checked where cheap (`pip`
   extras, `bench/` scripts and their flags, `launch/` scripts, their
   subcommands and flags, a `--dry-run` of the command, and the doremi_jax
-  command it starts); the rest
-  are ignored. Nothing trains: parsing only.
+  command it starts); the rest are ignored. Nothing trains: parsing only.
 
 Values that are the user's (RUN_DIR, YOUR_DIR, <...>, my_data.gin) are
-placeholders: a gin file whose name is one is not looked up.
+placeholders: a gin file whose name is one is not looked up, and a
+`--gin.NAME=N` binding is checked with the value None.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ import sys
 import textwrap
 
 import pytest
+
+from doremi_jax import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
@@ -219,7 +221,9 @@ class _Checker:
     if not words:
       return
     prog = words[0]
-    if prog in ("python", "python3") and len(words) > 2 and words[1] == "-m":
+    if prog in ("pip", "pip3") or words[:3] == ["python", "-m", "pip"]:
+      self.pip(where, words)
+    elif prog in ("python", "python3") and len(words) > 2 and words[1] == "-m":
       module = words[2]
       # `doremi_jax.<tool>` (a placeholder) splits into "doremi_jax." and "<"
       if module.startswith("doremi_jax.") and module != "doremi_jax." and \
@@ -227,8 +231,6 @@ class _Checker:
         self.doremi_tool(where, module[len("doremi_jax."):], words[3:])
     elif prog in ("python", "python3") and len(words) > 1 and words[1].startswith("bench/"):
       self.script_flags(where, words[1], words[2:], r'"{flag}"')
-    elif prog in ("pip", "pip3") or words[:3] == ["python", "-m", "pip"]:
-      self.pip(where, words)
     elif prog == "bash" and len(words) > 1 and words[1].startswith("launch/"):
       self.launch(where, words[1], words[2:])
     elif prog.startswith("launch/"):
@@ -256,8 +258,10 @@ class _Checker:
         elif not eq:
           self.problems.append(f"{where}\n    {arg!r}: use --gin.NAME=VALUE")
         else:  # a user's value (N, <...>) still checks the name, with None
-          value = "None" if re.fullmatch(r"[A-Z][A-Z0-9_]*|<[^>]*>", value) else value
-          bindings.append(f"{name[len('gin.'):]} = {value}")
+          if re.fullmatch(r"[A-Z][A-Z0-9_]*|<[^>]*>", value):
+            arg = f"--{name}=None"
+          (rewritten,) = cli.rewrite_gin_args([arg])
+          bindings.append(rewritten[len("--gin_bindings="):])
         continue
       known = name in flags or (name.startswith("no") and flags.get(name[2:]) is False)
       if not known:
