@@ -15,6 +15,9 @@
   subcommands and flags, a `--dry-run` of the command, and the doremi_jax
   command it starts); the rest are ignored. Nothing trains: parsing only.
 
+The build and the command checks spawn processes, so they are `slow`
+(pytest.ini); the rest runs in the fast loop. All of it takes seconds.
+
 Values that are the user's (RUN_DIR, YOUR_DIR, <...>, my_data.gin) are
 placeholders: a gin file whose name is one is not looked up, and a
 `--gin.NAME=N` binding is checked with the value None.
@@ -399,6 +402,7 @@ def test_mkdocs_nav_lists_every_page():
   assert not unlisted, f"pages under docs/ missing from the nav of mkdocs.yml: {unlisted}"
 
 
+@pytest.mark.slow  # spawns processes (pytest.ini)
 def test_mkdocs_build_strict(tmp_path):
   if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("material") is None:
     pytest.skip("mkdocs and mkdocs-material are not installed (pip install -e '.[test]')")
@@ -410,6 +414,7 @@ def test_mkdocs_build_strict(tmp_path):
   assert (tmp_path / "site" / "index.html").exists()
 
 
+@pytest.mark.slow  # spawns processes (pytest.ini)
 def test_documented_commands_parse(tmp_path):
   commands = _shell_commands()
   tools = {w[2] for _, w in commands if w[:2] == ["python", "-m"]}
