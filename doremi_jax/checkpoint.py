@@ -99,7 +99,7 @@ def restore_params(directory, abstract_params, what: str,
   only, into the shardings of `abstract_params`; the newest step unless
   `step`. Returns (params, step). `what` names the run in errors."""
   if not files.exists(directory):
-    raise ConfigError(f"{what} has no checkpoints/ directory ({directory}); run it to "
+    raise ConfigError(f"{what} has no checkpoint directory ({directory}); run it to "
                       "completion first.")
   mngr = _manager(directory, read_only=True, save_interval_steps=0, create=False)
   try:

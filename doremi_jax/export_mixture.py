@@ -29,25 +29,29 @@ zero weight, so domains whose weight rounds to 0 are left out of those two
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
 import re
 import sys
+from typing import Any
 
 from absl import flags
 
+from doremi_jax import rundir
 from doremi_jax.cli import run_tool
+from doremi_jax.config import ConfigError
 
 FORMATS = ("seqio", "grain", "maxtext", "levanter", "json")
 # Where a run keeps its final weights, in order of preference: the rates a
 # pipeline's or a stage's Step 3 trained on, a Step 2 run's average (the
 # last round of a pipeline without Step 3), a swarm's optimum.
-WEIGHT_FILES = ("main_doremi/main_weights.json", "main_weights.json",
-                "average_domain_weights.json", "round_*/proxy/average_domain_weights.json",
-                "swarm_weights.json", "swarm/swarm_weights.json")
-INFO_FILES = ("main_doremi/run_info.json", "run_info.json", "round_1/reference/run_info.json",
-              "swarm/run_info.json")
+WEIGHT_FILES = (f"{rundir.MAIN_MODEL_DOREMI}/{rundir.MAIN_WEIGHTS}", rundir.MAIN_WEIGHTS,
+                rundir.AVERAGE_WEIGHTS, f"round_*/proxy/{rundir.AVERAGE_WEIGHTS}",
+                rundir.SWARM_WEIGHTS, f"{rundir.STUDY_SWARM}/{rundir.SWARM_WEIGHTS}")
+INFO_FILES = (f"{rundir.MAIN_MODEL_DOREMI}/{rundir.RUN_INFO}", rundir.RUN_INFO,
+              f"round_1/reference/{rundir.RUN_INFO}", f"{rundir.STUDY_SWARM}/{rundir.RUN_INFO}")
 
 
 def _last(pattern: str):
@@ -73,7 +77,6 @@ def define_flags():
 
 def find_weights(run_dir: str) -> tuple:
   """(path, {domain: weight}) of the run's final weights."""
-  from doremi_jax.config import ConfigError
   if os.path.isfile(run_dir):
     candidates = [run_dir]
   elif os.path.isdir(run_dir):
@@ -113,7 +116,7 @@ def find_info(run_dir: str):
 
 def gin_value(run_path: str, binding: str):
   """A string binding's value in the run's config.gin (in any scope), or None."""
-  path = os.path.join(run_path, "config.gin")
+  path = os.path.join(run_path, rundir.CONFIG)
   if not os.path.isfile(path):
     return None
   with open(path) as f:
@@ -167,95 +170,136 @@ def _nonzero(weights: dict, digits: int = 4) -> tuple:
   return kept, sorted(set(weights) - set(kept))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Export:
+  """What every format's writer reads."""
+  header: str
+  weights: dict
+  epochs: dict
+  budget: Any
+  source: str
+  info: Any
+  paths: dict
+  packed: dict
+  name: str
+
+
+def _json(x: _Export) -> str:
+  return json.dumps({"weights": x.weights, "expected_epochs": x.epochs,
+                     "token_budget": x.budget, "source": x.source}, indent=2) + "\n"
+
+
+def _seqio(x: _Export) -> str:
+  corpus = (x.info or {}).get("corpus")
+  tasks = ({d: f"doremi_{corpus}_{re.sub(r'[^a-z0-9_]+', '_', d.lower()).strip('_')}"
+            for d in x.weights} if corpus else {})
+  return (f'"""{x.header}.\n\nCall register() after the Tasks exist (doremi_jax registers '
+          'its own when\nthe corpus is built; give yours as tasks={domain: task_name})."""\n\n'
+          f"import seqio\n\nNAME = {x.name!r}\nWEIGHTS = {json.dumps(x.weights, indent=4)}\n"
+          f"EXPECTED_EPOCHS = {json.dumps(x.epochs, indent=4)}\n"
+          f"TASKS = {json.dumps(tasks, indent=4)}\n\n\n"
+          "def register(name=NAME, tasks=None):\n"
+          "  tasks = tasks or TASKS\n"
+          "  missing = sorted(set(WEIGHTS) - set(tasks))\n"
+          "  if missing:\n"
+          "    raise ValueError(f'no seqio Task for domains {missing}')\n"
+          "  if name in seqio.MixtureRegistry.names():\n"
+          "    seqio.MixtureRegistry.remove(name)\n"
+          "  return seqio.MixtureRegistry.add(name, [(tasks[d], w) for d, w in "
+          "WEIGHTS.items()])\n")
+
+
+def _grain_decoder(x: _Export) -> str:
+  """A packed row's decoder, for our own shards (not for --paths files)."""
+  row = next(iter(x.packed.values()))[2] if x.packed else None
+  if row is None or x.paths:
+    return ""
+  return (f"\nSEQ_LEN = {row['seq_len']}\nTOKEN_DTYPE = {row['token_dtype']!r}\n\n\n"
+          "def decode(record):\n"
+          "  \"\"\"A doremi_jax packed row: targets and segment ids (0: padding).\"\"\"\n"
+          "  n = SEQ_LEN * np.dtype(TOKEN_DTYPE).itemsize\n"
+          "  targets = np.frombuffer(record[:n], TOKEN_DTYPE).astype(np.int32)\n"
+          "  segment_ids = np.frombuffer(record[n:], np.uint16).astype(np.int32)\n"
+          "  return {'targets': targets, 'segment_ids': segment_ids}\n")
+
+
+def _grain(x: _Export) -> str:
+  kept, note = _kept(x.weights)
+  files = {d: x.paths[d] if d in x.paths else x.packed[d][0] for d in kept
+           if d in x.paths or d in x.packed}
+  missing = sorted(set(kept) - set(files))
+  if missing:
+    raise ConfigError(f"no files for domains {missing}: the run's corpus has no packed "
+                      "shards here; give --paths DOMAIN=GLOB for each.")
+  decoder = _grain_decoder(x)
+  return (f'"""{x.header}.{note}"""\n\nimport glob\n\nimport grain\nimport numpy as np\n\n'
+          f"WEIGHTS = {json.dumps(kept, indent=4)}\nFILES = {json.dumps(files, indent=4)}\n"
+          f"{decoder}\n\n"
+          "def mixture(seed=0):\n"
+          "  \"\"\"One shuffled, repeated dataset per domain, mixed with WEIGHTS.\"\"\"\n"
+          "  datasets = []\n"
+          "  for i, (domain, pattern) in enumerate(FILES.items()):\n"
+          "    source = grain.sources.ArrayRecordDataSource(sorted(glob.glob(pattern)))\n"
+          "    ds = grain.MapDataset.source(source).shuffle(seed=seed + i).repeat()\n"
+          + ("    ds = ds.map(decode)\n" if decoder else "")
+          + "    datasets.append(ds)\n"
+          "  return grain.MapDataset.mix(datasets, [WEIGHTS[d] for d in FILES])\n")
+
+
+def _maxtext(x: _Export) -> str:
+  kept, note = _kept(x.weights)
+  missing = sorted(set(kept) - set(x.paths))
+  if missing:
+    raise ConfigError(f"give --paths DOMAIN=GLOB (your ArrayRecord files in MaxText's "
+                      f"record format) for domains {missing}.")
+  bad = [p for p in x.paths.values() if re.search(r"[,;]", p) or p != p.strip()]
+  if bad:
+    raise ConfigError(f"MaxText's mixture string cannot hold ',' ';' or surrounding spaces "
+                      f"in a path: {bad}.")
+  mix = ";".join(f"{x.paths[d]},{w:.6g}" for d, w in kept.items())
+  lines = [f"# {x.header}.{note}", "# Weights are relative; MaxText normalises them.",
+           "dataset_type: grain", "grain_file_type: arrayrecord",
+           f'grain_train_files: "{mix}"']
+  return "\n".join(lines) + "\n"
+
+
+def _levanter(x: _Export) -> str:
+  missing = sorted(set(x.weights) - set(x.paths))
+  if missing:
+    raise ConfigError(f"give --paths DOMAIN=GLOB (the train files Levanter tokenizes) for "
+                      f"domains {missing}.")
+  out = [f"# {x.header}.", "# Weights are relative; Levanter normalises them.", "data:",
+         "  components:"]
+  for d in x.weights:
+    out += [f"    {json.dumps(d)}:", "      source:", "        type: url",
+            f"        train_urls: [{json.dumps(x.paths[d])}]"]
+  out += ["  train_weights:"] + [f"    {json.dumps(d)}: {w:.6g}" for d, w in x.weights.items()]
+  return "\n".join(out) + "\n"
+
+
+def _kept(weights: dict):
+  """(the nonzero weights, a note naming the domains left out)."""
+  kept, dropped = _nonzero(weights)
+  return kept, (f" Left out (weight rounds to 0): {', '.join(dropped)}." if dropped else "")
+
+
+WRITERS = {"seqio": _seqio, "grain": _grain, "maxtext": _maxtext, "levanter": _levanter,
+           "json": _json}
+
+
 def render(fmt: str, weights: dict, epochs: dict, budget, source: str, info, paths: dict,
            packed: dict, name: str) -> str:
-  from doremi_jax.config import ConfigError
+  """The exported mixture in format `fmt` (one of FORMATS), as text."""
+  if fmt not in WRITERS:
+    raise ConfigError(f"--format={fmt!r} does not exist; use one of {', '.join(FORMATS)}.")
   header = (f"Mixture exported by doremi_jax from {source}"
             + (f"; expected epochs at {budget:.4g} tokens: " + ", ".join(
                 f"{d} {e:.3g}" for d, e in epochs.items()) if epochs else ""))
-  if fmt == "json":
-    return json.dumps({"weights": weights, "expected_epochs": epochs, "token_budget": budget,
-                       "source": source}, indent=2) + "\n"
-  if fmt == "seqio":
-    corpus = (info or {}).get("corpus")
-    tasks = ({d: f"doremi_{corpus}_{re.sub(r'[^a-z0-9_]+', '_', d.lower()).strip('_')}"
-              for d in weights} if corpus else {})
-    return (f'"""{header}.\n\nCall register() after the Tasks exist (doremi_jax registers '
-            'its own when\nthe corpus is built; give yours as tasks={domain: task_name})."""\n\n'
-            f"import seqio\n\nNAME = {name!r}\nWEIGHTS = {json.dumps(weights, indent=4)}\n"
-            f"EXPECTED_EPOCHS = {json.dumps(epochs, indent=4)}\n"
-            f"TASKS = {json.dumps(tasks, indent=4)}\n\n\n"
-            "def register(name=NAME, tasks=None):\n"
-            "  tasks = tasks or TASKS\n"
-            "  missing = sorted(set(WEIGHTS) - set(tasks))\n"
-            "  if missing:\n"
-            "    raise ValueError(f'no seqio Task for domains {missing}')\n"
-            "  if name in seqio.MixtureRegistry.names():\n"
-            "    seqio.MixtureRegistry.remove(name)\n"
-            "  return seqio.MixtureRegistry.add(name, [(tasks[d], w) for d, w in "
-            "WEIGHTS.items()])\n")
-  kept, dropped = _nonzero(weights)
-  note = f" Left out (weight rounds to 0): {', '.join(dropped)}." if dropped else ""
-  if fmt == "grain":
-    files = {d: paths[d] if d in paths else packed[d][0] for d in kept if d in paths or
-             d in packed}
-    missing = sorted(set(kept) - set(files))
-    if missing:
-      raise ConfigError(f"no files for domains {missing}: the run's corpus has no packed "
-                        "shards here; give --paths DOMAIN=GLOB for each.")
-    row = next(iter(packed.values()))[2] if packed else None
-    decoder = ""
-    if row is not None and not paths:
-      decoder = (f"\nSEQ_LEN = {row['seq_len']}\nTOKEN_DTYPE = {row['token_dtype']!r}\n\n\n"
-                 "def decode(record):\n"
-                 "  \"\"\"A doremi_jax packed row: targets and segment ids (0: padding).\"\"\"\n"
-                 "  n = SEQ_LEN * np.dtype(TOKEN_DTYPE).itemsize\n"
-                 "  targets = np.frombuffer(record[:n], TOKEN_DTYPE).astype(np.int32)\n"
-                 "  segment_ids = np.frombuffer(record[n:], np.uint16).astype(np.int32)\n"
-                 "  return {'targets': targets, 'segment_ids': segment_ids}\n")
-    return (f'"""{header}.{note}"""\n\nimport glob\n\nimport grain\nimport numpy as np\n\n'
-            f"WEIGHTS = {json.dumps(kept, indent=4)}\nFILES = {json.dumps(files, indent=4)}\n"
-            f"{decoder}\n\n"
-            "def mixture(seed=0):\n"
-            "  \"\"\"One shuffled, repeated dataset per domain, mixed with WEIGHTS.\"\"\"\n"
-            "  datasets = []\n"
-            "  for i, (domain, pattern) in enumerate(FILES.items()):\n"
-            "    source = grain.sources.ArrayRecordDataSource(sorted(glob.glob(pattern)))\n"
-            "    ds = grain.MapDataset.source(source).shuffle(seed=seed + i).repeat()\n"
-            + ("    ds = ds.map(decode)\n" if decoder else "")
-            + "    datasets.append(ds)\n"
-            "  return grain.MapDataset.mix(datasets, [WEIGHTS[d] for d in FILES])\n")
-  if fmt == "maxtext":
-    missing = sorted(set(kept) - set(paths))
-    if missing:
-      raise ConfigError(f"give --paths DOMAIN=GLOB (your ArrayRecord files in MaxText's "
-                        f"record format) for domains {missing}.")
-    bad = [p for p in paths.values() if re.search(r"[,;]", p) or p != p.strip()]
-    if bad:
-      raise ConfigError(f"MaxText's mixture string cannot hold ',' ';' or surrounding spaces "
-                        f"in a path: {bad}.")
-    mix = ";".join(f"{paths[d]},{w:.6g}" for d, w in kept.items())
-    lines = [f"# {header}.{note}", "# Weights are relative; MaxText normalises them.",
-             "dataset_type: grain", "grain_file_type: arrayrecord",
-             f'grain_train_files: "{mix}"']
-    return "\n".join(lines) + "\n"
-  if fmt == "levanter":
-    missing = sorted(set(weights) - set(paths))
-    if missing:
-      raise ConfigError(f"give --paths DOMAIN=GLOB (the train files Levanter tokenizes) for "
-                        f"domains {missing}.")
-    out = [f"# {header}.", "# Weights are relative; Levanter normalises them.", "data:",
-           "  components:"]
-    for d in weights:
-      out += [f"    {json.dumps(d)}:", "      source:", "        type: url",
-              f"        train_urls: [{json.dumps(paths[d])}]"]
-    out += ["  train_weights:"] + [f"    {json.dumps(d)}: {w:.6g}" for d, w in weights.items()]
-    return "\n".join(out) + "\n"
-  raise ConfigError(f"--format={fmt!r} does not exist; use one of {', '.join(FORMATS)}.")
+  return WRITERS[fmt](_Export(header, weights, epochs, budget, source, info, paths, packed,
+                              name))
 
 
 def main(argv):
-  from doremi_jax.config import ConfigError
   if len(argv) != 2:
     raise ConfigError("give one RUN_DIR: python -m doremi_jax.export_mixture RUN_DIR "
                       f"--format {'|'.join(FORMATS)}.")
@@ -278,7 +322,7 @@ def main(argv):
   if budget is not None and not budget > 0:
     raise ConfigError(f"--token_budget must be positive, got {budget}.")
   if budget is None and info is not None and info.get("stage") == "main" and \
-      os.path.basename(source) == "main_weights.json":
+      os.path.basename(source) == rundir.MAIN_WEIGHTS:
     budget = float(info["num_steps"] * info["tokens_per_step"])
   if info is not None and sorted(info["domains"]) != sorted(weights):
     raise ConfigError(f"the weights name {sorted(weights)} but the run's corpus has "

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from doremi_jax import files
+from doremi_jax import rundir
 
 
 def _to_python(v):
@@ -27,13 +28,13 @@ class MetricsWriter:
 
   def __init__(self, workdir: str, domains: Sequence[str], stage: str, tensorboard: bool = True):
     self.enabled = jax.process_index() == 0
-    self.path = files.path(workdir) / "metrics.jsonl"
+    self.path = files.path(workdir) / rundir.METRICS_LOG
     self.domains = list(domains)
     self.stage = stage
     self._tb = None
     if self.enabled and tensorboard:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(str(files.path(workdir) / "tensorboard"))
+      self._tb = SummaryWriter(str(files.path(workdir) / rundir.TENSORBOARD))
 
   def write(self, step: int, metrics: dict):
     if not self.enabled:

@@ -162,7 +162,7 @@ def write_config(workdir: str, text: str, start_step: int) -> str:
   the config changed it is written next to it as
   `config.resumed_at_<step>.gin` so that nothing already written is lost.
   """
-  path = files.path(workdir) / "config.gin"
+  path = files.path(workdir) / CONFIG
   if files.exists(path):
     if files.read_text(path) == text:
       return str(path)
@@ -205,7 +205,7 @@ def write_run_info(workdir: str, stage: str, start_step: int, corpus, setup,
       "backend": jax.default_backend(),
   }
   info.update(extra or {})
-  name = "run_info.json"
+  name = RUN_INFO
   if start_step and files.exists(files.path(workdir) / name):
     name = f"run_info.resumed_at_{start_step}.json"
   files.write_json(files.path(workdir) / name, info)

@@ -235,9 +235,11 @@ def lm_program(setup: ModelSetup, num_domains: int, accum: int, seq_len: int, mi
         jitted=jit_step(setup, step, setup.state_shardings), extra=(),
         params_of=lambda s: s.params, domain_loss_key="domain_loss", flops_per_token=flops)
 
-  prior = np.asarray(prior, np.float32)
-  mixer_abstract, mixer_shardings = replicated_state(setup, lambda: mixer.init(prior))
-  state_shardings = {"train": setup.state_shardings, "mixer": mixer_shardings}
+  return _mixer_program(setup, train, num_domains, accum, seq_len, mixer, prior, reference)
+
+
+def _mixer_step(train, num_domains: int, accum: int, mixer, reference):
+  """The LM step with `mixer`'s update inside (see `lm_program`)."""
 
   def mixed_step(state, batch, *ref_params):
     ts = state["train"]
@@ -257,21 +259,32 @@ def lm_program(setup: ModelSetup, num_domains: int, accum: int, seq_len: int, mi
     metrics.update({f"mixer/{k}": v for k, v in mixer.report(new_mixer).items()})
     return {"train": new_ts, "mixer": new_mixer}, metrics
 
+  return mixed_step
+
+
+def _mixer_program(setup: ModelSetup, train, num_domains: int, accum: int, seq_len: int,
+                   mixer, prior, reference) -> StepProgram:
+  prior = np.asarray(prior, np.float32)
+  mixer_abstract, mixer_shardings = replicated_state(setup, lambda: mixer.init(prior))
+  state_shardings = {"train": setup.state_shardings, "mixer": mixer_shardings}
+
   def init(seed):
     return {"train": init_state(setup, seed),
             # via host copies: distinct buffers per leaf (the state is donated)
             "mixer": jax.device_put(jax.tree.map(np.array, mixer.init(prior)),
                                     mixer_shardings)}
 
+  flops = float(setup.model_cfg.flops_per_token(seq_len))
   extra, extra_shardings = (), ()
   if mixer.needs_reference:
     extra, extra_shardings = (reference.params,), (reference.shardings,)
     flops += reference.model.cfg.flops_per_token(seq_len) / 3
+  step = _mixer_step(train, num_domains, accum, mixer, reference)
   return StepProgram(
       name=f"lm+{mixer.name}", setup=setup,
       abstract_state={"train": setup.abstract_state, "mixer": mixer_abstract},
       state_shardings=state_shardings, init=init,
-      jitted=jit_step(setup, mixed_step, state_shardings, extra_shardings), extra=extra,
+      jitted=jit_step(setup, step, state_shardings, extra_shardings), extra=extra,
       params_of=lambda s: s["train"].params, domain_loss_key="domain_loss",
       flops_per_token=flops, mixer=mixer)
 
@@ -285,18 +298,10 @@ def dro_state(setup: ModelSetup, initial_weights):
   return replicated_state(setup, lambda: doremi.DROState.create(initial_weights))
 
 
-def dro_program(setup: ModelSetup, reference, num_domains: int, accum: int,
-                dro_cfg: doremi.DROConfig, initial_weights, seq_len: int) -> StepProgram:
-  """DoReMi's Algorithm 1 against the frozen `reference` (a
-  `reference.Reference`: arrays to train, or abstract shapes to compile):
-  the batch is stratified and the proxy's loss is the weight-averaged
-  per-domain mean loss. The state is `{"train": TrainState, "dro":
-  doremi.DROState}`. (Step 2's resample mode is `resample_program`.)"""
-  model, ref_model = setup.model, reference.model
-  initial_weights = np.asarray(initial_weights, np.float32)
-  dro_abstract, dro_shardings = dro_state(setup, initial_weights)
-  state_shardings = {"train": setup.state_shardings, "dro": dro_shardings}
-  abstract_state = {"train": setup.abstract_state, "dro": dro_abstract}
+def _dro_step(setup: ModelSetup, ref_model, num_domains: int, accum: int,
+              dro_cfg: doremi.DROConfig):
+  """The Group-DRO step function (see `dro_program`)."""
+  model = setup.model
 
   def step(state, batch, ref_params):
     ts: TrainState = state["train"]
@@ -336,6 +341,24 @@ def dro_program(setup: ModelSetup, reference, num_domains: int, accum: int,
         "learning_rate": setup.lr_schedule(t),
     }
     return {"train": new_ts, "dro": new_dro}, metrics
+
+  return step
+
+
+def dro_program(setup: ModelSetup, reference, num_domains: int, accum: int,
+                dro_cfg: doremi.DROConfig, initial_weights, seq_len: int) -> StepProgram:
+  """DoReMi's Algorithm 1 against the frozen `reference` (a
+  `reference.Reference`: arrays to train, or abstract shapes to compile):
+  the batch is stratified and the proxy's loss is the weight-averaged
+  per-domain mean loss. The state is `{"train": TrainState, "dro":
+  doremi.DROState}`. (Step 2's resample mode is `resample_program`.)"""
+  ref_model = reference.model
+  initial_weights = np.asarray(initial_weights, np.float32)
+  dro_abstract, dro_shardings = dro_state(setup, initial_weights)
+  state_shardings = {"train": setup.state_shardings, "dro": dro_shardings}
+  abstract_state = {"train": setup.abstract_state, "dro": dro_abstract}
+
+  step = _dro_step(setup, ref_model, num_domains, accum, dro_cfg)
 
   def init(seed):
     return {"train": init_state(setup, seed),

@@ -13,7 +13,6 @@ from doremi_jax.analysis import pipeline_report
 from doremi_jax.analysis import stats
 from doremi_jax.analysis import study_report
 from doremi_jax.analysis import swarm_report
-from doremi_jax.data import weights as weights_lib
 
 DOMAINS = ["a", "b"]
 INFO = {"stage": "main", "domains": DOMAINS, "num_steps": 10, "tokens_per_step": 64,
@@ -272,7 +271,6 @@ def test_swarm_md_from_swarm_json(tmp_path):
 
 
 def test_run_directory_names():
-  assert rundir.AVERAGE_WEIGHTS == weights_lib.RUN_WEIGHTS_FILE   # one name, two constants
   assert str(rundir.arm_dir("/r", "doremi", 2)) == "/r/arms/doremi/seed_2"
   assert [rundir.round_number(n) for n in ("round_3", "round_", "round_x", "main_doremi")] == \
       [3, None, None, None]

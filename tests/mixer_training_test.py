@@ -7,17 +7,13 @@ and parameters; bad settings are refused before anything runs."""
 import json
 import shutil
 
-import gin
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from doremi_jax import config as config_lib
-from doremi_jax import main as main_lib
 from doremi_jax.config import ConfigError
 from doremi_jax.data import scheduled
-from doremi_jax.stages import registry
 
 from helpers import run_stage
 

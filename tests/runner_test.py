@@ -11,10 +11,8 @@ import pytest
 
 from doremi_jax import checkpoint as ckpt_lib
 from doremi_jax import config as config_lib
-from doremi_jax import main as main_lib
 from doremi_jax import runner
 from doremi_jax.runner import TrainingDiverged
-from doremi_jax.stages import registry
 
 from helpers import run_stage
 

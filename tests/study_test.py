@@ -5,14 +5,10 @@ import json
 import re
 import shutil
 
-import jax
 import numpy as np
 import pytest
 
-from doremi_jax import config as config_lib
-from doremi_jax import main as main_lib
 from doremi_jax.config import ConfigError
-from doremi_jax.stages import registry
 from doremi_jax.stages import study
 from doremi_jax.arms import static as static_arms
 

@@ -22,7 +22,6 @@ from doremi_jax.config import ConfigError
 from doremi_jax.data import loader as loader_lib
 from doremi_jax.data import weights as weights_lib
 from doremi_jax.sharding import MeshConfig
-from doremi_jax.stages import registry
 from doremi_jax.state import TrainConfig, build_setup
 from doremi_jax.swarm import program as swarm_lib
 

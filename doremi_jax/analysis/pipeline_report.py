@@ -259,9 +259,9 @@ def render_weights(report: dict, plots) -> list:
     if plots_lib.plot_final_vs_reference(domains, initial, final,
                                          plots / "weights_final_vs_reference.png",
                                          f"DoReMi weights (round {final_r})"):
-      md += ["![final weights vs reference](plots/weights_final_vs_reference.png)", ""]
+      md += [f"![final weights vs reference]({rundir.PLOTS}/weights_final_vs_reference.png)", ""]
     if plots_lib.plot_rounds(domains, trajectory, plots / "weights_across_rounds.png"):
-      md += ["![weights across rounds](plots/weights_across_rounds.png)", ""]
+      md += [f"![weights across rounds]({rundir.PLOTS}/weights_across_rounds.png)", ""]
   else:
     md += ["No finished Step 2 (proxy) yet, so no DoReMi weights.", ""]
   for s in report["stages"]:
@@ -305,7 +305,7 @@ def render_main(report: dict, plots) -> list:
     md += ["Validation loss per domain (nats/token, lower is better; delta = DoReMi − "
            "baseline):", "", "```", compare_lib.format_comparison(cmp), "```", ""]
     if plots_lib.plot_main_comparison(cmp, plots / "main_doremi_vs_baseline.png"):
-      md += ["![DoReMi vs baseline](plots/main_doremi_vs_baseline.png)", ""]
+      md += [f"![DoReMi vs baseline]({rundir.PLOTS}/main_doremi_vs_baseline.png)", ""]
     return md
   mains = [s for s in report["stages"] if s["kind"] == "main"]
   have = [s["name"] for s in mains if s["eval"]]
@@ -328,7 +328,7 @@ def render(report: dict, out_dir) -> str:
   md += ["## Training curves", ""]
   if plots_lib.plot_training_curves(report["stages"], report["domains"],
                                     plots / "training_curves.png"):
-    md += ["![training curves](plots/training_curves.png)", ""]
+    md += [f"![training curves]({rundir.PLOTS}/training_curves.png)", ""]
   else:
     md += ["No training metrics yet.", ""]
   md += ["## Missing or unfinished", ""]

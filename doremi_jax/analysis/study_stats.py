@@ -61,6 +61,39 @@ def health_checks(root, arms: list, corpus, rates: dict, method_runs: dict, num_
   return lines + health.tokenizer_line(info.get("tokenizer"), domains, corpus.bytes_per_token)
 
 
+def _seed_values(root, arm: str, seeds: int, domains, floors) -> dict:
+  """One arm's final evaluations over seeds: [seed] lists per metric."""
+  finals = [files.read_json(rundir.arm_dir(root, arm, s) / rundir.EVAL) for s in range(seeds)]
+  dom = {d: [f["per_domain"][d]["loss"] for f in finals] for d in domains}
+  return {
+      "uniform_avg": [f["uniform_average"] for f in finals],
+      "worst_case": [f["worst_case"]["loss"] for f in finals],
+      "excess_over_floor": ([stats.excess_over_floor({d: dom[d][s] for d in domains}, floors)
+                             for s in range(seeds)] if floors else None),
+      "domains": dom,
+      "curves": [_curve(rundir.arm_dir(root, arm, s)) for s in range(seeds)],
+  }
+
+
+def _vs_baseline(p: dict, b: dict, domains, level: float, m: int) -> dict:
+  """Paired differences of an arm's seed values `p` against the baseline's `b`."""
+  vs = {key: stats.paired_difference(p[key], b[key], level, m)
+        for key in ("uniform_avg", "worst_case")}
+  vs["domains"] = {d: stats.paired_difference(p["domains"][d], b["domains"][d], level, m)
+                   for d in domains}
+  if p["excess_over_floor"] is not None:
+    vs["excess_over_floor"] = stats.paired_difference(
+        p["excess_over_floor"], b["excess_over_floor"], level, m)
+  return vs
+
+
+def _cost(root, arm: str, seeds: int, method_runs: dict, main_flops: float) -> dict:
+  own = sum(run_flops(rundir.arm_dir(root, arm, s)) for s in range(seeds)) / seeds
+  extra = sum(run_flops(files.path(d)) for d in method_runs.get(arm, []))
+  return {"main_run_flops": own, "method_flops": extra, "total_flops_per_seed": own + extra,
+          "fraction_of_one_main_run": (own + extra) / main_flops}
+
+
 def analyse(root, arms: list, seeds: int, baseline: str, corpus, rates: dict,
             method_runs: dict, level: float = 0.95) -> dict:
   """study.json: per arm and domain, means with intervals over seeds, paired
@@ -69,18 +102,7 @@ def analyse(root, arms: list, seeds: int, baseline: str, corpus, rates: dict,
   domains = list(corpus.domains)
   floors = (dict(zip(domains, corpus.entropy_floors))
             if corpus.entropy_floors is not None else None)
-  per = {}
-  for arm in arms:
-    finals = [files.read_json(rundir.arm_dir(root, arm, s) / rundir.EVAL) for s in range(seeds)]
-    dom = {d: [f["per_domain"][d]["loss"] for f in finals] for d in domains}
-    per[arm] = {
-        "uniform_avg": [f["uniform_average"] for f in finals],
-        "worst_case": [f["worst_case"]["loss"] for f in finals],
-        "excess_over_floor": ([stats.excess_over_floor({d: dom[d][s] for d in domains}, floors)
-                               for s in range(seeds)] if floors else None),
-        "domains": dom,
-        "curves": [_curve(rundir.arm_dir(root, arm, s)) for s in range(seeds)],
-    }
+  per = {arm: _seed_values(root, arm, seeds, domains, floors) for arm in arms}
   main_flops = run_flops(rundir.arm_dir(root, baseline, 0))
   info = files.read_json(rundir.arm_dir(root, baseline, 0) / rundir.RUN_INFO)
   seq_len = info["seq_len"]
@@ -101,24 +123,12 @@ def analyse(root, arms: list, seeds: int, baseline: str, corpus, rates: dict,
       r["excess_over_floor"] = stats.summarize(p["excess_over_floor"], level)
     r["spread"] = {"uniform_avg_std": r["uniform_avg"]["std"],
                    "worst_case_std": r["worst_case"]["std"]}
-    own = sum(run_flops(rundir.arm_dir(root, arm, s)) for s in range(seeds)) / seeds
-    extra = sum(run_flops(files.path(d)) for d in method_runs.get(arm, []))
-    r["cost"] = {"main_run_flops": own, "method_flops": extra,
-                 "total_flops_per_seed": own + extra,
-                 "fraction_of_one_main_run": (own + extra) / main_flops}
+    r["cost"] = _cost(root, arm, seeds, method_runs, main_flops)
     if arm == baseline:
       r["speedup"] = {"mean": 1.0, "ci": [1.0, 1.0], "reached": seeds}
     else:
-      b = per[baseline]
-      vs = {key: stats.paired_difference(p[key], b[key], level, m)
-            for key in ("uniform_avg", "worst_case")}
-      vs["domains"] = {d: stats.paired_difference(p["domains"][d], b["domains"][d], level, m)
-                       for d in domains}
-      if p["excess_over_floor"] is not None:
-        vs["excess_over_floor"] = stats.paired_difference(
-            p["excess_over_floor"], b["excess_over_floor"], level, m)
-      r["vs_baseline"] = vs
-      r["speedup"] = stats.speedup(p["curves"], b["curves"], level, m)
+      r["vs_baseline"] = _vs_baseline(p, per[baseline], domains, level, m)
+      r["speedup"] = stats.speedup(p["curves"], per[baseline]["curves"], level, m)
     results[arm] = r
   return {
       "baseline": baseline, "arms": list(arms), "seeds": seeds, "domains": domains,

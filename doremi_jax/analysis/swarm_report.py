@@ -79,9 +79,9 @@ def render(result: dict, out_dir) -> str:
   plot_dir = files.path(out_dir) / rundir.PLOTS
   lines = render_quality(result) + render_optima(result)
   if plots.plot_swarm_fits(result, plot_dir / "swarm_fits.png"):
-    lines += ["![predicted vs measured](plots/swarm_fits.png)", ""]
+    lines += [f"![predicted vs measured]({rundir.PLOTS}/swarm_fits.png)", ""]
   if plots.plot_swarm_weights(result, result.get("compare"), plot_dir / "swarm_weights.png"):
-    lines += ["![weights](plots/swarm_weights.png)", ""]
+    lines += [f"![weights]({rundir.PLOTS}/swarm_weights.png)", ""]
   return "\n".join(lines)
 
 

@@ -187,7 +187,7 @@ class RatesPublisher:
           f"resuming at step {start_step} needs the mixture's rates of blocks {missing[:5]}"
           f"{'...' if len(missing) > 5 else ''} to replay the data position, and neither "
           f"the checkpoint nor {self.log_path} holds them. Resume with the process count "
-          "and LoaderConfig of the original run, or restore its mixture_weights.jsonl.")
+          "of the original run, or restore that log from the original run.")
 
   def start(self, start_step: int) -> None:
     """Publishes the initial rates for the blocks whose source step is

@@ -21,6 +21,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from etils import epath
 
+from doremi_jax import rundir
 from doremi_jax.config import ConfigError
 from doremi_jax.data.corpus import Corpus
 
@@ -51,7 +52,6 @@ BUILTIN = ("uniform", "proportional")
 # Not a mixture but a sampling mode (`sampling.resolve`), spelled where a
 # static run's weights go: equal rows of every domain in every batch.
 STRATIFIED = "stratified"
-RUN_WEIGHTS_FILE = "average_domain_weights.json"  # what a Step 2 (proxy) run writes
 
 
 def resolve_weights(spec, corpus: Corpus, what: str = "weights") -> np.ndarray:
@@ -102,7 +102,7 @@ def _read_weights_file(spec: str, what: str) -> dict:
   directory's average_domain_weights.json (local paths or gs://)."""
   path = epath.Path(spec)
   if path.is_dir():
-    path = path / RUN_WEIGHTS_FILE
+    path = path / rundir.AVERAGE_WEIGHTS   # what a Step 2 (proxy) run writes
   if not path.exists():
     raise ConfigError(
         f"{what}: {spec!r} is neither a preset ({', '.join([*BUILTIN, *PRESETS])}) "

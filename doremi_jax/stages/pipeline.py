@@ -8,7 +8,8 @@
     RUN/main_baseline       the same main model on the initial weights
     RUN/pipeline.json       rounds, weight trajectory, stage timings
     RUN/comparison.json     main(DoReMi) vs main(baseline), per domain
-    RUN/report.md, plots/   `python -m doremi_jax.report RUN`
+    RUN/report.json         what the report shows, as data (`analysis.pipeline_report`)
+    RUN/report.md, plots/   the report (again: `python -m doremi_jax.report RUN`)
 
 Each stage runs in its own sub-directory under the gin scope of its kind
 (`reference/`, `proxy/`, `main/`), so `main/ModelConfig.d_model = 512` sizes
@@ -70,7 +71,7 @@ def _run_stage(log: _Log, name: str, title: str, subdir, kind: str, **kwargs):
     _say(f"{title}: already complete in {subdir}, skipping")
     log.stage(name, "skipped", 0.0, subdir)
     return
-  verb = "resuming" if files.exists(files.path(subdir) / "checkpoints") else "starting"
+  verb = "resuming" if files.exists(files.path(subdir) / rundir.CHECKPOINTS) else "starting"
   _say(f"{title}: {verb} in {subdir}")
   t0 = time.time()
   registry.get(kind)(str(subdir), **kwargs)
@@ -80,7 +81,7 @@ def _run_stage(log: _Log, name: str, title: str, subdir, kind: str, **kwargs):
 def _check_reference_weights(subdir, expected: dict):
   """A finished or interrupted reference must have used the weights this run
   would give it; otherwise the run directory belongs to another config."""
-  path = files.path(subdir) / "reference_weights.json"
+  path = files.path(subdir) / rundir.REFERENCE_WEIGHTS
   if not files.exists(path):
     return
   recorded = files.read_json(path)
@@ -89,6 +90,63 @@ def _check_reference_weights(subdir, expected: dict):
         f"{subdir} was trained on reference weights {recorded}, but this configuration "
         f"gives it {expected}. The run directory was made with another configuration; "
         "use a new --workdir (or delete that round) to start afresh.")
+
+
+def _rounds(log: _Log, workdir: str, w0: dict, rounds: int, tolerance: float) -> dict:
+  """Runs the reference -> proxy rounds (iterated DoReMi) until `rounds` or
+  convergence; returns the final DoReMi weights."""
+  current = w0
+  for r in range(1, rounds + 1):
+    ref_dir, proxy_dir = round_dir(workdir, r, "reference"), round_dir(workdir, r, "proxy")
+    _check_reference_weights(ref_dir, current)
+    _run_stage(log, f"round_{r}/reference", f"round {r}/{rounds}, Step 1: reference model",
+               ref_dir, "reference", weights=dict(current))
+    _run_stage(log, f"round_{r}/proxy", f"round {r}/{rounds}, Step 2: Group-DRO proxy",
+               proxy_dir, "proxy", reference_dir=str(ref_dir))
+    new = files.read_json(files.path(proxy_dir) / rundir.AVERAGE_WEIGHTS)
+    change = l1_change(new, current)
+    log.data["rounds"].append({"round": r, "reference_weights": current, "weights": new,
+                               "l1_change": change,
+                               "reference_dir": str(ref_dir), "proxy_dir": str(proxy_dir)})
+    _say(f"round {r}: L1 change of the weights {change:.4f} (tolerance {tolerance:g})")
+    current = new
+    if change < tolerance:
+      log.data["converged_at_round"] = r
+      if r < rounds:
+        _say(f"converged after round {r} of {rounds}; skipping the remaining rounds")
+      break
+  log.data["final_weights"] = current
+  log.write()
+  return current
+
+
+def _main_models(log: _Log, workdir: str, weights: dict, w0: dict, run_baseline: bool):
+  """Step 3 on the DoReMi weights and (with `run_baseline`) on the initial
+  weights, then their comparison (comparison.json)."""
+  root = files.path(workdir)
+  _run_stage(log, MAIN_MODEL_DOREMI, "Step 3: main model on the DoReMi weights",
+             root / MAIN_MODEL_DOREMI, "main", weights=dict(weights))
+  if not run_baseline:
+    return
+  _run_stage(log, MAIN_MODEL_BASELINE, "baseline: main model on the reference weights",
+             root / MAIN_MODEL_BASELINE, "main", weights=dict(w0))
+  comparison = compare.compare(files.read_json(root / MAIN_MODEL_DOREMI / rundir.EVAL),
+                               files.read_json(root / MAIN_MODEL_BASELINE / rundir.EVAL))
+  if rundir.is_writer():
+    files.write_json(root / rundir.COMPARISON, comparison)
+    print("[pipeline] main model, per-domain validation loss, DoReMi vs baseline:\n"
+          + compare.format_comparison(comparison), flush=True)
+
+
+def _check_settings(rounds, tolerance, run_main: bool, run_baseline: bool):
+  if not isinstance(rounds, int) or rounds < 1:
+    raise ConfigError(f"train_pipeline.rounds must be an integer >= 1, got {rounds!r}.")
+  if not (isinstance(tolerance, (int, float)) and np.isfinite(tolerance) and tolerance >= 0):
+    raise ConfigError(f"train_pipeline.tolerance must be a number >= 0 (the L1 change of the "
+                      f"weights between rounds), got {tolerance!r}.")
+  if run_baseline and not run_main:
+    raise ConfigError("train_pipeline.run_baseline needs run_main = True (the baseline is "
+                      "compared with the DoReMi main model).")
 
 
 @gin.configurable
@@ -104,17 +162,10 @@ def train_pipeline(workdir: str, rounds: int = 1, tolerance: float = 1e-2,
   reference_weights: round 1's reference weights and the baseline's: any
     Step 3 weights spec ('uniform', 'proportional', a mapping, a JSON file).
   run_main / run_baseline: train the main model on the DoReMi weights / on
-    `reference_weights`. write_report: write report.md and plots at the end.
-  Returns the contents of pipeline.json.
+    `reference_weights`. write_report: write report.json, report.md and
+    plots at the end. Returns the contents of pipeline.json.
   """
-  if not isinstance(rounds, int) or rounds < 1:
-    raise ConfigError(f"train_pipeline.rounds must be an integer >= 1, got {rounds!r}.")
-  if not (isinstance(tolerance, (int, float)) and np.isfinite(tolerance) and tolerance >= 0):
-    raise ConfigError(f"train_pipeline.tolerance must be a number >= 0 (the L1 change of the "
-                      f"weights between rounds), got {tolerance!r}.")
-  if run_baseline and not run_main:
-    raise ConfigError("train_pipeline.run_baseline needs run_main = True (the baseline is "
-                      "compared with the DoReMi main model).")
+  _check_settings(rounds, tolerance, run_main, run_baseline)
   rundir.check_writable(workdir)
   corpus = get_corpus()
   domains = list(corpus.domains)
@@ -126,51 +177,16 @@ def train_pipeline(workdir: str, rounds: int = 1, tolerance: float = 1e-2,
                        "run_baseline": run_baseline, "initial_reference_weights": w0})
   if rundir.is_writer():
     files.path(workdir).mkdir(parents=True, exist_ok=True)
-    files.write_text(files.path(workdir) / "pipeline_config.gin", gin.config_str())
+    files.write_text(files.path(workdir) / rundir.PIPELINE_CONFIG, gin.config_str())
   plan = 2 * rounds + int(run_main) + int(run_baseline)
   _say(f"DoReMi in {workdir}: {rounds} round(s) of reference + proxy"
        + (", then the main model on the DoReMi weights" if run_main else "")
        + (" and on the reference weights (baseline)" if run_baseline else "")
        + f"; up to {plan} trainings.")
   t_start = time.time()
-
-  current = w0
-  for r in range(1, rounds + 1):
-    ref_dir, proxy_dir = round_dir(workdir, r, "reference"), round_dir(workdir, r, "proxy")
-    _check_reference_weights(ref_dir, current)
-    _run_stage(log, f"round_{r}/reference", f"round {r}/{rounds}, Step 1: reference model",
-               ref_dir, "reference", weights=dict(current))
-    _run_stage(log, f"round_{r}/proxy", f"round {r}/{rounds}, Step 2: Group-DRO proxy",
-               proxy_dir, "proxy", reference_dir=str(ref_dir))
-    new = files.read_json(files.path(proxy_dir) / "average_domain_weights.json")
-    change = l1_change(new, current)
-    log.data["rounds"].append({"round": r, "reference_weights": current, "weights": new,
-                               "l1_change": change,
-                               "reference_dir": str(ref_dir), "proxy_dir": str(proxy_dir)})
-    _say(f"round {r}: L1 change of the weights {change:.4f} (tolerance {tolerance:g})")
-    current = new
-    if change < tolerance:
-      log.data["converged_at_round"] = r
-      if r < rounds:
-        _say(f"converged after round {r} of {rounds}; skipping the remaining rounds")
-      break
-  log.data["final_weights"] = current
-  log.write()
-
+  current = _rounds(log, workdir, w0, rounds, tolerance)
   if run_main:
-    _run_stage(log, MAIN_MODEL_DOREMI, "Step 3: main model on the DoReMi weights",
-               files.path(workdir) / MAIN_MODEL_DOREMI, "main", weights=dict(current))
-  if run_baseline:
-    _run_stage(log, MAIN_MODEL_BASELINE, "baseline: main model on the reference weights",
-               files.path(workdir) / MAIN_MODEL_BASELINE, "main", weights=dict(w0))
-    comparison = compare.compare(
-        files.read_json(files.path(workdir) / MAIN_MODEL_DOREMI / "eval.json"),
-        files.read_json(files.path(workdir) / MAIN_MODEL_BASELINE / "eval.json"))
-    if rundir.is_writer():
-      files.write_json(files.path(workdir) / rundir.COMPARISON, comparison)
-      print("[pipeline] main model, per-domain validation loss, DoReMi vs baseline:\n"
-            + compare.format_comparison(comparison), flush=True)
-
+    _main_models(log, workdir, current, w0, run_baseline)
   log.data["status"] = "complete"
   log.data["seconds"] = round(time.time() - t_start, 2)
   log.write()

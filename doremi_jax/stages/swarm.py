@@ -100,8 +100,6 @@ def plan(corpus, cfg: TrainConfig, members, prior, concentration, corners, cap_f
   check_number("train_swarm.cap_factor", cap_factor, low=0, low_open=True)
   check_number("train_swarm.min_weight", min_weight, low=0)
   fit.objective_terms(objective, corpus.domains)
-  if isinstance(prior, str) and prior == "stratified":
-    raise ConfigError("train_swarm.prior='stratified' is not a mixture; use 'uniform'.")
   q = law_lib.check_distribution(
       weights_lib.resolve_weights(prior, corpus, "train_swarm.prior"), "train_swarm.prior")
   if concentration is None:
@@ -154,13 +152,7 @@ def train_swarm(workdir: str, members: int = 16, prior: Any = "proportional",
   if compare_with is not None:
     compare = {"compared": weights_lib.as_dict(corpus.domains, weights_lib.resolve_weights(
         compare_with, corpus, "train_swarm.compare_with"))}
-  mixtures_path = files.path(workdir) / rundir.SWARM_MIXTURES
-  mixtures_json = {"domains": list(corpus.domains), "mixtures": p.mixtures.tolist(),
-                   "member_seeds": list(p.member_seeds)}
-  if files.exists(mixtures_path) and files.read_json(mixtures_path) != mixtures_json:
-    raise ConfigError(f"{workdir} holds a swarm with other mixtures or seeds "
-                      f"({mixtures_path}); resume it with its own settings, or use a new "
-                      "run directory.")
+  mixtures_json = _check_mixtures(workdir, corpus, p)
   setup = swarm_lib.swarm_setup(corpus.vocab_size, cfg, members)
   program = swarm_lib.swarm_program(setup, corpus.num_domains, cfg.grad_accum_steps,
                                     cfg.seq_len, p.member_seeds)
@@ -169,32 +161,54 @@ def train_swarm(workdir: str, members: int = 16, prior: Any = "proportional",
     return swarm_lib.SwarmLoader(corpus, p.mixtures, p.member_seeds, cfg, start_step,
                                  data_state)
 
-  out = {}
-
-  def on_finish(state, final, reference_eval):
-    result = out["result"] = results.analyse(
-        p.mixtures, final["members"], corpus.domains, p.prior, law=law, objective=objective,
-        kl_weight=kl_weight, caps=p.caps, folds=folds, seed=cfg.seed,
-        gbm_settings=gbm_settings, candidates=candidates, top_k=top_k)
-    if rundir.is_writer():
-      files.write_json(files.path(workdir) / rundir.SWARM_JSON, result)
-      files.write_json(files.path(workdir) / rundir.SWARM_WEIGHTS, result["weights"])
-      rundir.announce("swarm", f"report: {swarm_report.write(workdir, compare)}")
-    cv = result["laws"][law]["cross_validation"]["average"]["spearman"]
-    cv_obj = result["laws"][law]["objective_cross_validation"]["spearman"]
-    top = sorted(result["weights"].items(), key=lambda kv: -kv[1])
-    return (f"{members} members; {law} law, cross-validated Spearman: average-loss law "
-            f"{cv:.3f}, objective {cv_obj:.3f}; optimum " +
-            ", ".join(f"{d} {w:.3f}" for d, w in top))
-
+  fit_settings = dict(law=law, objective=objective, kl_weight=kl_weight, caps=p.caps,
+                      folds=folds, seed=cfg.seed, gbm_settings=gbm_settings,
+                      candidates=candidates, top_k=top_k)
+  hook = SwarmHook(workdir, corpus, p, fit_settings, compare)
   info = {"sampling": "swarm", "members": members, "law": law,
           "tokens_per_step": members * cfg.tokens_per_step,
           "eval_tokens": members * cfg.eval_examples_per_domain * corpus.num_domains
           * cfg.seq_len}
   runner.run_stage(workdir=workdir, stage="swarm", corpus=corpus, cfg=cfg, program=program,
-                   loader=make_loader, hooks=[runner.Record(info, {rundir.SWARM_MIXTURES: mixtures_json}),
-                                              runner.OnFinish(on_finish)])
-  return out["result"]
+                   loader=make_loader,
+                   hooks=[runner.Record(info, {rundir.SWARM_MIXTURES: mixtures_json}), hook])
+  return hook.result
+
+
+def _check_mixtures(workdir, corpus, p: SwarmPlan) -> dict:
+  """swarm_mixtures.json's contents; ConfigError when `workdir` holds a
+  swarm with other mixtures or seeds."""
+  path = files.path(workdir) / rundir.SWARM_MIXTURES
+  mixtures = {"domains": list(corpus.domains), "mixtures": p.mixtures.tolist(),
+              "member_seeds": list(p.member_seeds)}
+  if files.exists(path) and files.read_json(path) != mixtures:
+    raise ConfigError(f"{workdir} holds a swarm with other mixtures or seeds ({path}); "
+                      "resume it with its own settings, or use a new run directory.")
+  return mixtures
+
+
+class SwarmHook(runner.Hook):
+  """At the end: fit every law to the members' losses, write swarm.json,
+  swarm_weights.json and the report."""
+
+  def __init__(self, workdir, corpus, p: SwarmPlan, fit_settings: dict, compare):
+    self.workdir, self.corpus, self.plan = workdir, corpus, p
+    self.fit_settings, self.compare, self.result = fit_settings, compare, None
+
+  def on_finish(self, state, final, reference):
+    law, p = self.fit_settings["law"], self.plan
+    result = self.result = results.analyse(p.mixtures, final["members"], self.corpus.domains,
+                                           p.prior, **self.fit_settings)
+    if rundir.is_writer():
+      files.write_json(files.path(self.workdir) / rundir.SWARM_JSON, result)
+      files.write_json(files.path(self.workdir) / rundir.SWARM_WEIGHTS, result["weights"])
+      rundir.announce("swarm", f"report: {swarm_report.write(self.workdir, self.compare)}")
+    cv = result["laws"][law]["cross_validation"]["average"]["spearman"]
+    cv_obj = result["laws"][law]["objective_cross_validation"]["spearman"]
+    top = sorted(result["weights"].items(), key=lambda kv: -kv[1])
+    return (f"{len(p.mixtures)} members; {law} law, cross-validated Spearman: average-loss "
+            f"law {cv:.3f}, objective {cv_obj:.3f}; optimum " +
+            ", ".join(f"{d} {w:.3f}" for d, w in top))
 
 
 registry.register(registry.Stage("swarm", train_swarm))
