@@ -10,7 +10,9 @@ kind).
                   weights file or a Step 2 run directory
 
 Kinds are tried in registration order; the weights kind, which reads any
-other spec as weights, is registered last.
+other spec as weights, stays last. A kind of your own is a class in a
+module of yours, decorated with `arms.register` and imported before the
+study runs (a gin file can say `import my_arms`).
 """
 
 from doremi_jax.arms import base
@@ -18,5 +20,6 @@ from doremi_jax.arms import base
 from doremi_jax.arms import static, doremi_arm, swarm_arm, mixer_arm  # noqa: F401,I001
 from doremi_jax.arms import weights_arm  # noqa: F401
 
-make, by_kind, spellings, Arm, Study, register = (base.make, base.by_kind, base.spellings,
-                                                  base.Arm, base.Study, base.register)
+make, by_kind, spellings, Arm, Study, register, unregister = (
+    base.make, base.by_kind, base.spellings, base.Arm, base.Study, base.register,
+    base.unregister)

@@ -53,6 +53,7 @@ class Arm:
   kind: ClassVar[str] = ""
   spelling: ClassVar[str] = ""
   static: ClassVar[bool] = False
+  fallback: ClassVar[bool] = False   # matches anything: stays after every other kind
 
   def __init__(self, name: str, spec: Any, study: Study):
     self.name, self.spec, self.study = name, spec, study
@@ -89,11 +90,18 @@ KINDS: list = []
 
 
 def register(cls):
-  """Class decorator: adds an arm kind (after those registered before it)."""
+  """Class decorator: adds an arm kind after those registered before it
+  (but before the fallback kind, which reads any other spec as weights)."""
   if any(k.kind == cls.kind for k in KINDS):
     raise ValueError(f"two arm kinds are named {cls.kind!r}")
-  KINDS.append(cls)
+  at = next((i for i, k in enumerate(KINDS) if k.fallback), len(KINDS))
+  KINDS.insert(at, cls)
   return cls
+
+
+def unregister(cls) -> None:
+  """Removes an arm kind (a test's or a notebook's own)."""
+  KINDS.remove(cls)
 
 
 def spellings() -> list:

@@ -14,11 +14,11 @@ from doremi_jax.data import weights as weights_lib
 class Weights(base.Arm):
   """Any Step 3 weights spec: 'uniform', 'proportional', a preset, a
   {domain: weight} mapping, a weights JSON file or a Step 2 run directory."""
-  kind, static = "weights", True
+  kind, static, fallback = "weights", True, True
 
   @classmethod
   def matches(cls, spec: Any):
-    return True   # the last kind: anything else is read as weights (or refused by check)
+    return True   # the fallback: anything else is read as weights (or refused by check)
 
   def check(self):
     spec = self.spec
