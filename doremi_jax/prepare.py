@@ -1,21 +1,28 @@
 r"""Prepare a local multi-domain corpus for doremi_jax, offline.
 
-  python -m doremi_jax.prepare --corpus mycorpus --data_dir data \
+  python -m doremi_jax.prepare --corpus mycorpus --data_dir data --seq_len 1024 \
       --domain wiki='raw/wiki/*.jsonl.gz' --domain code='raw/code/*.parquet' \
-      --domain books='raw/books/'
+      --domain books='raw/books/' --domain news=tfds:my_news/en:1.0.0 \
+      --domain forum='tfrecord:/data/forum/train-*|/data/forum/val-*'
 
 Then train with `get_corpus.name = 'local'`, `LocalCorpusConfig.name =
-'mycorpus'`, `LocalCorpusConfig.data_dir = 'data'`.
+'mycorpus'`, `LocalCorpusConfig.data_dir = 'data'`: training reads only
+what this command writes.
 
-Besides the text (a TFDS dataset per domain, which the seqio Tasks read),
-each domain is tokenized once with `--vocabulary` and packed into rows of
-`--seq_len` (ArrayRecord shards; `data/packing.py`), which training reads
-by index. Run it again with another `--vocabulary` (e.g. a SentencePiece
-model trained on the text by `python -m doremi_jax.tokenizer`) or
-`--seq_len` to add packings; the text is prepared only once.
-`--beam_options='--runner=DirectRunner'` (or DataflowRunner with its
-options) writes the text (through TFDS's Beam support) and the packed rows
-with Apache Beam pipelines instead of in this process.
+A domain is text files (a file, a directory or a glob: plain text, JSONL,
+Parquet), a TFDS dataset already prepared in `--tfds_data_dir`
+(`tfds:DATASET[/CONFIG][:VERSION]`, its train and validation splits) or
+TFRecord files of tf.train.Example (`tfrecord:TRAIN_GLOB[|VAL_GLOB]`); the
+text is the `--text_field` field, column or feature. Every kind is prepared
+the same way: the text once (a TFDS dataset per domain, which the seqio
+Tasks read), then tokenized with `--vocabulary` and packed into rows of
+`--seq_len` (ArrayRecord shards and meta.json; `data/packing.py`), which
+training reads by index. Run it again with another `--vocabulary` (e.g. a
+SentencePiece model trained on the text by `python -m doremi_jax.tokenizer`)
+or `--seq_len` to add packings. `--beam_options='--runner=DirectRunner'` (or
+DataflowRunner with its options) writes the text (through TFDS's Beam
+support) and the packed rows with Apache Beam pipelines instead of in this
+process.
 """
 
 from __future__ import annotations
@@ -30,8 +37,13 @@ from doremi_jax.cli import load_tensorflow_quietly, run_tool
 FLAGS = flags.FLAGS
 flags.DEFINE_string("corpus", "local", "Corpus name.")
 flags.DEFINE_string("data_dir", "data", "TFDS data dir to prepare into.")
-flags.DEFINE_multi_string("domain", [], "NAME=GLOB (a file, a directory, or a glob).")
-flags.DEFINE_string("text_field", "text", "Text field of JSONL records / Parquet columns.")
+flags.DEFINE_multi_string("domain", [], "NAME=GLOB (a file, a directory, or a glob), "
+                          "NAME=tfds:DATASET[/CONFIG][:VERSION] or "
+                          "NAME=tfrecord:TRAIN_GLOB[|VAL_GLOB].")
+flags.DEFINE_string("text_field", "text", "Text field of JSONL records, Parquet column, or "
+                    "text feature of TFDS / TFRecord (tf.train.Example) records.")
+flags.DEFINE_string("tfds_data_dir", None, "TFDS data dir holding the `tfds:` domains' "
+                    "datasets (default: --data_dir).")
 flags.DEFINE_enum("text_format", "file", ["file", "lines"],
                   "Plain-text files: one document per file, or one per line.")
 flags.DEFINE_float("validation_fraction", 0.05, "Fraction of documents for validation.")
@@ -64,21 +76,23 @@ def main(argv):
   for d in FLAGS.domain:
     name, sep, pattern = d.partition("=")
     if not sep or not name or not pattern:
-      raise ConfigError(f"--domain {d!r}: use NAME=GLOB.")
+      raise ConfigError(f"--domain {d!r}: use NAME=GLOB, NAME=tfds:DATASET or "
+                        "NAME=tfrecord:TRAIN_GLOB[|VAL_GLOB].")
     specs.append((name, pattern))
   names = [n for n, _ in specs]
   if len(set(names)) != len(names):
     raise ConfigError(f"duplicate domain names in {names}.")
+  tfds_dir = FLAGS.tfds_data_dir or FLAGS.data_dir
   for name, pattern in specs:  # fail on a missing path before preparing anything
-    local_prepare.expand(pattern, name)
+    local_prepare.expand(pattern, name, tfds_dir, FLAGS.text_field)
   summaries = []
   for i, (name, pattern) in enumerate(specs, 1):
     print(f"[prepare] {i}/{len(specs)} {name}: {pattern}", flush=True)
     summary = local_prepare.prepare_domain(
         FLAGS.corpus, name, pattern, FLAGS.data_dir, FLAGS.text_field, FLAGS.text_format,
-        FLAGS.validation_fraction, FLAGS.beam_options)
+        FLAGS.validation_fraction, FLAGS.beam_options, tfds_dir)
     if FLAGS.seq_len:
-      files = local_prepare.expand(pattern, name)
+      files = local_prepare.expand(pattern, name, tfds_dir, FLAGS.text_field)
       split_bytes = {"train": summary["train_bytes"],
                      "validation": summary["bytes"] - summary["train_bytes"]}
       args = (name, files, local_prepare.domain_dir(FLAGS.data_dir, summary), FLAGS.vocabulary,

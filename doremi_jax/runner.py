@@ -69,7 +69,7 @@ def resume_loader(corpus, assignment, cfg: TrainConfig, start_step: int,
   positions = None if data_state is None else np.asarray(data_state["positions"])
   return loader_lib.BatchLoader(
       corpus, assignment, cfg.global_batch_size, cfg.seq_len, cfg.seed, start_step, positions,
-      jax.process_index(), jax.process_count(), host_reads=loader_lib.loader_host_reads())
+      jax.process_index(), jax.process_count())
 
 
 def summary_line(final: dict) -> str:
@@ -116,8 +116,7 @@ def run_stage(*, workdir: str, stage: str, corpus, cfg: TrainConfig, program: St
     if publisher is not None:
       publisher.restore(start_step, data_state)
       publisher.start(start_step)
-      if loader_lib.BatchLoader.needs_replay(data_state, corpus, jax.process_count(),
-                                             loader_lib.loader_host_reads()):
+      if loader_lib.BatchLoader.needs_replay(data_state, corpus):
         publisher.check_replayable(start_step)
     rundir.write_run_info(workdir, stage, start_step, corpus, program.setup, {**dict(
         num_steps=cfg.num_steps, seq_len=cfg.seq_len, seed=cfg.seed,

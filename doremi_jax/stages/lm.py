@@ -79,8 +79,8 @@ def train_on_mixture(workdir: str, stage: str, weights: Any, what: str, devices=
   corpus = get_corpus()
   stratified = isinstance(weights, str) and weights == "stratified"
   w = weights_lib.resolve_weights("uniform" if stratified else weights, corpus, what)
-  mixture = corpus_lib.register_mixture(f"{corpus.name}_{stage}", corpus, w)
-  rates = corpus_lib.mixture_rates(mixture, corpus)
+  rates = corpus_lib.mixture_rates(w)
+  corpus_lib.register_mixture(f"{corpus.name}_{stage}", corpus, rates)
   if stratified:
     assignment = loader_lib.StratifiedAssignment(corpus.num_domains, cfg.seed)
     assignment.counts(0, cfg.global_batch_size)  # batch >= k, else a clear error
