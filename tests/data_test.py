@@ -414,3 +414,31 @@ def test_synthetic_generator_imports_neither_seqio_nor_tensorflow():
   names |= {n.module.split(".")[0] for n in ast.walk(tree)
             if isinstance(n, ast.ImportFrom) and n.module}
   assert not names & {"seqio", "tensorflow", "tensorflow_datasets"}, names
+
+
+WITHOUT_SEQIO = r"""
+import sys
+for name in ("tensorflow", "seqio", "tensorflow_datasets"):
+  sys.modules[name] = None   # `import name` now raises ImportError
+from absl import logging
+logging.set_verbosity(logging.INFO)
+from doremi_jax.data import corpus as corpus_lib, synthetic, synthetic_tasks
+c = synthetic_tasks.synthetic_corpus(synthetic.SyntheticCorpusConfig(seq_len=8))
+rates = corpus_lib.mixture_rates([0.5, 0, 1, 2, 0.25])
+assert rates.tolist() == [0.5, 0.0, 1.0, 2.0, 0.25]
+assert corpus_lib.register_mixture("m", c, rates) is None
+assert corpus_lib.register_mixture("m2", c, rates) is None and not corpus_lib.register_tasks(c)
+print("skipped")
+"""
+
+
+def test_without_seqio_nothing_is_registered_and_one_info_line_says_so():
+  import os
+  import subprocess
+  import sys
+  from helpers import REPO
+  r = subprocess.run([sys.executable, "-c", WITHOUT_SEQIO], cwd=REPO, capture_output=True,
+                     text=True, timeout=120, env=dict(os.environ, XLA_FLAGS=""))
+  assert r.returncode == 0 and "skipped" in r.stdout, r.stderr[-2000:]
+  assert r.stderr.count("seqio cannot be imported") == 1, r.stderr[-2000:]
+  assert "Mixtures are not registered (training does not need them)" in r.stderr

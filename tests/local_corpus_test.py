@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from doremi_jax.data import local_prepare
-from helpers import REPO, run_cli
+from helpers import REPO, run_cli, run_cli_many
 
 WORDS = ("the of and to in is was for on that with as by at from his her it an were are "
          "which this be or had not but").split()
@@ -242,12 +242,21 @@ def test_prepare_errors_name_the_file_or_domain(prepared, tmp_path):
 
 
 @pytest.mark.slow
-def test_unknown_local_domain(prepared, tmp_path):
+def test_unknown_or_unprepared_local_domain(prepared, tmp_path):
   _, data, _ = prepared
-  r = run_cli(STAGE + [f"--gin.LocalCorpusConfig.data_dir='{data}'", "--gin.run.stage='reference'",
-                       "--gin.LocalCorpusConfig.domains=('wiki', 'news')"],
-              workdir=tmp_path / "r")
-  assert r.returncode == 2 and "'news' is not in the prepared corpus" in r.stderr, r.stderr
+  base = STAGE + [f"--gin.LocalCorpusConfig.data_dir='{data}'", "--gin.run.stage='reference'"]
+  unknown, unprepared = run_cli_many([
+      (base + ["--gin.LocalCorpusConfig.domains=('wiki', 'news')"], tmp_path / "r1"),
+      (base + ["--gin.LocalCorpusConfig.domains=('wiki', 'news=tfds:my_news:1.0.0')"],
+       tmp_path / "r2")])
+  assert unknown.returncode == 2, unknown.stderr
+  assert "'news' is not in the prepared corpus" in unknown.stderr, unknown.stderr
+  # never a silent path: exit 2 with the prepare command that makes it trainable
+  assert unprepared.returncode == 2 and "Traceback" not in unprepared.stderr, unprepared.stderr
+  assert ("error: LocalCorpusConfig.domains entry 'news=tfds:my_news:1.0.0': tfds domains are "
+          "read only once they are prepared") in unprepared.stderr, unprepared.stderr
+  assert (f"python -m doremi_jax.prepare --corpus byod --data_dir {data} --domain "
+          "news=tfds:my_news:1.0.0 --text_field text") in unprepared.stderr, unprepared.stderr
 
 
 def _records(root):
