@@ -101,9 +101,8 @@ def test_seqio_tasks_tokenize_with_both_vocabularies(prepared, tmp_path):
   import seqio
   from doremi_jax.data import corpus as corpus_lib
   from doremi_jax.data import packing
-  root, data, _ = prepared
   from doremi_jax import tokenizer
-  spm_model = tokenizer.train("byod", str(data), 300, 100_000, str(tmp_path / "spm"))
+  spm_model = tokenizer.train("byod", str(prepared[1]), 300, 100_000, str(tmp_path / "spm"))
   data = tmp_path / "data"    # a copy, packed for the SentencePiece model too
   shutil.copytree(prepared[1], data)
   _pack(data, spm_model)
@@ -126,13 +125,13 @@ def test_seqio_tasks_tokenize_with_both_vocabularies(prepared, tmp_path):
     seqio_vocab = corpus.vocabulary.seqio_vocabulary()
     for d, size, ratio in zip(m["domains"], corpus.train_tokens, corpus.bytes_per_token):
       base = local_prepare.domain_dir(str(data), d)
-      tokens = {split: [t.decode() for t in (ex["text"] for ex in tfds_docs(base, split))]
-                for split in ("train", "validation")}
+      texts = {split: [ex["text"].decode() for ex in tfds_docs(base, split)]
+               for split in ("train", "validation")}
       count = lambda docs: sum(len(seqio_vocab.encode(t)) + 1 for t in docs)
-      val = tokens["validation"]
+      val = texts["validation"]
       np.testing.assert_allclose(ratio, sum(len(t.encode()) for t in val) / count(val),
                                  rtol=1e-12)
-      assert size == count(tokens["train"])
+      assert size == count(texts["train"])
       identity = packing.vocabulary_identity(vocab, corpus.vocabulary)
       assert size == packing.read_meta(d["domain"], base, identity, 64)[1]["splits"]["train"][
           "tokens"]

@@ -104,7 +104,8 @@ def register_task(name: str, **kwargs):
 
 def register_tasks(corpus: Corpus) -> bool:
   """Registers (or replaces) the seqio Task of every domain of `corpus`;
-  False when seqio cannot be imported (nothing registered)."""
+  False (nothing registered) when seqio cannot be imported or the corpus
+  has no Tasks."""
   seqio = load_seqio()
   if seqio is None or corpus.seqio_tasks is None:
     return False
@@ -130,8 +131,8 @@ def mixture_rates(weights: Sequence[float]) -> np.ndarray:
 
 def register_mixture(name: str, corpus: Corpus, weights: Sequence[float]) -> Optional[str]:
   """Registers (or replaces) the corpus's Tasks and a seqio Mixture sampling
-  domain i with rate weights[i]; returns its name, or None when seqio cannot
-  be imported."""
+  domain i with rate weights[i]; returns its name, or None (nothing
+  registered) when seqio cannot be imported or the corpus has no Tasks."""
   if not register_tasks(corpus):
     return None
   import seqio
