@@ -71,8 +71,9 @@ def native_stderr_dropped():
 
 
 def load_tensorflow_quietly():
-  """Imports TensorFlow (the data path needs it) without its CUDA probe's
-  chatter."""
+  """Imports TensorFlow (what `prepare` and `tokenizer` read with) without
+  its CUDA probe's chatter. Training does not import it (seqio Tasks are
+  registered through `data.corpus.load_seqio`, quiet the same way)."""
   with native_stderr_dropped():
     import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
 

@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 
 from doremi_jax import config as config_lib  # noqa: E402
 from doremi_jax import main as main_lib  # noqa: E402  (--gin_file, --gin_bindings, run.*)
-from doremi_jax.cli import load_tensorflow_quietly, native_stderr_dropped, run_tool  # noqa: E402
+from doremi_jax.cli import native_stderr_dropped, run_tool  # noqa: E402
 from doremi_jax.config import ConfigError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -297,7 +297,6 @@ def compile_check(topology: str = gin.REQUIRED, stages=None) -> list:
 def main(argv):
   if len(argv) > 1:
     raise ConfigError(f"unexpected arguments {argv[1:]}")
-  load_tensorflow_quietly()
   main_lib.register_configurables()
   config_lib.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
   kwargs = {}

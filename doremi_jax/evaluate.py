@@ -52,7 +52,7 @@ class Evaluator:
   def create(cls, setup: ModelSetup, corpus, cfg: TrainConfig) -> "Evaluator":
     batches = loader_lib.eval_batches(
         corpus, cfg.seq_len, cfg.eval_examples_per_domain, cfg.eval_batch_size,
-        jax.process_index(), jax.process_count(), host_reads=loader_lib.loader_host_reads())
+        jax.process_index(), jax.process_count())
     step_fn = make_eval_step(
         setup.model, corpus.num_domains, setup.state_shardings.params,
         setup.batch_shardings, sharding_lib.replicated(setup.mesh))

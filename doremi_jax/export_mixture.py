@@ -194,7 +194,8 @@ def _seqio(x: _Export) -> str:
   tasks = ({d: f"doremi_{corpus}_{re.sub(r'[^a-z0-9_]+', '_', d.lower()).strip('_')}"
             for d in x.weights} if corpus else {})
   return (f'"""{x.header}.\n\nCall register() after the Tasks exist (doremi_jax registers '
-          'its own when\nthe corpus is built; give yours as tasks={domain: task_name})."""\n\n'
+          'its own when a stage\ntrains, or on doremi_jax.data.corpus.register_tasks(corpus); '
+          'give yours as\ntasks={domain: task_name})."""\n\n'
           f"import seqio\n\nNAME = {x.name!r}\nWEIGHTS = {json.dumps(x.weights, indent=4)}\n"
           f"EXPECTED_EPOCHS = {json.dumps(x.epochs, indent=4)}\n"
           f"TASKS = {json.dumps(tasks, indent=4)}\n\n\n"

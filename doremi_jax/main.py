@@ -39,7 +39,6 @@ def main(argv):
   if len(argv) > 1:
     raise config_lib.ConfigError(
         f"unexpected arguments {argv[1:]}; use --gin_file and --gin.NAME=VALUE.")
-  cli.load_tensorflow_quietly()
   register_configurables()
   config_lib.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
   from doremi_jax import distributed  # pylint: disable=import-outside-toplevel

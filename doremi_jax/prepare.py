@@ -1,21 +1,28 @@
 r"""Prepare a local multi-domain corpus for doremi_jax, offline.
 
-  python -m doremi_jax.prepare --corpus mycorpus --data_dir data \
+  python -m doremi_jax.prepare --corpus mycorpus --data_dir data --seq_len 1024 \
       --domain wiki='raw/wiki/*.jsonl.gz' --domain code='raw/code/*.parquet' \
-      --domain books='raw/books/'
+      --domain books='raw/books/' --domain news=tfds:my_news/en:1.0.0 \
+      --domain forum='tfrecord:/data/forum/train-*|/data/forum/val-*'
 
 Then train with `get_corpus.name = 'local'`, `LocalCorpusConfig.name =
-'mycorpus'`, `LocalCorpusConfig.data_dir = 'data'`.
+'mycorpus'`, `LocalCorpusConfig.data_dir = 'data'`: training reads only
+what this command writes.
 
-Besides the text (a TFDS dataset per domain, which the seqio Tasks read),
-each domain is tokenized once with `--vocabulary` and packed into rows of
-`--seq_len` (ArrayRecord shards; `data/packing.py`), which training reads
-by index. Run it again with another `--vocabulary` (e.g. a SentencePiece
-model trained on the text by `python -m doremi_jax.tokenizer`) or
-`--seq_len` to add packings; the text is prepared only once.
-`--beam_options='--runner=DirectRunner'` (or DataflowRunner with its
-options) writes the text (through TFDS's Beam support) and the packed rows
-with Apache Beam pipelines instead of in this process.
+A domain is text files (a file, a directory or a glob: plain text, JSONL,
+Parquet), a TFDS dataset already prepared in `--tfds_data_dir`
+(`tfds:DATASET[/CONFIG][:VERSION]`, its train and validation splits) or
+TFRecord files of tf.train.Example (`tfrecord:TRAIN_GLOB[|VAL_GLOB]`); the
+text is the `--text_field` field, column or feature. Every kind is prepared
+the same way: the text once (a TFDS dataset per domain, which the seqio
+Tasks read), then tokenized with `--vocabulary` and packed into rows of
+`--seq_len` (ArrayRecord shards and meta.json; `data/packing.py`), which
+training reads by index. Run it again with another `--vocabulary` (e.g. a
+SentencePiece model trained on the text by `python -m doremi_jax.tokenizer`)
+or `--seq_len` to add packings. `--beam_options='--runner=DirectRunner'` (or
+DataflowRunner with its options) writes the text (through TFDS's Beam
+support) and the packed rows with Apache Beam pipelines instead of in this
+process.
 """
 
 from __future__ import annotations
@@ -30,8 +37,13 @@ from doremi_jax.cli import load_tensorflow_quietly, run_tool
 FLAGS = flags.FLAGS
 flags.DEFINE_string("corpus", "local", "Corpus name.")
 flags.DEFINE_string("data_dir", "data", "TFDS data dir to prepare into.")
-flags.DEFINE_multi_string("domain", [], "NAME=GLOB (a file, a directory, or a glob).")
-flags.DEFINE_string("text_field", "text", "Text field of JSONL records / Parquet columns.")
+flags.DEFINE_multi_string("domain", [], "NAME=GLOB (a file, a directory, or a glob), "
+                          "NAME=tfds:DATASET[/CONFIG][:VERSION] or "
+                          "NAME=tfrecord:TRAIN_GLOB[|VAL_GLOB].")
+flags.DEFINE_string("text_field", "text", "Text field of JSONL records, Parquet column, or "
+                    "text feature of TFDS / TFRecord (tf.train.Example) records.")
+flags.DEFINE_string("tfds_data_dir", None, "TFDS data dir holding the `tfds:` domains' "
+                    "datasets (default: --data_dir).")
 flags.DEFINE_enum("text_format", "file", ["file", "lines"],
                   "Plain-text files: one document per file, or one per line.")
 flags.DEFINE_float("validation_fraction", 0.05, "Fraction of documents for validation.")
@@ -54,7 +66,7 @@ def main(argv):
                low_open=True, high_open=True)
   check_number("--seq_len", FLAGS.seq_len, integer=True, low=0)
   check_number("--shards", FLAGS.shards, integer=True, low=0)
-  from doremi_jax.data import local_tasks, pack_prepare
+  from doremi_jax.data import local_tasks
   vocab = local_tasks.make_vocabulary(FLAGS.vocabulary) if FLAGS.seq_len else None
   if not FLAGS.corpus or not FLAGS.data_dir:
     raise ConfigError("--corpus and --data_dir must be non-empty.")
@@ -64,35 +76,50 @@ def main(argv):
   for d in FLAGS.domain:
     name, sep, pattern = d.partition("=")
     if not sep or not name or not pattern:
-      raise ConfigError(f"--domain {d!r}: use NAME=GLOB.")
+      raise ConfigError(f"--domain {d!r}: use NAME=GLOB, NAME=tfds:DATASET or "
+                        "NAME=tfrecord:TRAIN_GLOB[|VAL_GLOB].")
     specs.append((name, pattern))
   names = [n for n, _ in specs]
   if len(set(names)) != len(names):
     raise ConfigError(f"duplicate domain names in {names}.")
+  tfds_dir = FLAGS.tfds_data_dir or FLAGS.data_dir
   for name, pattern in specs:  # fail on a missing path before preparing anything
-    local_prepare.expand(pattern, name)
+    local_prepare.expand(pattern, name, tfds_dir, FLAGS.text_field)
   summaries = []
   for i, (name, pattern) in enumerate(specs, 1):
     print(f"[prepare] {i}/{len(specs)} {name}: {pattern}", flush=True)
     summary = local_prepare.prepare_domain(
         FLAGS.corpus, name, pattern, FLAGS.data_dir, FLAGS.text_field, FLAGS.text_format,
-        FLAGS.validation_fraction, FLAGS.beam_options)
+        FLAGS.validation_fraction, FLAGS.beam_options, tfds_dir)
     if FLAGS.seq_len:
-      files = local_prepare.expand(pattern, name)
-      split_bytes = {"train": summary["train_bytes"],
-                     "validation": summary["bytes"] - summary["train_bytes"]}
-      args = (name, files, local_prepare.domain_dir(FLAGS.data_dir, summary), FLAGS.vocabulary,
-              vocab, FLAGS.seq_len, FLAGS.text_field, FLAGS.text_format,
-              FLAGS.validation_fraction, FLAGS.shards, split_bytes)
-      if FLAGS.beam_options is not None:
-        from doremi_jax.data import beam_prepare
-        packed = beam_prepare.pack_domain(*args, beam_options=FLAGS.beam_options)
-      else:
-        packed = pack_prepare.pack_domain(*args)
-      print(f"[prepare]   packed for {FLAGS.vocabulary} at length {FLAGS.seq_len}: "
-            f"{packed['train']['rows']} train rows, {packed['validation']['rows']} "
-            "validation rows", flush=True)
+      _pack(name, pattern, summary, vocab, tfds_dir)
     summaries.append(summary)
+  _write_manifest(summaries)
+
+
+def _pack(name: str, pattern: str, summary: dict, vocab, tfds_dir: str):
+  """Tokenizes and packs one prepared domain (locally or with Beam)."""
+  from doremi_jax.data import local_prepare, pack_prepare
+  files = local_prepare.expand(pattern, name, tfds_dir, FLAGS.text_field)
+  split_bytes = {"train": summary["train_bytes"],
+                 "validation": summary["bytes"] - summary["train_bytes"]}
+  args = (name, files, local_prepare.domain_dir(FLAGS.data_dir, summary), FLAGS.vocabulary,
+          vocab, FLAGS.seq_len, FLAGS.text_field, FLAGS.text_format,
+          FLAGS.validation_fraction, FLAGS.shards, split_bytes)
+  if FLAGS.beam_options is not None:
+    from doremi_jax.data import beam_prepare
+    packed = beam_prepare.pack_domain(*args, beam_options=FLAGS.beam_options)
+  else:
+    packed = pack_prepare.pack_domain(*args)
+  print(f"[prepare]   packed for {FLAGS.vocabulary} at length {FLAGS.seq_len}: "
+        f"{packed['train']['rows']} train rows, {packed['validation']['rows']} "
+        "validation rows", flush=True)
+
+
+def _write_manifest(summaries: list):
+  """Adds the prepared domains to the corpus's manifest (atomically) and
+  prints their sizes."""
+  from doremi_jax.data import local_prepare
   mpath = local_prepare.manifest_path(FLAGS.data_dir, FLAGS.corpus)
   os.makedirs(os.path.dirname(mpath), exist_ok=True)
   old = {}

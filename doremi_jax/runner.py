@@ -132,8 +132,7 @@ class Publisher(Hook):
   def start(self, workdir, start_step, data_state):
     self.publisher.restore(start_step, data_state)
     self.publisher.start(start_step)
-    if loader_lib.BatchLoader.needs_replay(data_state, self.corpus, jax.process_count(),
-                                           loader_lib.loader_host_reads()):
+    if loader_lib.BatchLoader.needs_replay(data_state, self.corpus):
       self.publisher.check_replayable(start_step)
 
   def on_step(self, step, host):
@@ -157,8 +156,7 @@ def batch_loader(corpus, assignment, cfg: TrainConfig) -> Callable:
     positions = None if data_state is None else np.asarray(data_state["positions"])
     return loader_lib.BatchLoader(
         corpus, assignment, cfg.global_batch_size, cfg.seq_len, cfg.seed, start_step,
-        positions, jax.process_index(), jax.process_count(),
-        host_reads=loader_lib.loader_host_reads())
+        positions, jax.process_index(), jax.process_count())
 
   return make
 

@@ -3,8 +3,9 @@ r"""Train a SentencePiece tokenizer on a sample balanced across domains.
   python -m doremi_jax.tokenizer --corpus mycorpus --data_dir data \
       --vocab_size 32000 --chars_per_domain 20000000 --output data/spm32k
 
-writes `data/spm32k.model`, which `LocalCorpusConfig.vocabulary` (i.e.
-`seqio.SentencePieceVocabulary`) loads. Every domain contributes the same
+writes `data/spm32k.model`, which `prepare --vocabulary` and
+`LocalCorpusConfig.vocabulary` load (`data.vocab.SentencePieceVocabulary`,
+seqio's ids). Every domain contributes the same
 number of characters (or all it has, if fewer), so a large domain does not
 dominate the vocabulary. Ids follow seqio: pad 0, EOS 1, UNK 2, no BOS.
 """

@@ -39,7 +39,7 @@
 #       --accelerator-type v5p-64 --runtime-version v2-alpha-tpuv5 --spot
 #   launch/tpu_vm.sh setup   --project my-proj --zone us-east5-a --name doremi
 #   launch/tpu_vm.sh run     --project my-proj --zone us-east5-a --name doremi \
-#       --gin-file gin/pod/doremi_280m_8b.gin --gin-file gin/mesh/v5p-64.gin --workdir gs://my-bucket/doremi/run1
+#       --gin-file gin/pod/doremi_280m_8b.gin --workdir gs://my-bucket/doremi/run1
 
 set -euo pipefail
 

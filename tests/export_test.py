@@ -35,7 +35,9 @@ def test_expected_epochs_are_budget_times_weight_over_tokens():
 def test_seqio_module_registers_the_mixture():
   import seqio
   from doremi_jax.data import synthetic, synthetic_tasks
+  from doremi_jax.data import corpus as corpus_lib
   corpus = synthetic_tasks.synthetic_corpus(synthetic.SyntheticCorpusConfig(seq_len=32))
+  assert corpus_lib.register_tasks(corpus)   # what a stage's register_mixture does
   info = dict(INFO, corpus=corpus.name)
   text = ex.render("seqio", WEIGHTS, {}, None, "w.json", info, {}, {}, "exported_mix")
   scope = {}

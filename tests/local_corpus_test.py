@@ -1,5 +1,6 @@
-"""Bring-your-own domains: real text files in three formats, prepared
-offline through TFDS, tokenized with both vocabularies, all three stages."""
+"""Bring-your-own domains: real text files in three formats, a TFDS dataset
+and TFRecord files, prepared offline, tokenized with both vocabularies, all
+three stages."""
 
 import gzip
 import json
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from doremi_jax.data import local_prepare
-from helpers import REPO, run_cli
+from helpers import REPO, run_cli, run_cli_many
 
 WORDS = ("the of and to in is was for on that with as by at from his her it an were are "
          "which this be or had not but").split()
@@ -82,15 +83,33 @@ def _corpus(data, vocabulary="byte"):
       name="byod", data_dir=str(data), vocabulary=vocabulary))
 
 
+def _pack(data, vocab_spec, seq_len=64):
+  """Packs every prepared domain of `data` for `vocab_spec`, in process (what
+  `prepare --vocabulary --seq_len` adds)."""
+  from doremi_jax.data import local_tasks, pack_prepare
+  vocab = local_tasks.make_vocabulary(vocab_spec)
+  for d in json.loads((data / "doremi_corpora" / "byod.json").read_text())["domains"]:
+    files = local_prepare.expand(d["pattern"], d["domain"])
+    sizes = {"train": d["train_bytes"], "validation": d["bytes"] - d["train_bytes"]}
+    pack_prepare.pack_domain(d["domain"], files, local_prepare.domain_dir(str(data), d),
+                             vocab_spec, vocab, seq_len, split_bytes=sizes)
+
+
 @pytest.mark.slow
 def test_seqio_tasks_tokenize_with_both_vocabularies(prepared, tmp_path):
+  import shutil
   import seqio
-  root, data, _ = prepared
+  from doremi_jax.data import corpus as corpus_lib
+  from doremi_jax.data import packing
   from doremi_jax import tokenizer
-  spm_model = tokenizer.train("byod", str(data), 300, 100_000, str(tmp_path / "spm"))
+  spm_model = tokenizer.train("byod", str(prepared[1]), 300, 100_000, str(tmp_path / "spm"))
+  data = tmp_path / "data"    # a copy, packed for the SentencePiece model too
+  shutil.copytree(prepared[1], data)
+  _pack(data, spm_model)
   for vocab in ("byte", spm_model):
     corpus = _corpus(data, vocab)
     assert corpus.domains == ("wiki", "code", "books")
+    assert corpus_lib.register_tasks(corpus)
     task = seqio.get_mixture_or_task(corpus.task_names[1])
     exs = list(task.get_dataset({"targets": 32}, split="train", shuffle=False)
                .take(3).as_numpy_iterator())
@@ -99,21 +118,27 @@ def test_seqio_tasks_tokenize_with_both_vocabularies(prepared, tmp_path):
     assert "return x *" in text, text
     # documents are separated by EOS in the chunked stream
     assert corpus.vocabulary.eos_id in np.concatenate([e["targets"] for e in exs])
-    # train sizes are tokens: train bytes over the bytes per token measured on
-    # the validation text (EOS counted), independently recomputed here
+    # train sizes are the packing's train tokens; bytes per token its
+    # validation text over its validation tokens (EOS counted), both
+    # recomputed here from the text
     m = json.loads((data / "doremi_corpora" / "byod.json").read_text())
+    seqio_vocab = corpus.vocabulary.seqio_vocabulary()
     for d, size, ratio in zip(m["domains"], corpus.train_tokens, corpus.bytes_per_token):
-      val = [ex["text"].decode() for ex in
-             tfds_docs(local_prepare.domain_dir(str(data), d), "validation")]
-      expect = sum(len(t.encode()) for t in val) / sum(
-          len(corpus.vocabulary.encode(t)) + 1 for t in val)
-      np.testing.assert_allclose(ratio, expect, rtol=1e-12)
-      assert size == round(d["train_bytes"] / ratio)
+      base = local_prepare.domain_dir(str(data), d)
+      texts = {split: [ex["text"].decode() for ex in tfds_docs(base, split)]
+               for split in ("train", "validation")}
+      count = lambda docs: sum(len(seqio_vocab.encode(t)) + 1 for t in docs)
+      val = texts["validation"]
+      np.testing.assert_allclose(ratio, sum(len(t.encode()) for t in val) / count(val),
+                                 rtol=1e-12)
+      assert size == count(texts["train"])
+      identity = packing.vocabulary_identity(vocab, corpus.vocabulary)
+      assert size == packing.read_meta(d["domain"], base, identity, 64)[1]["splits"]["train"][
+          "tokens"]
       if vocab == "byte":
         assert ratio < 1.0      # one token per byte, plus EOS
       else:
         assert ratio > 1.0      # a SentencePiece token often spans several bytes
-  from doremi_jax.data import corpus as corpus_lib
   name = corpus_lib.register_mixture("byod_mix", corpus, [0.5, 0.25, 0.25])
   ds = seqio.get_mixture_or_task(name).get_dataset({"targets": 32}, split="validation",
                                                  shuffle=False)
@@ -216,40 +241,112 @@ def test_prepare_errors_name_the_file_or_domain(prepared, tmp_path):
 
 
 @pytest.mark.slow
-def test_unknown_local_domain(prepared, tmp_path):
+def test_unknown_or_unprepared_local_domain(prepared, tmp_path):
   _, data, _ = prepared
-  r = run_cli(STAGE + [f"--gin.LocalCorpusConfig.data_dir='{data}'", "--gin.run.stage='reference'",
-                       "--gin.LocalCorpusConfig.domains=('wiki', 'news')"],
-              workdir=tmp_path / "r")
-  assert r.returncode == 2 and "'news' is not in the prepared corpus" in r.stderr, r.stderr
+  base = STAGE + [f"--gin.LocalCorpusConfig.data_dir='{data}'", "--gin.run.stage='reference'"]
+  unknown, unprepared = run_cli_many([
+      (base + ["--gin.LocalCorpusConfig.domains=('wiki', 'news')"], tmp_path / "r1"),
+      (base + ["--gin.LocalCorpusConfig.domains=('wiki', 'news=tfds:my_news:1.0.0')"],
+       tmp_path / "r2")])
+  assert unknown.returncode == 2, unknown.stderr
+  assert "'news' is not in the prepared corpus" in unknown.stderr, unknown.stderr
+  # never a silent path: exit 2 with the prepare command that makes it trainable
+  assert unprepared.returncode == 2 and "Traceback" not in unprepared.stderr, unprepared.stderr
+  assert ("error: LocalCorpusConfig.domains entry 'news=tfds:my_news:1.0.0': tfds domains are "
+          "read only once they are prepared") in unprepared.stderr, unprepared.stderr
+  assert (f"python -m doremi_jax.prepare --corpus byod --data_dir {data} --domain "
+          "news=tfds:my_news:1.0.0 --text_field text") in unprepared.stderr, unprepared.stderr
+
+
+def _records(root):
+  """A small TFDS dataset (train and validation splits, text feature
+  'content') in root/tfds and TFRecord files of tf.train.Example with the
+  same feature; {source: {split: documents}}."""
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+  rnd = random.Random(1)
+  docs = {kind: {s: [f"{kind} {s} {i}: " + " ".join(rnd.choice(WORDS) for _ in range(i % 23))
+                     for i in range(n)] for s, n in (("train", 60), ("validation", 12))}
+          for kind in ("news", "forum")}
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name="tiny_news", version="1.0.0",
+      features=tfds.features.FeaturesDict({"content": tfds.features.Text()}),
+      split_datasets={s: tf.data.Dataset.from_tensor_slices({"content": d})
+                      for s, d in docs["news"].items()},
+      data_dir=str(root / "tfds"), disable_shuffling=True)
+  for s, split_docs in docs["forum"].items():
+    with tf.io.TFRecordWriter(str(root / f"forum-{s}.tfrecord")) as w:
+      for d in split_docs:
+        w.write(tf.train.Example(features=tf.train.Features(feature={"content": tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[d.encode()]))})).SerializeToString())
+  return docs
 
 
 @pytest.mark.slow
-def test_tfds_and_tfrecord_domain_sources(prepared):
-  import glob as glob_lib
+def test_prepare_takes_tfds_and_tfrecord_domains(tmp_path):
+  """`prepare --domain NAME=tfds:...` and `NAME=tfrecord:TRAIN|VAL` write
+  prepared domains like text files do: the splits given, packed rows that
+  are exactly the documents packed in order with seqio's token ids, sizes
+  from the packing; a corpus lists them by name."""
   import seqio
-  from doremi_jax.data import local_tasks
-  _, data, _ = prepared
-  code_dir = local_prepare.domain_dir(
-      str(data), json.loads((data / "doremi_corpora" / "byod.json").read_text())["domains"][1])
-  train_glob = os.path.join(code_dir, "*-train.tfrecord*")
-  val_glob = os.path.join(code_dir, "*-validation.tfrecord*")
-  assert glob_lib.glob(train_glob)
-  corpus = local_tasks.local_corpus(local_tasks.LocalCorpusConfig(
-      name="byod", data_dir=str(data),
-      domains=("wiki", "code_tfds=tfds:doremi_local_corpus/byod__code:1.0.0",
-               f"code_rec=tfrecord:{train_glob}|{val_glob}")))
-  assert corpus.domains == ("wiki", "code_tfds", "code_rec")
-  first = []
-  for task in corpus.task_names[1:]:
-    ds = seqio.get_mixture_or_task(task).get_dataset({"targets": 32}, split="validation",
-                                                     shuffle=False)
-    first.append(next(ds.as_numpy_iterator())["targets"])
-  np.testing.assert_array_equal(first[0], first[1])  # same data through both source kinds
-  from doremi_jax.config import ConfigError
-  with pytest.raises(ConfigError, match="not prepared"):
-    local_tasks.local_corpus(local_tasks.LocalCorpusConfig(
-        name="byod", data_dir=str(data), domains=("x=tfds:no_such_dataset:1.0.0",)))
+  from doremi_jax.data import loader as loader_lib
+  from doremi_jax.data import local_tasks, packing
+  docs = _records(tmp_path)
+  data = tmp_path / "data"
+  r = _prepare(["--corpus=recs", f"--data_dir={data}", f"--tfds_data_dir={tmp_path / 'tfds'}",
+                "--text_field=content", "--seq_len=32", "--domain=news=tfds:tiny_news:1.0.0",
+                f"--domain=forum=tfrecord:{tmp_path}/forum-train*|{tmp_path}/forum-val*"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  m = {d["domain"]: d for d in json.loads((data / "doremi_corpora" / "recs.json").read_text())[
+      "domains"]}
+  assert m["news"]["pattern"] == "tfds:tiny_news:1.0.0"
+  corpus = local_tasks.local_corpus(local_tasks.LocalCorpusConfig(name="recs",
+                                                                  data_dir=str(data)))
+  assert corpus.domains == ("news", "forum") and corpus.vocabulary.vocab_size == 259
+  byte = seqio.ByteVocabulary()
+  for split in ("train", "validation"):
+    for i, (name, src) in enumerate(zip(corpus.domains, loader_lib.open_sources(corpus, split,
+                                                                                32))):
+      assert m[name]["documents"] == 72 and m[name]["validation_documents"] == 12
+      want = [np.asarray(list(byte.encode(d)) + [byte.eos_id], np.int32)
+              for d in docs[name][split]]
+      rows = list(packing.pack_documents(want, 32))    # one shard: packed in input order
+      t, g = src.read(np.arange(len(src)))
+      np.testing.assert_array_equal(t, np.stack([x[0] for x in rows]))
+      np.testing.assert_array_equal(g, np.stack([x[1] for x in rows]))
+      if split == "train":
+        assert corpus.train_tokens[i] == sum(len(w) for w in want)
+  # One TFRecord glob is split by hash, like text files (in process, as Beam
+  # workers would read it).
+  from doremi_jax.data import pack_prepare
+  units = local_prepare.expand(f"tfrecord:{tmp_path}/forum-*.tfrecord", "mixed")
+  assert [u.split for u in units] == [None, None]
+  got = {}
+  for split, _, _, _, doc in pack_prepare.documents(units, "content", "file", "mixed", 0.5):
+    got.setdefault(split, []).append(doc)
+  assert sorted(got["train"] + got["validation"]) == sorted(
+      docs["forum"]["train"] + docs["forum"]["validation"])
+  assert 10 < len(got["validation"]) < 62
+
+
+@pytest.mark.slow
+def test_prepare_refuses_unreadable_records(tmp_path):
+  _records(tmp_path)
+  data = tmp_path / "data"
+  cases = [
+      (["--text_field=body", "--domain=news=tfds:tiny_news:1.0.0"],
+       "TFDS dataset 'tiny_news:1.0.0' has no feature 'body'"),
+      (["--text_field=content", "--domain=x=tfds:no_such_dataset:1.0.0"],
+       "TFDS dataset 'no_such_dataset:1.0.0' is not prepared in"),
+      (["--text_field=body", f"--domain=forum=tfrecord:{tmp_path}/forum-*"],
+       "has no bytes feature 'body'; set --text_field"),
+      (["--domain=forum=tfrecord:/nowhere/*.tfrecord"], "no TFRecord files match"),
+  ]
+  for args, message in cases:
+    r = _prepare(["--corpus=recs", f"--data_dir={data}", f"--tfds_data_dir={tmp_path / 'tfds'}",
+                  "--seq_len=32", *args])
+    assert r.returncode == 2 and message in r.stderr, (args, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr
 
 
 def _pieces(tokens, seq_len):
@@ -271,7 +368,7 @@ def test_packed_rows_are_the_documents_tokenized_on_the_fly(prepared):
       t, g = src.read(np.arange(len(src)))
       got = collections.Counter(tuple(row[seg == j]) for row, seg in zip(t, g)
                                 for j in range(1, seg.max() + 1))
-      vocab = corpus.vocabulary
+      vocab = corpus.vocabulary.seqio_vocabulary()   # seqio's own ids
       want = collections.Counter(
           p for ex in tfds_docs(local_prepare.domain_dir(str(data), d), split)
           for p in _pieces(list(vocab.encode(ex["text"].decode())) + [vocab.eos_id], 64))
@@ -373,10 +470,19 @@ def test_prepare_with_beam_writes_what_the_local_prepare_writes(prepared, tmp_pa
      "got None."),
     (dict(domains="wiki"), "LocalCorpusConfig.domains must be a tuple of strings"),
     (dict(domains=("wiki", "code", "wiki")), "names \\['wiki'\\] more than once"),
-    (dict(domains=("Wiki-EN", "wiki_en=tfds:x")), "names \\['wiki_en'\\] more than once"),
+    (dict(domains=("Wiki-EN", "wiki_en")), "names \\['wiki_en'\\] more than once"),
     (dict(domains=("=tfds:x",)), "entry '=tfds:x' has no domain name"),
-    (dict(domains=("x=hdfs:/a/*",)), "domain entry 'x=hdfs:/a/\\*': use 'NAME' \\(prepared\\)"),
-    (dict(domains=("x=tfrecord:",)), "domain entry 'x=tfrecord:': use"),
+    (dict(domains=("x=hdfs:/a/*",)), "entry 'x=hdfs:/a/\\*': use 'NAME', a domain prepared by"),
+    (dict(domains=("x=tfrecord:",)), "entry 'x=tfrecord:': use 'NAME'"),
+    # never a silent path: the command that makes the entry trainable
+    (dict(name="byod", data_dir="d", domains=("wiki", "news=tfds:my_news/en:1.0.0")),
+     "entry 'news=tfds:my_news/en:1.0.0': tfds domains are read only once they are prepared "
+     ".tokenized and packed.. Run `python -m doremi_jax.prepare --corpus byod --data_dir d "
+     "--domain news=tfds:my_news/en:1.0.0 --text_field text --vocabulary byte --seq_len "
+     "SEQ_LEN` .SEQ_LEN: the runs' TrainConfig.seq_len., then list the domain as 'news'."),
+    (dict(text_feature="body", domains=("f=tfrecord:/d/train-*|/d/val-*",)),
+     "tfrecord domains are read only once.*--domain 'f=tfrecord:/d/train-\\*\\|/d/val-\\*' "
+     "--text_field body"),
 ])
 def test_local_config_rejects_what_cannot_work(kwargs, message):
   from doremi_jax.config import ConfigError
@@ -393,10 +499,8 @@ def test_local_corpus_checks_data_dir_and_vocabulary(tmp_path):
   assert cfg(domains=["a"]).domains == ("a",)
   with pytest.raises(ConfigError, match="LocalCorpusConfig.data_dir '.*missing' does not exist"):
     local_tasks.local_corpus(cfg(data_dir=str(tmp_path / "missing")))
-  # TFRecord-only domains do not need the data dir
-  with pytest.raises(ConfigError, match="no TFRecord files match"):
-    local_tasks.local_corpus(cfg(data_dir=str(tmp_path / "missing"),
-                                 domains=(f"x=tfrecord:{tmp_path}/*.tfrecord",)))
+  with pytest.raises(ConfigError, match="tfrecord domains are read only once they are prepared"):
+    cfg(data_dir=str(tmp_path / "missing"), domains=(f"x=tfrecord:{tmp_path}/*.tfrecord",))
   with pytest.raises(ConfigError, match="SentencePiece model '.*nope.model' does not exist"):
     local_tasks.local_corpus(cfg(data_dir=str(tmp_path), vocabulary=str(tmp_path / "nope.model")))
   with pytest.raises(ConfigError, match="SentencePiece model .* does not exist"):

@@ -33,8 +33,8 @@ def test_step3_stream_frequencies_match_weights(corpus, tmp_path):
   weights = {"noise": 0.02, "repeat": 0.08, "markov": 0.3, "arithmetic": 0.25, "sort": 0.35}
   (tmp_path / "average_domain_weights.json").write_text(json.dumps(weights))
   w = presets.resolve_weights(str(tmp_path), corpus, "train_main_model.weights")
-  name = corpus_lib.register_mixture("test_step3", corpus, w)
-  rates = corpus_lib.mixture_rates(name, corpus)
+  rates = corpus_lib.mixture_rates(w)     # as train_on_mixture samples them
+  corpus_lib.register_mixture("test_step3", corpus, rates)
   loader = loader_lib.BatchLoader(corpus, loader_lib.MixtureAssignment(rates, seed=0), 64, 32,
                                   seed=0)
   ids = np.concatenate([loader.next()[0]["domain_ids"] for _ in range(350)])  # 22,400

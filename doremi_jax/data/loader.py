@@ -20,57 +20,24 @@ a pure function of (seed, step), computed identically on every host, so:
 * batches are `{'targets', 'segment_ids', 'domain_ids'}`: packed rows carry
   each document's segment id (0 is padding; see `packing`).
 
-Sources that cannot be read by index (a local corpus's `tfds:` and
-`tfrecord:` domains, whose text is tokenized on the fly by seqio) are
-streamed instead, with the older trade-off `loader_host_reads.host_reads`:
-'all' (every host reads every domain's whole stream and keeps its rows;
-batches independent of the process count) or 'shard' (every host reads its
-own seqio shard: scales with the hosts, but ties the batches to the process
-count). Their rows are the seqio Task's concatenated-and-chunked sequences,
-one segment per row.
-
-(seqio's own `Mixture.get_dataset` samples with tf.data, whose state cannot be
-checkpointed cheaply across hosts; the mixture's rates are read from the
-registered seqio Mixture and applied here instead.)
+Every corpus is read this way: text of every source kind is tokenized and
+packed once, offline (`python -m doremi_jax.prepare`), and the synthetic
+corpus is packed in memory. (seqio's own `Mixture.get_dataset` samples
+with tf.data, whose state cannot be checkpointed cheaply across hosts; the
+mixture's rates, the weights the stage resolved, are applied here instead.)
 """
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
 from typing import Optional
 
-import gin
 import numpy as np
 
 from doremi_jax.config import ConfigError
 from doremi_jax.data import packing
-
-HOST_READS = ("all", "shard")
-
-
-@gin.configurable
-def loader_host_reads(host_reads: str = "all") -> str:
-  """For streamed sources only (corpora with `tfds:`/`tfrecord:` domains;
-  packed data is always read by index): 'all': every host reads all data
-  and keeps its rows (batches independent of the process count); 'shard':
-  every host reads its own shard."""
-  if host_reads not in HOST_READS:
-    raise ConfigError(f"loader_host_reads.host_reads={host_reads!r}; choose 'all' or 'shard'.")
-  return host_reads
-
-
-class _QuietUncachedWarning(logging.Filter):
-  """seqio warns that uncached function sources reshuffle badly on restarts;
-  our streams resume by exact position, so the warning does not apply."""
-
-  def filter(self, record):
-    return "uncached FunctionDataset" not in record.getMessage()
-
-
-logging.getLogger("absl").addFilter(_QuietUncachedWarning())
 
 
 class MixtureAssignment:
@@ -116,52 +83,10 @@ class StratifiedAssignment:
     return rng.permutation(ids).astype(np.int32)
 
 
-def _domain_dataset(task_name, split, seq_len, seed, shard_info, shuffle, repeat):
-  import seqio
-  import tensorflow as tf
-  task = seqio.get_mixture_or_task(task_name)
-  ds = task.get_dataset(
-      {"targets": seq_len}, split=split, shuffle=shuffle, seed=seed if shuffle else None,
-      shard_info=shard_info, num_epochs=None if repeat else 1)
-
-  def pad(ex):
-    t = ex["targets"][:seq_len]
-    return tf.pad(t, [[0, seq_len - tf.shape(t)[0]]])
-  ds = ds.map(pad)
-  # No autotuning thread: the per-example work is trivial, and an autotuned
-  # iterator can take seconds to tear down, which stalls the next stage of a
-  # pipeline run.
-  options = tf.data.Options()
-  options.autotune.enabled = False
-  return ds.with_options(options)
-
-
-class DomainStream:
-  """Deterministic, resumable stream of one domain's sequences on this host."""
-
-  def __init__(self, task_name: str, split: str, seq_len: int, seed: int,
-               shard_info, position: int = 0, chunk: int = 256):
-    ds = _domain_dataset(task_name, split, seq_len, seed, shard_info, shuffle=True, repeat=True)
-    self._it = ds.skip(position).batch(chunk).prefetch(2).as_numpy_iterator()
-    self._buf = np.zeros((0, seq_len), np.int32)
-    self.task_name = task_name
-
-  def take(self, n: int) -> np.ndarray:
-    while len(self._buf) < n:
-      try:
-        self._buf = np.concatenate([self._buf, next(self._it)])
-      except StopIteration as e:  # only an empty split ends a repeated stream
-        raise ConfigError(f"seqio task {self.task_name!r} yields no examples; "
-                          "check that the domain has data.") from e
-    out, self._buf = self._buf[:n], self._buf[n:]
-    return out
-
-
 def open_sources(corpus, split: str, seq_len: int):
-  """Every domain's packed rows (`packing` row sources) for `split`, or None
-  for a corpus whose sources cannot be read by index."""
+  """Every domain's packed rows (`packing` row sources) for `split`."""
   if corpus.packed is None:
-    return None
+    raise ValueError(f"corpus {corpus.name!r} has no packed sources")
   sources = [open_rows(split, seq_len) for open_rows in corpus.packed]
   for name, src in zip(corpus.domains, sources):
     if not len(src):
@@ -170,22 +95,16 @@ def open_sources(corpus, split: str, seq_len: int):
   return sources
 
 
-def _unpacked(targets: np.ndarray) -> np.ndarray:
-  """Segment ids of a streamed row (concatenated documents): one segment."""
-  return (targets != 0).astype(np.int32)
-
-
 class BatchLoader:
   """Yields host-local batches `{'targets': [b, L] int32, 'segment_ids':
   [b, L] int32, 'domain_ids': [b] int32}` for consecutive steps, with the
-  data position after each batch."""
+  data position after each batch: `positions` [1, K] int64, the stream
+  positions consumed per domain (global: the same on every host)."""
 
   def __init__(self, corpus, assignment, global_batch_size: int, seq_len: int, seed: int,
                start_step: int = 0, positions: Optional[np.ndarray] = None,
                process_index: int = 0, process_count: int = 1, split: str = "train",
-               prefetch: int = 2, host_reads: str = "all"):
-    if host_reads not in HOST_READS:
-      raise ConfigError(f"host_reads={host_reads!r}; choose one of {HOST_READS}.")
+               prefetch: int = 2):
     if global_batch_size % process_count:
       raise ConfigError(
           f"the global batch ({global_batch_size}) is not divisible by the number of "
@@ -199,63 +118,38 @@ class BatchLoader:
     self.pid, self.nproc = process_index, process_count
     self.step = start_step
     self.sources = open_sources(corpus, split, seq_len)
-    self.sizes = None if self.sources is None else np.array([len(s) for s in self.sources])
-    # Streamed sources keep the 'all'/'shard' trade-off; packed ones are read by index.
-    self.host_reads = "all" if self.sources is not None else host_reads
-    k = corpus.num_domains
-    readers = self.readers(corpus, process_count, host_reads)
-    if positions is None or np.shape(positions) != (readers, k):
-      # No saved position (fresh run) or saved with another host count:
-      # replay the assignments, which are a pure function of the step.
+    self.sizes = np.array([len(s) for s in self.sources])
+    if positions is None or np.shape(positions) != (1, corpus.num_domains):
+      # No saved position (fresh run) or one of another shape (saved per
+      # host by an older version): replay the assignments, which are a pure
+      # function of the step.
       positions = self.replay_positions(start_step)
     self.positions = np.array(positions, np.int64)
-    self.streams = None
-    if self.sources is None:
-      import seqio
-      shard = seqio.ShardInfo(index=process_index if readers > 1 else 0, num_shards=readers)
-      row = process_index if readers > 1 else 0
-      self.streams = [
-          DomainStream(t, split, seq_len, seed=seed * 1000 + i, shard_info=shard,
-                       position=int(self.positions[row, i]))
-          for i, t in enumerate(corpus.task_names)]
     self._queue: queue.Queue = queue.Queue(maxsize=max(prefetch, 1))
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._produce, daemon=True)
     self._thread.start()
 
   @staticmethod
-  def readers(corpus, process_count: int, host_reads: str) -> int:
-    """Rows of the data position: one (global positions) unless a streamed
-    corpus reads per-host shards."""
-    return process_count if corpus.packed is None and host_reads == "shard" else 1
-
-  @classmethod
-  def needs_replay(cls, data_state: Optional[dict], corpus, process_count: int,
-                   host_reads: str) -> bool:
+  def needs_replay(data_state: Optional[dict], corpus) -> bool:
     """Whether a loader resumed from `data_state` replays the assignments
-    to find its data position (saved for other readers)."""
-    readers = cls.readers(corpus, process_count, host_reads)
+    to find its data position (not saved in the [1, K] global form)."""
     return (data_state is not None and
-            np.shape(data_state["positions"]) != (readers, corpus.num_domains))
+            np.shape(data_state["positions"]) != (1, corpus.num_domains))
 
   @property
   def bytes_read(self) -> int:
     """Bytes this host has read from packed sources."""
-    return sum(s.bytes_read for s in self.sources or ())
+    return sum(s.bytes_read for s in self.sources)
 
   def replay_positions(self, step: int) -> np.ndarray:
-    readers = self.nproc if self.host_reads == "shard" else 1
-    pos = np.zeros((readers, self.corpus.num_domains), np.int64)
+    pos = np.zeros((1, self.corpus.num_domains), np.int64)
     for s in range(step):
-      pos += self._host_counts(self.assignment(s, self.global_batch_size))
+      pos += self._counts(self.assignment(s, self.global_batch_size))
     return pos
 
-  def _host_counts(self, assignment: np.ndarray) -> np.ndarray:
-    k = self.corpus.num_domains
-    if self.host_reads == "all":
-      return np.bincount(assignment, minlength=k)[None]
-    rows = assignment.reshape(self.nproc, self.local_batch_size)
-    return np.stack([np.bincount(r, minlength=k) for r in rows])
+  def _counts(self, assignment: np.ndarray) -> np.ndarray:
+    return np.bincount(assignment, minlength=self.corpus.num_domains)[None]
 
   def _make(self, step: int):
     assignment = self.assignment(step, self.global_batch_size)
@@ -264,33 +158,17 @@ class BatchLoader:
     local = assignment[lo:hi]
     targets = np.zeros((self.local_batch_size, self.seq_len), np.int32)
     segments = np.zeros((self.local_batch_size, self.seq_len), np.int32)
-    if self.sources is not None:
-      # Row r of the global batch takes its domain's next stream position
-      # (in row order); this host reads only the rows of its slice.
-      k = self.corpus.num_domains
-      onehot = assignment[:, None] == np.arange(k)[None]
-      rank = np.cumsum(onehot, axis=0)[np.arange(len(assignment)), assignment] - 1
-      pos = self.positions[0, local] + rank[lo:hi]
-      rows = packing.shuffled_rows(pos, self.sizes[local], self.seed, local)
-      for i in np.unique(local):
-        mine = np.flatnonzero(local == i)
-        targets[mine], segments[mine] = self.sources[i].read(rows[mine])
-    for i, stream in enumerate(self.streams or ()):
-      rows = np.flatnonzero(assignment == i)     # global rows of domain i, in order
-      if self.host_reads == "all":
-        # The domain's examples for the whole global batch, in row order;
-        # keep the ones that land in this host's rows.
-        if len(rows):
-          examples = stream.take(len(rows))
-          mine = (rows >= lo) & (rows < hi)
-          targets[rows[mine] - lo] = examples[mine]
-        continue
-      rows = np.flatnonzero(local == i)
-      if len(rows):
-        targets[rows] = stream.take(len(rows))
-    if self.sources is None:
-      segments = _unpacked(targets)
-    self.positions = self.positions + self._host_counts(assignment)
+    # Row r of the global batch takes its domain's next stream position
+    # (in row order); this host reads only the rows of its slice.
+    k = self.corpus.num_domains
+    onehot = assignment[:, None] == np.arange(k)[None]
+    rank = np.cumsum(onehot, axis=0)[np.arange(len(assignment)), assignment] - 1
+    pos = self.positions[0, local] + rank[lo:hi]
+    rows = packing.shuffled_rows(pos, self.sizes[local], self.seed, local)
+    for i in np.unique(local):
+      mine = np.flatnonzero(local == i)
+      targets[mine], segments[mine] = self.sources[i].read(rows[mine])
+    self.positions = self.positions + self._counts(assignment)
     state = {"step": step + 1, "positions": self.positions.tolist(),
              "process_count": self.nproc}
     return {"targets": targets, "segment_ids": segments,
@@ -336,57 +214,30 @@ class BatchLoader:
 
 
 def eval_batches(corpus, seq_len: int, examples_per_domain: int, batch_size: int,
-                 process_index: int = 0, process_count: int = 1, split: str = "validation",
-                 host_reads: str = "all"):
+                 process_index: int = 0, process_count: int = 1, split: str = "validation"):
   """Host-local evaluation batches over the first `examples_per_domain`
   validation rows of every domain (fixed order, no shuffling), domain after
   domain. Rows past the end are all padding (segment 0), so every host
   yields the same number of equally shaped batches. The global batches are
-  the same for any process count; with packed data each host reads only its
-  slice of each (a streamed corpus with host_reads='shard' shards them)."""
+  the same for any process count; each host reads only its slice of each."""
   sources = open_sources(corpus, split, seq_len)
   local_bs = batch_size // process_count
-  if sources is not None:
-    counts = [min(examples_per_domain, len(s)) for s in sources]
-    dom = np.repeat(np.arange(len(sources)), counts).astype(np.int32)
-    row = np.concatenate([np.arange(c) for c in counts])
-    n_batches = -(-len(dom) // batch_size)
-    pad = n_batches * batch_size - len(dom)
-    dom = np.concatenate([dom, np.zeros(pad, np.int32)])
-    row = np.concatenate([row, np.full(pad, -1)])
-    lo = process_index * local_bs
-    mine = ((np.arange(len(dom)) % batch_size) >= lo) & ((np.arange(len(dom)) % batch_size) <
-                                                          lo + local_bs)
-    dom, row = dom[mine], row[mine]
-    targets = np.zeros((len(dom), seq_len), np.int32)
-    segments = np.zeros((len(dom), seq_len), np.int32)
-    for i, src in enumerate(sources):
-      sel = np.flatnonzero((dom == i) & (row >= 0))
-      if len(sel):
-        targets[sel], segments[sel] = src.read(row[sel])
-    return [{"targets": targets[j:j + local_bs], "segment_ids": segments[j:j + local_bs],
-             "domain_ids": dom[j:j + local_bs]} for j in range(0, len(dom), local_bs)]
-  import seqio
-  if host_reads == "all" and process_count > 1:
-    full = eval_batches(corpus, seq_len, examples_per_domain, batch_size, 0, 1, split)
-    lo = process_index * local_bs
-    return [{k: v[lo:lo + local_bs] for k, v in b.items()} for b in full]
-  shard = seqio.ShardInfo(index=process_index, num_shards=process_count)
-  local_n = -(-examples_per_domain // process_count)
-  rows_t, rows_d = [], []
-  for i, task in enumerate(corpus.task_names):
-    ds = _domain_dataset(task, split, seq_len, None, shard, shuffle=False, repeat=False)
-    got = [x for x in ds.take(local_n).as_numpy_iterator()]
-    if not got:
-      raise ConfigError(f"domain {corpus.domains[i]!r} has no {split!r} examples.")
-    rows_t.append(np.stack(got))
-    rows_d.append(np.full(len(got), i, np.int32))
-  targets, domains = np.concatenate(rows_t), np.concatenate(rows_d)
-  # Same number of batches on every host (hosts may hold different counts).
-  n_batches = -(-(local_n * corpus.num_domains) // local_bs)
-  pad = n_batches * local_bs - len(targets)
-  targets = np.concatenate([targets, np.zeros((pad, seq_len), np.int32)])
-  domains = np.concatenate([domains, np.zeros(pad, np.int32)])
-  return [{"targets": targets[j:j + local_bs], "segment_ids": _unpacked(targets[j:j + local_bs]),
-           "domain_ids": domains[j:j + local_bs]}
-          for j in range(0, len(targets), local_bs)]
+  counts = [min(examples_per_domain, len(s)) for s in sources]
+  dom = np.repeat(np.arange(len(sources)), counts).astype(np.int32)
+  row = np.concatenate([np.arange(c) for c in counts])
+  n_batches = -(-len(dom) // batch_size)
+  pad = n_batches * batch_size - len(dom)
+  dom = np.concatenate([dom, np.zeros(pad, np.int32)])
+  row = np.concatenate([row, np.full(pad, -1)])
+  lo = process_index * local_bs
+  at = np.arange(len(dom)) % batch_size
+  mine = (at >= lo) & (at < lo + local_bs)
+  dom, row = dom[mine], row[mine]
+  targets = np.zeros((len(dom), seq_len), np.int32)
+  segments = np.zeros((len(dom), seq_len), np.int32)
+  for i, src in enumerate(sources):
+    sel = np.flatnonzero((dom == i) & (row >= 0))
+    if len(sel):
+      targets[sel], segments[sel] = src.read(row[sel])
+  return [{"targets": targets[j:j + local_bs], "segment_ids": segments[j:j + local_bs],
+           "domain_ids": dom[j:j + local_bs]} for j in range(0, len(dom), local_bs)]

@@ -1,26 +1,31 @@
-"""Local multi-domain corpora as seqio Tasks.
+"""Local multi-domain corpora: the domains `python -m doremi_jax.prepare`
+wrote, read as packed rows by index.
 
-The `local` corpus (`get_corpus.name = 'local'`, `LocalCorpusConfig`) turns
-each domain into a seqio Task: read text, tokenize, append EOS, concatenate
-and chunk into sequences of the training length. Training reads a prepared
-domain's packed rows instead (tokenized once by `prepare --seq_len`, read by
-index; see `packing`); the seqio Task over its text stays registered for
-seqio/T5X users. A corpus with a `tfds:` or `tfrecord:` domain is streamed
-through the seqio Tasks (`loader`). Domains are usually
-prepared offline by `python -m doremi_jax.prepare` (see `local_prepare`);
-they may also be any TFDS dataset already prepared in the data dir
-(`tfds:NAME`) or TFRecord files of tf.train.Example with a text feature
-(`tfrecord:GLOB`). seqio and TensorFlow are imported inside the functions
-that need them.
+The `local` corpus (`get_corpus.name = 'local'`, `LocalCorpusConfig`) lists
+prepared domains. `prepare` takes text files, TFDS datasets
+(`NAME=tfds:DATASET[/CONFIG][:VERSION]`) and TFRecord files of
+tf.train.Example (`NAME=tfrecord:TRAIN_GLOB[|VAL_GLOB]`) alike: it writes
+each domain's text once (a TFDS dataset in the data dir, see
+`local_prepare`) and tokenizes and packs it for a vocabulary and a sequence
+length (`pack_prepare`, `packing`). Training reads only the packed rows, and
+a domain's size (train tokens) and bytes per token are those its packing's
+meta.json records. A `tfds:` or `tfrecord:` entry in
+`LocalCorpusConfig.domains` is refused with the `prepare` command that
+makes it trainable.
+
+Each domain's seqio Task (read text, tokenize, append EOS, concatenate and
+chunk into sequences of the training length) reads the prepared text; it is
+registered only when seqio is wanted (`corpus.register_tasks`), which is
+where seqio and TensorFlow are imported.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import glob
 import json
 import os
+import shlex
 from typing import Optional
 
 import gin
@@ -28,32 +33,31 @@ from etils import epath
 
 from doremi_jax.config import ConfigError
 from doremi_jax.data import packing
-from doremi_jax.data.corpus import Corpus, register_task
+from doremi_jax.data.corpus import Corpus, register_task, with_tasks_where_seqio_is_loaded
 from doremi_jax.data.local_prepare import BUILDER_NAME, domain_dir, manifest_path, sanitize
+from doremi_jax.data.vocab import ByteVocabulary, SentencePieceVocabulary
 
 _SOURCE_KINDS = ("tfds:", "tfrecord:")
-_ENTRY_FORMS = ("'NAME' (prepared), 'NAME=tfds:DATASET[/CONFIG][:VERSION]' or "
-                "'NAME=tfrecord:GLOB'")
+_ENTRY_FORMS = "'NAME', a domain prepared by `python -m doremi_jax.prepare`"
 
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class LocalCorpusConfig:
-  """A corpus prepared by `doremi_jax.prepare` (or given as TFRecords).
+  """A corpus prepared by `python -m doremi_jax.prepare`.
 
-  domains: () for every domain in the manifest, or entries "NAME" (a
-    prepared domain), "NAME=tfds:DATASET[/CONFIG][:VERSION]" (any TFDS
-    dataset already prepared in `data_dir`, with a `text_feature` string
-    feature and train/validation splits) or "NAME=tfrecord:GLOB"
-    (tf.train.Example files with `text_feature`; give a validation split as
-    `NAME=tfrecord:TRAIN_GLOB|VAL_GLOB`). A prepared domain's size (what
-    'proportional' weights and the repetition checks use) is its train bytes
-    divided by the bytes per token measured on its validation text under
-    `vocabulary`; for TFRecord domains the same on the file bytes (an upper
-    bound: files hold more than text); for TFDS domains the train example
-    count.
-  vocabulary: 'byte' (seqio.ByteVocabulary) or the path of a SentencePiece
-    .model file (see `python -m doremi_jax.tokenizer`).
+  domains: () for every domain in the manifest, or the names of prepared
+    domains ("NAME"). Text files, TFDS datasets and TFRecord files all
+    become prepared domains through `prepare --domain NAME=SOURCE`; an entry
+    "NAME=tfds:..." or "NAME=tfrecord:..." is refused with the command that
+    prepares it. A domain's size (what 'proportional' weights and the
+    repetition checks use) is the train tokens of its packing for
+    `vocabulary` (meta.json).
+  vocabulary: 'byte' (seqio's ByteVocabulary ids) or the path of a
+    SentencePiece .model file (see `python -m doremi_jax.tokenizer`).
+  text_feature: the text feature of TFDS / TFRecord sources, only named in
+    the `prepare` command (`--text_field`) a "NAME=tfds:..." entry's error
+    gives.
 
   Values are checked when the config is built (`__post_init__`); what needs
   the file system (data_dir, the vocabulary file) is checked by
@@ -84,9 +88,8 @@ class LocalCorpusConfig:
       if not name.strip():
         raise ConfigError(f"LocalCorpusConfig.domains entry {entry!r} has no domain name; "
                           f"use {_ENTRY_FORMS}.")
-      if sep and not (source.startswith(_SOURCE_KINDS)
-                      and source.partition(":")[2].strip("|").strip()):
-        raise ConfigError(f"domain entry {entry!r}: use {_ENTRY_FORMS}.")
+      if sep:
+        raise ConfigError(self.unprepared(entry))
       keys.append(sanitize(name))
     repeated = sorted({k for k in keys if keys.count(k) > 1})
     if repeated:
@@ -95,17 +98,33 @@ class LocalCorpusConfig:
                         "a distinct name.")
     object.__setattr__(self, "domains", domains)
 
+  def unprepared(self, entry: str) -> str:
+    """The error for a "NAME=SOURCE" entry: training reads only prepared
+    domains; the `prepare` command that makes this one trainable."""
+    name, _, source = entry.partition("=")
+    if not (source.startswith(_SOURCE_KINDS) and source.partition(":")[2].strip("|").strip()):
+      return (f"LocalCorpusConfig.domains entry {entry!r}: use {_ENTRY_FORMS} (text files, "
+              "TFDS datasets and TFRecord files: `prepare --domain NAME=GLOB`, "
+              "`NAME=tfds:DATASET[/CONFIG][:VERSION]` or `NAME=tfrecord:TRAIN_GLOB[|VAL_GLOB]`).")
+    vocab = shlex.quote(self.vocabulary)
+    return (f"LocalCorpusConfig.domains entry {entry!r}: {source.partition(':')[0]} domains are "
+            "read only once they are prepared (tokenized and packed). Run `python -m "
+            f"doremi_jax.prepare --corpus {shlex.quote(self.name)} --data_dir "
+            f"{shlex.quote(self.data_dir)} --domain {shlex.quote(entry)} --text_field "
+            f"{shlex.quote(self.text_feature)} --vocabulary {vocab} --seq_len SEQ_LEN` (SEQ_LEN: "
+            f"the runs' TrainConfig.seq_len), then list the domain as {name!r}.")
+
 
 def make_vocabulary(spec: str):
-  """seqio.ByteVocabulary for 'byte', else the SentencePiece model at `spec`
-  (loaded here, so a missing or broken file fails before any task is built)."""
-  import seqio
+  """`vocab.ByteVocabulary` for 'byte', else the SentencePiece model at
+  `spec` (loaded here, so a missing or broken file fails before any domain
+  is read)."""
   if spec == "byte":
-    return seqio.ByteVocabulary()
+    return ByteVocabulary()
   if not os.path.isfile(spec):
     raise ConfigError(f"LocalCorpusConfig.vocabulary: SentencePiece model {spec!r} does not "
                       "exist; train one with `python -m doremi_jax.tokenizer` or use 'byte'.")
-  vocab = seqio.SentencePieceVocabulary(os.path.abspath(spec))
+  vocab = SentencePieceVocabulary(os.path.abspath(spec))
   try:
     vocab.vocab_size  # pylint: disable=pointless-statement
   except Exception as e:  # sentencepiece/protobuf raise several types for a bad file
@@ -119,7 +138,7 @@ def _chunk(dataset, sequence_length, output_features):
   """seqio preprocessor: concatenates the token streams of consecutive
   documents and splits them into sequences of exactly
   `sequence_length['targets']` tokens (the last piece of an epoch may be
-  shorter; it is padded by the loader)."""
+  shorter)."""
   import tensorflow as tf
   del output_features
   length = sequence_length["targets"]
@@ -127,41 +146,38 @@ def _chunk(dataset, sequence_length, output_features):
   return tokens.batch(length).map(lambda t: {"targets": t})
 
 
-MEASURE_BYTES = 1 << 18   # validation text read per domain to measure bytes per token
+def text_files(base: str) -> dict:
+  """{split: glob} of a prepared domain's text (TFDS TFRecord files)."""
+  return {s: os.path.join(base, f"{BUILDER_NAME}-{s}.tfrecord*") for s in ("train", "validation")}
 
 
-def bytes_per_token(files_glob: str, feature: str, vocab, limit: int = MEASURE_BYTES):
-  """UTF-8 bytes per token (EOS included, as training appends it) of the
-  text in TFRecord files of tf.train.Example, over up to `limit` bytes of
-  documents; None when the files hold no text."""
+def register_seqio_tasks(seqio, vocab, task_names: tuple, text: tuple):
+  """Registers the seqio Task of every domain (`Corpus.seqio_tasks`): its
+  prepared text, tokenized, EOS appended, concatenated and chunked."""
   import tensorflow as tf
-  paths = sorted(glob.glob(files_glob))
-  if not paths:
-    return None
-  n_bytes = n_tokens = 0
-  spec = {feature: tf.io.FixedLenFeature([], tf.string)}
-  for raw in tf.data.TFRecordDataset(paths):
-    text = tf.io.parse_single_example(raw, spec)[feature].numpy()
-    n_bytes += len(text)
-    n_tokens += len(vocab.encode(text.decode("utf-8", errors="replace"))) + 1
-    if n_bytes >= limit:
-      break
-  return n_bytes / n_tokens if n_tokens else None
+  feature = seqio.Feature(vocab.seqio_vocabulary(), add_eos=True)
+  for task, split_map in zip(task_names, text):
+    src = seqio.TFExampleDataSource(split_map, {"text": tf.io.FixedLenFeature([], tf.string)})
+    pre = [functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
+           seqio.preprocessors.tokenize, seqio.preprocessors.append_eos, _chunk]
+    register_task(task, source=src, preprocessors=pre, output_features={"targets": feature},
+                  shuffle_buffer_size=10_000)
+
+
+def packed_meta(name: str, base: str, identity: dict) -> dict:
+  """The meta.json of a packing of the domain for `identity` (any sequence
+  length: its token counts and bytes per token do not depend on it)."""
+  lengths = sorted(n for v, n in packing.available(base) if v == identity)
+  if not lengths:
+    raise packing.not_packed(name, base, identity)
+  return packing.read_meta(name, base, identity, lengths[0])[1]
 
 
 def local_corpus(cfg: Optional[LocalCorpusConfig] = None) -> Corpus:
-  """Registers one seqio Task per domain of a local corpus; returns the Corpus.
-
-  train_tokens (what 'proportional' weights use) is, per domain, the
-  prepared train bytes (or TFRecord train file bytes) over the bytes per
-  token measured on its validation text, or the TFDS train example count.
-  """
-  import seqio
-  import tensorflow as tf
+  """The Corpus of a prepared local corpus: its domains' packed rows, with
+  each domain's train tokens and bytes per token from its packing's meta."""
   cfg = cfg or LocalCorpusConfig()
-  needs_data_dir = not cfg.domains or any(not e.partition("=")[2].startswith("tfrecord:")
-                                          for e in cfg.domains)
-  if needs_data_dir and not epath.Path(cfg.data_dir).is_dir():
+  if not epath.Path(cfg.data_dir).is_dir():
     raise ConfigError(f"LocalCorpusConfig.data_dir {cfg.data_dir!r} does not exist or is not a "
                       "directory; set it to the --data_dir given to `python -m "
                       "doremi_jax.prepare`.")
@@ -171,71 +187,31 @@ def local_corpus(cfg: Optional[LocalCorpusConfig] = None) -> Corpus:
   if os.path.exists(mpath):
     with open(mpath) as f:
       manifest = json.load(f)
-  entries = list(cfg.domains) or [d["domain"] for d in (manifest or {}).get("domains", [])]
+  prepared = {d["domain"]: d for d in (manifest or {}).get("domains", [])}
+  entries = list(cfg.domains) or list(prepared)
   if not entries:
     raise ConfigError(f"local corpus {cfg.name!r}: no domains. Prepare it with `python -m "
                       f"doremi_jax.prepare --corpus {cfg.name} --data_dir {cfg.data_dir} "
                       "--domain NAME=GLOB ...` or list LocalCorpusConfig.domains.")
-  prepared = {d["domain"]: d for d in (manifest or {}).get("domains", [])}
   identity = packing.vocabulary_identity(cfg.vocabulary, vocab)
-  names, tasks, sizes, bpt, openers = [], [], [], [], []
-  for entry in entries:
-    ratio = None
-    name, _, source = entry.partition("=")
-    if source.startswith("tfrecord:"):
-      train_glob, _, val_glob = source[len("tfrecord:"):].partition("|")
-      split_map = {"train": train_glob, "validation": val_glob or train_glob}
-      for split, pattern in split_map.items():
-        if not glob.glob(pattern):
-          raise ConfigError(f"domain {name!r}: no TFRecord files match {pattern!r} ({split}).")
-      src = seqio.TFExampleDataSource(
-          split_map, {cfg.text_feature: tf.io.FixedLenFeature([], tf.string)})
-      ratio = bytes_per_token(split_map["validation"], cfg.text_feature, vocab)
-      size = sum(os.path.getsize(p) for p in glob.glob(train_glob)) / (ratio or 1.0)
-    elif source.startswith("tfds:"):
-      tfds_name = source[len("tfds:"):]
-      src = seqio.TfdsDataSource(tfds_name, tfds_data_dir=cfg.data_dir)
-      try:
-        size = src.num_input_examples("train")
-      except Exception as e:  # tfds raises several types for a missing dataset
-        raise ConfigError(f"domain {name!r}: TFDS dataset {tfds_name!r} is not prepared in "
-                          f"{cfg.data_dir!r} ({type(e).__name__}: {e}).") from e
-      if not size:
-        raise ConfigError(f"domain {name!r}: TFDS dataset {tfds_name!r} has no train examples.")
-    elif not source:
-      if name not in prepared:
-        raise ConfigError(
-            f"domain {name!r} is not in the prepared corpus {cfg.name!r} "
-            f"({mpath}: {sorted(prepared) if prepared else 'no manifest'}). Prepare it with "
-            "`python -m doremi_jax.prepare`, or fix LocalCorpusConfig.domains.")
-      d = prepared[name]
-      base = domain_dir(cfg.data_dir, d)
-      split_map = {s: os.path.join(base, f"{BUILDER_NAME}-{s}.tfrecord*")
-                   for s in ("train", "validation")}
-      for split, pattern in split_map.items():
-        if not glob.glob(pattern):
-          raise ConfigError(f"domain {name!r}: the prepared {split} files are missing "
-                            f"({pattern}); re-run `python -m doremi_jax.prepare` for this "
-                            f"data dir ({cfg.data_dir}).")
-      src = seqio.TFExampleDataSource(
-          split_map, {"text": tf.io.FixedLenFeature([], tf.string)})
-      ratio = bytes_per_token(split_map["validation"], "text", vocab)
-      size = d.get("train_bytes", d["bytes"]) / (ratio or 1.0)
-      openers.append(functools.partial(packing.open_source, name, base, identity))
-    else:  # (LocalCorpusConfig.__post_init__ already rejects these)
-      raise ConfigError(f"domain entry {entry!r}: use {_ENTRY_FORMS}.")
-    task = f"doremi_local_{sanitize(cfg.name)}_{sanitize(name)}"
-    key = cfg.text_feature if source else "text"
-    pre = [functools.partial(seqio.preprocessors.rekey, key_map={"targets": key}),
-           seqio.preprocessors.tokenize, seqio.preprocessors.append_eos, _chunk]
-    register_task(task, source=src, preprocessors=pre,
-                  output_features={"targets": seqio.Feature(vocab, add_eos=True)},
-                  shuffle_buffer_size=10_000)
-    names.append(name)
-    tasks.append(task)
-    sizes.append(max(int(round(size)), 1))
-    bpt.append(ratio)
-  return Corpus(name=f"local_{sanitize(cfg.name)}", domains=tuple(names),
-                task_names=tuple(tasks), vocabulary=vocab, train_tokens=tuple(sizes),
-                bytes_per_token=tuple(bpt) if any(r is not None for r in bpt) else None,
-                packed=tuple(openers) if len(openers) == len(names) else None)
+  sizes, bpt, openers, text = [], [], [], []
+  for name in entries:
+    if name not in prepared:
+      raise ConfigError(
+          f"domain {name!r} is not in the prepared corpus {cfg.name!r} "
+          f"({mpath}: {sorted(prepared) if prepared else 'no manifest'}). Prepare it with "
+          "`python -m doremi_jax.prepare`, or fix LocalCorpusConfig.domains.")
+    base = domain_dir(cfg.data_dir, prepared[name])
+    meta = packed_meta(name, base, identity)
+    sizes.append(max(int(meta["splits"]["train"]["tokens"]), 1))
+    bpt.append(meta.get("bytes_per_token"))
+    openers.append(functools.partial(packing.open_source, name, base, identity))
+    text.append(text_files(base))
+  tasks = tuple(f"doremi_local_{sanitize(cfg.name)}_{sanitize(n)}" for n in entries)
+  return with_tasks_where_seqio_is_loaded(Corpus(
+      name=f"local_{sanitize(cfg.name)}", domains=tuple(entries), task_names=tasks,
+      vocabulary=vocab, train_tokens=tuple(sizes),
+      bytes_per_token=tuple(bpt) if any(r is not None for r in bpt) else None,
+      packed=tuple(openers),
+      seqio_tasks=functools.partial(register_seqio_tasks, vocab=vocab, task_names=tasks,
+                                    text=tuple(text))))

@@ -3,11 +3,11 @@ vocabulary and packed into rows of one sequence length, written as
 ArrayRecord shards (`packing`).
 
 `python -m doremi_jax.prepare ... --seq_len L [--vocabulary V]` runs
-`pack_domain` after preparing the text. It reads the domain's source files
-the way `local_prepare` does (same documents, same train/validation split),
-spreads the documents over shards by a hash of their key
-(`packing.shard_of`), and packs each shard's documents in (file, index)
-order. `beam_prepare` runs the same per-shard work as an Apache Beam
+`pack_domain` after preparing the text. It reads the domain's inputs (text
+files, TFRecord files, TFDS splits) the way `local_prepare` does (same
+documents, same train/validation split), spreads the documents over shards
+by a hash of their key (`packing.shard_of`), and packs each shard's
+documents in (input, index) order. `beam_prepare` runs the same per-shard work as an Apache Beam
 pipeline and writes the same files.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 
 from doremi_jax.config import ConfigError
 from doremi_jax.data import packing
-from doremi_jax.data.local_prepare import split_documents
+from doremi_jax.data.local_prepare import split_documents, unit_name
 
 SPLITS = ("train", "validation")
 SHARD_BYTES = 128 << 20   # text bytes per shard when the shard count is automatic
@@ -31,8 +31,8 @@ def default_shards(text_bytes: int) -> int:
   return max(1, -(-text_bytes // SHARD_BYTES))
 
 
-def document_key(path: str, index: int) -> str:
-  return f"{os.path.basename(path)}:{index}"
+def document_key(path, index: int) -> str:
+  return f"{unit_name(path)}:{index}"
 
 
 def documents(files, text_field, text_format, domain, validation_fraction) -> Iterator[tuple]:

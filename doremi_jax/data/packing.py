@@ -198,20 +198,30 @@ def available(domain_dir: str) -> list:
   return out
 
 
+def _fix(identity: dict, seq_len) -> str:
+  return ("run `python -m doremi_jax.prepare` again with `--vocabulary` and `--seq_len` "
+          f"set to this run's ({'byte' if identity['kind'] == 'byte' else 'the model file'}"
+          f", {'TrainConfig.seq_len' if seq_len is None else seq_len})")
+
+
+def not_packed(domain: str, domain_dir: str, identity: dict, seq_len=None) -> ConfigError:
+  """The error for a domain with no rows packed for `identity` (at
+  `seq_len`, or at any length when None), naming what was prepared."""
+  what = ", ".join(f"{describe(v)} at length {n}" for v, n in available(domain_dir)) or "nothing"
+  at = "" if seq_len is None else f" at sequence length {seq_len}"
+  return ConfigError(f"domain {domain!r} is not packed for {describe(identity)}{at} "
+                     f"(prepared: {what}); {_fix(identity, seq_len)}, or set the run's "
+                     "vocabulary and sequence length to what was prepared.")
+
+
 def read_meta(domain: str, domain_dir: str, identity: dict, seq_len: int) -> tuple:
   """(directory, meta) of a domain's rows packed for `identity` and
   `seq_len`; ConfigError naming what was prepared when there are none."""
   directory = packed_dir(domain_dir, identity, seq_len)
   path = os.path.join(directory, META)
-  fix = ("run `python -m doremi_jax.prepare` again with `--vocabulary` and `--seq_len` "
-         f"set to this run's ({'byte' if identity['kind'] == 'byte' else 'the model file'}"
-         f", {seq_len})")
+  fix = _fix(identity, seq_len)
   if not os.path.exists(path):
-    have = available(domain_dir)
-    what = ", ".join(f"{describe(v)} at length {n}" for v, n in have) or "nothing"
-    raise ConfigError(f"domain {domain!r} is not packed for {describe(identity)} at sequence "
-                      f"length {seq_len} (prepared: {what}); {fix}, or set the run's "
-                      "vocabulary and sequence length to what was prepared.")
+    raise not_packed(domain, domain_dir, identity, seq_len)
   try:
     with open(path) as f:
       meta = json.load(f)

@@ -24,7 +24,6 @@ CORPORA: dict[str, Callable[[], corpus_lib.Corpus]] = {
 @gin.configurable
 def get_corpus(name: str = "synthetic") -> corpus_lib.Corpus:
   """The corpus the run trains on. `synthetic` is the built-in default."""
-  corpus_lib.disable_tfds_gcs()
   if not isinstance(name, str) or name not in CORPORA:
     raise ConfigError(f"unknown corpus {name!r}; set get_corpus.name to one of "
                       f"{', '.join(repr(n) for n in CORPORA)}.")

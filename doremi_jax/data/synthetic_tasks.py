@@ -1,7 +1,8 @@
-"""The built-in synthetic corpus as seqio Tasks (the data is `synthetic`'s).
+"""The built-in synthetic corpus (the data is `synthetic`'s): packed rows in
+memory, read by index, and one seqio Task per domain over the same
+sequences, registered only where seqio is wanted (see `corpus`).
 
-seqio and TensorFlow are imported inside `synthetic_corpus`, so importing
-this module (e.g. to register gin configurables) stays cheap.
+Neither building the corpus nor training on it imports seqio or TensorFlow.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Optional
 import numpy as np
 
 from doremi_jax.data import packing, synthetic
-from doremi_jax.data.corpus import Corpus, register_task
+from doremi_jax.data.corpus import Corpus, register_task, with_tasks_where_seqio_is_loaded
+from doremi_jax.data.vocab import SyntheticVocabulary
 
 
 @functools.lru_cache(maxsize=None)
@@ -41,26 +43,15 @@ def packed_rows(cfg: synthetic.SyntheticCorpusConfig, domain: str, split: str,
   return packing.MemoryRows(*_packed_arrays(cfg, domain, split, seq_len))
 
 
-def synthetic_corpus(cfg: Optional[synthetic.SyntheticCorpusConfig] = None) -> Corpus:
-  """Registers one seqio Task per synthetic domain and returns the Corpus.
-
-  The config is validated when it is built (`SyntheticCorpusConfig.__post_init__`).
-  Task names carry a hash of the config, so corpora of different configs
-  can be registered side by side.
-  """
-  import seqio
+def register_seqio_tasks(seqio, cfg: synthetic.SyntheticCorpusConfig, task_names: tuple):
+  """Registers the seqio Task of every domain (`Corpus.seqio_tasks`): the
+  generated sequences, in memory, one example each."""
   import tensorflow as tf
-  from doremi_jax.data.vocab import SyntheticVocabulary
-
-  cfg = cfg or synthetic.SyntheticCorpusConfig()
-  vocab = SyntheticVocabulary()
-  tag = hashlib.sha1(repr(cfg).encode()).hexdigest()[:8]
-  task_names = []
-  for domain in cfg.domains:
+  vocab = SyntheticVocabulary().seqio_vocabulary()
+  for domain, name in zip(cfg.domains, task_names):
     def dataset_fn(split, shuffle_files, seed=None, domain=domain):
       del shuffle_files, seed  # the source is in memory; the Task shuffles.
       return tf.data.Dataset.from_tensor_slices({"targets": _synthetic_arrays(cfg, domain, split)})
-    name = f"doremi_synthetic_{tag}_{domain}"
     register_task(
         name,
         source=seqio.FunctionDataSource(
@@ -69,13 +60,27 @@ def synthetic_corpus(cfg: Optional[synthetic.SyntheticCorpusConfig] = None) -> C
         preprocessors=[],
         output_features={"targets": seqio.Feature(vocab, add_eos=False, dtype=tf.int32)},
         shuffle_buffer_size=10_000)
-    task_names.append(name)
-  return Corpus(
+
+
+def synthetic_corpus(cfg: Optional[synthetic.SyntheticCorpusConfig] = None) -> Corpus:
+  """The synthetic Corpus of `cfg`. Its seqio Tasks are registered now only
+  in a process that has imported seqio, else by `corpus.register_tasks`
+  where a stage registers its Mixture.
+
+  The config is validated when it is built (`SyntheticCorpusConfig.__post_init__`).
+  Task names carry a hash of the config, so corpora of different configs
+  can be registered side by side.
+  """
+  cfg = cfg or synthetic.SyntheticCorpusConfig()
+  tag = hashlib.sha1(repr(cfg).encode()).hexdigest()[:8]
+  task_names = tuple(f"doremi_synthetic_{tag}_{domain}" for domain in cfg.domains)
+  return with_tasks_where_seqio_is_loaded(Corpus(
       name=f"synthetic_{tag}",
       domains=tuple(cfg.domains),
-      task_names=tuple(task_names),
-      vocabulary=vocab,
+      task_names=task_names,
+      vocabulary=SyntheticVocabulary(),
       train_tokens=tuple(cfg.num_examples(d, "train") * cfg.seq_len for d in cfg.domains),
       entropy_floors=tuple(synthetic.entropy_floor(d, cfg.seq_len, cfg.seed) for d in cfg.domains),
       packed=tuple(functools.partial(packed_rows, cfg, d) for d in cfg.domains),
-  )
+      seqio_tasks=functools.partial(register_seqio_tasks, cfg=cfg, task_names=task_names),
+  ))

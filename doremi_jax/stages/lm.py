@@ -78,8 +78,8 @@ def train_on_mixture(workdir: str, stage: str, weights: Any, what: str,
   cfg = _config(seed)
   corpus = get_corpus()
   sampling = sampling_lib.resolve(weights, corpus, what)
-  mixture = corpus_lib.register_mixture(f"{corpus.name}_{stage}", corpus, sampling.rates)
-  rates = corpus_lib.mixture_rates(mixture, corpus)
+  rates = corpus_lib.mixture_rates(sampling.rates)   # as seqio's Mixture reports them
+  corpus_lib.register_mixture(f"{corpus.name}_{stage}", corpus, rates)
   sampling = dataclasses.replace(sampling, rates=rates)
   setup = build_setup(corpus.vocab_size, cfg)
   program = steps.lm_program(setup, corpus.num_domains, cfg.grad_accum_steps, cfg.seq_len)
