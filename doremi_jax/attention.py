@@ -78,7 +78,7 @@ def xla_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL=None):
   Scores, softmax statistics and the normalisation are fp32; the value
   matmul takes the probabilities in the compute dtype, as
   jax.nn.dot_product_attention does. Equal to it up to fp32 rounding
-  (tests/attention_test.py)."""
+  (tests/unit/attention_test.py)."""
   dtype = q_BxLxHxK.dtype
   to_heads = lambda x: jnp.swapaxes(x, 1, 2)
   scale = jnp.asarray(q_BxLxHxK.shape[-1] ** -0.5, dtype)

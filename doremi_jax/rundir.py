@@ -29,7 +29,7 @@ from doremi_jax.config import ConfigError
 from doremi_jax.model import EXECUTION_FIELDS
 
 # Every file and directory name a run writes or reads is spelled here and
-# nowhere else (tests/structure_test.py checks).
+# nowhere else (tests/unit/structure_test.py checks).
 # Every training stage (the runner)
 COMPLETE = "complete.json"                        # written last, after the final checkpoint
 RUN_INFO = "run_info.json"

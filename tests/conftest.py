@@ -1,6 +1,8 @@
 """Test setup: 8 forced CPU devices (real sharding), quiet TF, offline TFDS,
-a clean gin config per test, and the quickstart run shared by the session.
-Helpers live in helpers.py and np_reference.py."""
+a clean gin config per test, the quickstart run shared by the session, and
+each test's tier marker from its directory (tests/unit, tests/integration,
+tests/e2e; see docs/testing.md). Helpers live in helpers.py and
+np_reference.py."""
 
 import atexit
 import os
@@ -27,9 +29,23 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 import gin  # noqa: E402
 import pytest  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-  sys.path.insert(0, REPO)
+TESTS = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(TESTS)
+for path in (TESTS, REPO):   # helpers.py and np_reference.py; the package itself
+  if path not in sys.path:
+    sys.path.insert(0, path)
+
+TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(config, items):
+  """Every test is marked with its tier, the directory it lives in."""
+  for item in items:
+    rel = os.path.relpath(str(item.path), TESTS).split(os.sep)
+    if rel[0] not in TIERS:
+      raise pytest.UsageError(f"{item.nodeid}: a test lives in tests/unit, "
+                              "tests/integration or tests/e2e (see docs/testing.md).")
+    item.add_marker(getattr(pytest.mark, rel[0]))
 
 from helpers import run_cli  # noqa: E402
 

@@ -4,7 +4,7 @@ in-process setups shared by several test modules."""
 import os
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # tests/ is one level down
 
 
 def run_cli(args, workdir=None, timeout=600, env_extra=None, cache=True):
@@ -87,3 +87,30 @@ def run_stage(stage, workdir, bindings=(), gin_files=(), devices=1, **kwargs):
   configure(bindings, gin_files)
   with context.using(devices=jax.devices()[:devices]):
     return registry.get(stage)(str(workdir), **kwargs)
+
+
+# Golden values (tests/golden/*.json): a number that must not drift silently.
+GOLDEN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
+HOW = ("If the change is intended, run `DOREMI_UPDATE_GOLDEN=1 python -m pytest "
+       "tests/unit/golden_test.py tests/e2e/golden_quickstart_test.py` and commit "
+       "tests/golden/*.json.")
+
+
+def check_golden(name: str, got: dict, rtol: float):
+  """`got` ({key: list of numbers}) against tests/golden/NAME.json; with
+  DOREMI_UPDATE_GOLDEN=1 it writes the file instead (and skips)."""
+  import json
+  import numpy as np
+  import pytest
+  path = os.path.join(GOLDEN_DIR, f"{name}.json")
+  if os.environ.get("DOREMI_UPDATE_GOLDEN"):
+    with open(path, "w") as f:
+      json.dump(got, f, indent=1)
+    pytest.skip(f"wrote {path}")
+  assert os.path.exists(path), f"no golden file {path}. {HOW}"
+  with open(path) as f:
+    want = json.load(f)
+  assert sorted(got) == sorted(want), HOW
+  for key in want:
+    np.testing.assert_allclose(np.asarray(got[key]), np.asarray(want[key]), rtol=rtol,
+                               atol=1e-7, err_msg=f"{name}: {key} moved. {HOW}")

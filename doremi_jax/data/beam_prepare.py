@@ -8,7 +8,7 @@ The pipeline reads the domain's files in parallel, keys every document by
 its shard (`packing.shard_of`, the same hash as the local path), groups each
 shard's documents, orders them by (file, index) and packs and writes the
 shard (`packing.pack_documents`, `pack_prepare.write_shard`). Every shard is
-the file the local path writes, byte for byte (tests/local_corpus_test.py).
+the file the local path writes, byte for byte (tests/e2e/local_corpus_test.py).
 The driver then writes meta.json from the shards' summaries.
 
 On Dataflow (`--runner=DataflowRunner --project=... --region=...

@@ -3,7 +3,7 @@
 Each method is a small module whose update is a pure function of a pytree
 state and the per-domain signals the step computes, so it can run inside
 the jitted step, be checkpointed with the model and be tested against an
-independent NumPy implementation (tests/mixers_test.py).
+independent NumPy implementation (tests/unit/mixers_test.py).
 
   odm.py    ODM (Albalak et al. 2023): EXP3 on per-domain training loss
   ado.py    ADO (Jiang et al. 2024): per-domain scaling-law fits of loss

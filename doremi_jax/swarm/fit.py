@@ -1,6 +1,6 @@
 """Mixing laws fitted to a swarm, their held-out quality, and the mixture
 each proposes. Pure NumPy/SciPy (and scikit-learn for the boosted law);
-tested against independent implementations in tests/swarm_law_test.py.
+tested against independent implementations in tests/unit/swarm_law_test.py.
 
 A law maps a mixture x (on the simplex, [K]) to one target's loss. Targets
 are every domain's validation loss, their uniform average ('average') and

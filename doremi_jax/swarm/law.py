@@ -1,6 +1,6 @@
 """Swarm methods' math (issue 15, first part): the mixtures a swarm trains
 on, and the mixture a fitted law proposes. Pure NumPy; tested against
-independent implementations in tests/swarm_law_test.py.
+independent implementations in tests/unit/swarm_law_test.py.
 
 RegMix (Liu et al., ICLR 2025, arXiv 2407.01492) draws the swarm's
 mixtures from a Dirichlet around the prior q:

@@ -9,19 +9,14 @@ import sys
 import gin
 import pytest
 
-from helpers import REPO
+from helpers import REPO, configure
 from doremi_jax import compile_check
-from doremi_jax import config as config_lib
-from doremi_jax import main as main_lib
 from doremi_jax.config import ConfigError
 
-pytestmark = pytest.mark.slow  # spawns processes or compiles with libtpu
 
 
 def _check(files, bindings=(), **kwargs):
-  gin.clear_config()
-  main_lib.register_configurables()
-  config_lib.parse_gin(files, list(bindings))
+  configure(bindings, files)
   return compile_check.compile_check(**kwargs)
 
 
@@ -117,9 +112,7 @@ def test_a_stage_in_build_only_mode_builds_and_writes_nothing(tmp_path):
   import jax
   from doremi_jax import context
   from doremi_jax.stages import registry
-  gin.clear_config()
-  main_lib.register_configurables()
-  config_lib.parse_gin(["gin/quickstart.gin"], ["train_proxy.mode = 'resample'"])
+  configure(["train_proxy.mode = 'resample'"], ["gin/quickstart.gin"])
   wd = tmp_path / "proxy"
   with context.using(devices=jax.devices()[:1]):
     program = context.build_program(

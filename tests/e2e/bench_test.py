@@ -6,11 +6,9 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from helpers import REPO
 
-pytestmark = pytest.mark.slow  # spawns processes or compiles with libtpu
 
 
 def _run(args, timeout=900):

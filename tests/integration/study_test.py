@@ -106,7 +106,6 @@ def tiny_study(tmp_path_factory):
   return wd, result
 
 
-@pytest.mark.slow  # trains 19 small runs and a swarm
 def test_study_json_planted_effect_and_speedup(tiny_study):
   wd, result = tiny_study
   on_disk = json.loads((wd / "study.json").read_text())
@@ -164,7 +163,6 @@ def test_study_json_planted_effect_and_speedup(tiny_study):
           "iterated rounds"} <= set(checks)
 
 
-@pytest.mark.slow  # trains 16 small runs (shared) and resumes one
 def test_killed_study_resumes_to_identical_numbers(tiny_study, tmp_path):
   wd, result = tiny_study
   copy = tmp_path / "run"

@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from helpers import REPO, run_cli, run_cli_until
-from doremi_jax import config as config_lib
+from helpers import REPO, run_cli, run_cli_until, configure
 from doremi_jax import main as main_lib
 from doremi_jax.analysis import pipeline_report
 from doremi_jax.config import ConfigError
@@ -39,10 +38,7 @@ main/TrainConfig.num_steps = 10
 def _run_pipeline(tmp_path, workdir, *bindings):
   gin_file = tmp_path / "small.gin"
   gin_file.write_text(SMALL)
-  import gin
-  gin.clear_config()
-  main_lib.register_configurables()
-  config_lib.parse_gin([str(gin_file)], list(bindings))
+  configure(bindings, [str(gin_file)])
   return main_lib.run(workdir=str(workdir))
 
 
@@ -56,7 +52,6 @@ def three_rounds(tmp_path_factory):
   return tmp, wd, state
 
 
-@pytest.mark.slow  # trains 6 stages
 def test_iterated_doremi_records_every_round(three_rounds):
   _, wd, state = three_rounds
   assert state == json.loads((wd / "pipeline.json").read_text())
@@ -95,7 +90,6 @@ def test_iterated_doremi_records_every_round(three_rounds):
   assert (wd / "plots" / "proxy_weights_round_3.png").exists()
 
 
-@pytest.mark.slow  # trains 6 stages
 def test_iterated_doremi_stops_when_tolerance_met(three_rounds, capsys):
   tmp, wd, state = three_rounds
   changes = [r["l1_change"] for r in state["rounds"]]
@@ -120,7 +114,6 @@ def test_iterated_doremi_stops_when_tolerance_met(three_rounds, capsys):
   assert f"converged at round {expect}" in (copy / "report.md").read_text()
 
 
-@pytest.mark.slow  # trains 6 stages
 def test_rerun_with_other_reference_weights_is_refused(three_rounds):
   tmp, wd, _ = three_rounds
   before = sorted(p.name for p in (wd / "round_1" / "reference").iterdir())
@@ -146,7 +139,6 @@ def test_pipeline_bad_input(tmp_path, binding, message):
   assert [p.name for p in wd.iterdir()] == ["notes.txt"]
 
 
-@pytest.mark.slow  # trains 6 stages
 def test_report_on_a_run_with_only_step1(three_rounds, tmp_path):
   _, wd, _ = three_rounds
   part = tmp_path / "partial"
@@ -169,7 +161,6 @@ def test_report_errors_clearly_on_a_non_run(tmp_path):
     pipeline_report.write(str(tmp_path / "empty"))
 
 
-@pytest.mark.slow
 def test_pipeline_killed_in_its_last_stage_resumes_identically(quickstart_run, tmp_path):
   """README's first command, killed in the middle of its last stage (the
   baseline main run), then re-run: the finished stages are skipped, the

@@ -8,7 +8,6 @@ import pytest
 
 from helpers import run_cli, run_cli_many, run_cli_until
 
-pytestmark = pytest.mark.slow  # spawns processes or compiles with libtpu
 
 
 def _proxy_args(reference_dir, *extra):
@@ -81,7 +80,7 @@ def test_proxy_bad_input(reference_dir, tmp_path):
   fake = tmp_path / "ref_without_checkpoints"
   fake.mkdir()
   (fake / "run_info.json").write_text((reference_dir / "run_info.json").read_text())
-  cases = BAD + [([f"--gin.train_proxy.reference_dir='{fake}'"], "no checkpoints/")]
+  cases = BAD + [([f"--gin.train_proxy.reference_dir='{fake}'"], "no checkpoint directory")]
   jobs = []
   for i, (extra, _) in enumerate(cases):
     wd = tmp_path / f"run{i}"

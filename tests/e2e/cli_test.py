@@ -10,7 +10,6 @@ import pytest
 
 from helpers import run_cli, run_cli_many, run_cli_until
 
-pytestmark = pytest.mark.slow  # spawns processes or compiles with libtpu
 
 SMALL = ["--gin_file=gin/reference.gin",
          "--gin.TrainConfig.num_steps=60", "--gin.TrainConfig.checkpoint_every=10",

@@ -38,8 +38,9 @@ import textwrap
 import pytest
 
 from doremi_jax import cli
+from helpers import REPO
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO
 README = os.path.join(ROOT, "README.md")
 DOC_PAGES = sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
 MAX_README_LINES = 250
@@ -353,7 +354,7 @@ def test_readme_keeps_the_two_commands():
   text = open(README, encoding="utf-8").read()
   assert "pip install -e . && python -m doremi_jax.main --gin_file gin/quickstart.gin" in text
   ci = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read()
-  test_cmd = 'pip install -e ".[test]" && python -m pytest -q -n 2 --dist loadfile tests'
+  test_cmd = 'pip install -e ".[test]" && python -m pytest -q -n 2 --dist loadfile --durations=25 tests'
   assert test_cmd in text and test_cmd in ci
 
 
@@ -402,7 +403,6 @@ def test_mkdocs_nav_lists_every_page():
   assert not unlisted, f"pages under docs/ missing from the nav of mkdocs.yml: {unlisted}"
 
 
-@pytest.mark.slow  # spawns processes (pytest.ini)
 def test_mkdocs_build_strict(tmp_path):
   if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("material") is None:
     pytest.skip("mkdocs and mkdocs-material are not installed (pip install -e '.[test]')")
@@ -414,7 +414,6 @@ def test_mkdocs_build_strict(tmp_path):
   assert (tmp_path / "site" / "index.html").exists()
 
 
-@pytest.mark.slow  # spawns processes (pytest.ini)
 def test_documented_commands_parse(tmp_path):
   commands = _shell_commands()
   tools = {w[2] for _, w in commands if w[:2] == ["python", "-m"]}

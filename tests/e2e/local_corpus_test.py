@@ -54,7 +54,6 @@ def prepared(tmp_path_factory):
   return root, data, r.stdout
 
 
-@pytest.mark.slow
 def test_prepare_summary_and_manifest(prepared):
   root, data, out = prepared
   assert "documents" in out and "wiki" in out and "manifest" in out
@@ -95,7 +94,6 @@ def _pack(data, vocab_spec, seq_len=64):
                              vocab_spec, vocab, seq_len, split_bytes=sizes)
 
 
-@pytest.mark.slow
 def test_seqio_tasks_tokenize_with_both_vocabularies(prepared, tmp_path):
   import shutil
   import seqio
@@ -151,7 +149,6 @@ STAGE = ["--gin_file=gin/models/tiny.gin", "--gin.get_corpus.name='local'",
          "--gin.TrainConfig.log_every=4", "--gin.TrainConfig.eval_examples_per_domain=8"]
 
 
-@pytest.mark.slow
 def test_three_stages_end_to_end(prepared, tmp_path):
   _, data, _ = prepared
   base = STAGE + [f"--gin.LocalCorpusConfig.data_dir='{data}'"]
@@ -187,7 +184,6 @@ def test_three_stages_end_to_end(prepared, tmp_path):
              for r in rows)
 
 
-@pytest.mark.slow
 def test_sentencepiece_reference_rejects_byte_proxy(prepared, tmp_path):
   _, data, _ = prepared
   from doremi_jax import tokenizer
@@ -219,7 +215,6 @@ def test_sentencepiece_reference_rejects_byte_proxy(prepared, tmp_path):
   assert prx.returncode == 2 and "must share the tokenizer" in prx.stderr, prx.stderr[-2000:]
 
 
-@pytest.mark.slow
 def test_prepare_errors_name_the_file_or_domain(prepared, tmp_path):
   root, data, _ = prepared
   manifest = (data / "doremi_corpora" / "byod.json").read_text()
@@ -240,7 +235,6 @@ def test_prepare_errors_name_the_file_or_domain(prepared, tmp_path):
   assert (data / "doremi_corpora" / "byod.json").read_text() == manifest
 
 
-@pytest.mark.slow
 def test_unknown_or_unprepared_local_domain(prepared, tmp_path):
   _, data, _ = prepared
   base = STAGE + [f"--gin.LocalCorpusConfig.data_dir='{data}'", "--gin.run.stage='reference'"]
@@ -282,7 +276,6 @@ def _records(root):
   return docs
 
 
-@pytest.mark.slow
 def test_prepare_takes_tfds_and_tfrecord_domains(tmp_path):
   """`prepare --domain NAME=tfds:...` and `NAME=tfrecord:TRAIN|VAL` write
   prepared domains like text files do: the splits given, packed rows that
@@ -329,7 +322,6 @@ def test_prepare_takes_tfds_and_tfrecord_domains(tmp_path):
   assert 10 < len(got["validation"]) < 62
 
 
-@pytest.mark.slow
 def test_prepare_refuses_unreadable_records(tmp_path):
   _records(tmp_path)
   data = tmp_path / "data"
@@ -353,7 +345,6 @@ def _pieces(tokens, seq_len):
   return [tuple(tokens[i:i + seq_len]) for i in range(0, len(tokens), seq_len)]
 
 
-@pytest.mark.slow
 def test_packed_rows_are_the_documents_tokenized_on_the_fly(prepared):
   """Every packed row holds whole documents (or L-token pieces of longer
   ones) tokenized exactly as seqio's Task tokenizes the same text."""
@@ -375,7 +366,6 @@ def test_packed_rows_are_the_documents_tokenized_on_the_fly(prepared):
       assert got == want, d["domain"]
 
 
-@pytest.mark.slow
 def test_missing_or_truncated_shards_and_other_lengths_are_refused(prepared, tmp_path):
   import shutil
   from doremi_jax.config import ConfigError
@@ -407,7 +397,6 @@ def test_missing_or_truncated_shards_and_other_lengths_are_refused(prepared, tmp
   assert sorted(p.name for p in work.iterdir()) == ["notes.txt"]
 
 
-@pytest.mark.slow
 def test_beam_preparation_equals_the_local_one(prepared, tmp_path):
   """The Beam pipeline (DirectRunner) writes the local path's files, byte
   for byte, for several shards."""
@@ -433,7 +422,6 @@ def test_beam_preparation_equals_the_local_one(prepared, tmp_path):
     assert outs["beam"][1][name] == content, name
 
 
-@pytest.mark.slow
 def test_prepare_with_beam_writes_what_the_local_prepare_writes(prepared, tmp_path):
   """`prepare --beam_options=--runner=DirectRunner`: the text (TFDS through
   Beam) holds the same documents per split, and the packed shards are the

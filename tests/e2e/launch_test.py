@@ -11,7 +11,6 @@ import pytest
 
 from helpers import REPO
 
-pytestmark = pytest.mark.slow  # spawns processes or compiles with libtpu
 
 SCRIPT = os.path.join(REPO, "launch", "tpu_vm.sh")
 WHERE = ["--project", "my-proj", "--zone", "us-east5-a", "--name", "doremi-1"]

@@ -4,12 +4,10 @@ tiny settings, without errors, and shows the plots and tables inline."""
 import os
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 from helpers import REPO
 
-pytestmark = pytest.mark.slow  # spawns processes or compiles with libtpu
 
 
 def test_colab_notebook_runs_headless(tmp_path, monkeypatch):

@@ -5,13 +5,11 @@ chatter."""
 import dataclasses
 import json
 
-import pytest
 
 from doremi_jax.model import ModelConfig
 
 from helpers import run_tools_many
 
-pytestmark = pytest.mark.slow  # spawns processes
 
 REF = ["--gin_file=gin/reference.gin", "--gin.STEPS=4", "--gin.SEQ_LEN=32", "--gin.BATCH=8"]
 CHATTER = ("cuInit", "cudart", "TPU_ACCELERATOR_TYPE", "libtpu", "absl::InitializeLog")

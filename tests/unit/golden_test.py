@@ -1,22 +1,22 @@
-"""Golden values: the first steps' metrics of the LM step and the Group-DRO
-step on a fixed tiny setup (one device), and the headline behaviour of
-DoReMi on the built-in corpus (the quickstart's weights).
+"""Golden values: the first steps' metrics of the LM step, the Group-DRO
+step and Step 2's resample step on a fixed tiny setup (one device). The
+headline behaviour of DoReMi on the built-in corpus (the quickstart's
+weights) is tests/e2e/golden_quickstart_test.py.
 
 A change that moves these numbers must be deliberate. If it is, regenerate
 them with
 
-    DOREMI_UPDATE_GOLDEN=1 python -m pytest tests/golden_test.py
+    DOREMI_UPDATE_GOLDEN=1 python -m pytest tests/unit/golden_test.py
 
 and commit tests/golden/*.json with a note saying why they moved.
 """
 
-import json
-import os
 
 import jax
 import numpy as np
 import pytest
 
+from helpers import check_golden
 from doremi_jax import doremi
 from doremi_jax import state as state_lib
 from doremi_jax import steps
@@ -26,10 +26,6 @@ from doremi_jax.data.synthetic_tasks import synthetic_corpus
 from doremi_jax.model import ModelConfig
 from doremi_jax.reference import Reference
 
-GOLDEN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
-UPDATE = bool(os.environ.get("DOREMI_UPDATE_GOLDEN"))
-HOW = ("If the change is intended, run `DOREMI_UPDATE_GOLDEN=1 python -m pytest "
-       "tests/golden_test.py` and commit tests/golden/*.json.")
 TINY = ModelConfig(d_model=32, num_layers=2, num_heads=4, head_dim=8, mlp_dim=64,
                    unembed_init_scale=1.0)
 KEYS = {"lm": ("loss", "grad_norm", "domain_loss"),
@@ -40,21 +36,6 @@ KEYS = {"lm": ("loss", "grad_norm", "domain_loss"),
         "dro_resample": {"loss": "loss", "grad_norm": "grad_norm", "excess": "mixer/excess",
                          "domain_weights": "mixer_rates",
                          "average_weights": "mixer/average_weights"}}
-
-
-def _check_golden(name: str, got: dict, rtol: float):
-  path = os.path.join(GOLDEN_DIR, f"{name}.json")
-  if UPDATE:
-    with open(path, "w") as f:
-      json.dump(got, f, indent=1)
-    pytest.skip(f"wrote {path}")
-  assert os.path.exists(path), f"no golden file {path}. {HOW}"
-  with open(path) as f:
-    want = json.load(f)
-  assert sorted(got) == sorted(want), HOW
-  for key in want:
-    np.testing.assert_allclose(np.asarray(got[key]), np.asarray(want[key]), rtol=rtol,
-                               atol=1e-7, err_msg=f"{name}: {key} moved. {HOW}")
 
 
 def _first_steps(kind: str, n: int = 3) -> dict:
@@ -86,16 +67,4 @@ def _first_steps(kind: str, n: int = 3) -> dict:
 
 @pytest.mark.parametrize("kind", ["lm", "dro", "dro_resample"])
 def test_first_steps_match_golden_values(kind):
-  _check_golden(f"first_steps_{kind}", _first_steps(kind), rtol=2e-5)
-
-
-@pytest.mark.slow
-def test_quickstart_doremi_weights(quickstart_run):
-  """README's first command (gin/quickstart.gin, one device, the session's
-  shared run): the noise domain, which has nothing to learn, ends below 0.05
-  and the averaged weights are the recorded ones."""
-  wd, _, r = quickstart_run
-  assert r.returncode == 0, r.stderr[-3000:]
-  weights = json.loads((wd / "round_1" / "proxy" / "average_domain_weights.json").read_text())
-  assert weights["noise"] < 0.05, weights
-  _check_golden("quickstart_weights", {d: [w] for d, w in weights.items()}, rtol=1e-4)
+  check_golden(f"first_steps_{kind}", _first_steps(kind), rtol=2e-5)

@@ -1,27 +1,18 @@
-"""The committed study configs: gin/reproduce.gin's arms resolve on the
-built-in corpus, and bench/real_text.py builds a corpus that
-gin/study_realtext.gin reads with both vocabularies (no training here; the
-studies' figures are in docs/reproduction.md)."""
+"""bench/real_text.py builds a real-text corpus (through TFDS) that
+gin/study_realtext.gin reads with both vocabularies."""
 
 import os
 import subprocess
 import sys
-
 import gin
 import numpy as np
-import pytest
-
-from doremi_jax import config as config_lib
-from doremi_jax import main as main_lib
 from doremi_jax.data.registry import get_corpus
 from doremi_jax.stages import study
-from helpers import REPO
+from helpers import REPO, configure
 
 
 def _parse(gin_file, *bindings):
-  gin.clear_config()
-  main_lib.register_configurables()
-  config_lib.parse_gin([os.path.join(REPO, gin_file)], list(bindings))
+  configure(bindings, [gin_file])
 
 
 def _arms(workdir):
@@ -29,22 +20,6 @@ def _arms(workdir):
   return study.make_arms(gin.query_parameter("train_study.arms"), str(workdir))
 
 
-def test_reproduce_gin_arms_resolve_on_the_builtin_corpus(tmp_path):
-  _parse("gin/reproduce.gin")
-  arms = _arms(tmp_path)
-  assert [a.name for a in arms] == ["stratified", "uniform", "proportional", "unimax",
-                                    "doremi", "doremi_iterated"]
-  assert gin.query_parameter("train_study.baseline") == "stratified"
-  rounds = {a.name: a.round() for a in arms if a.kind == "doremi"}
-  assert rounds == {"doremi": 1, "doremi_iterated": 2}
-  corpus = get_corpus()
-  for arm in arms:
-    if arm.static:
-      w = arm.rates(1)
-      assert w.shape == (corpus.num_domains,) and abs(w.sum() - 1) < 1e-12
-
-
-@pytest.mark.slow  # prepares a small real-text corpus through TFDS
 def test_real_text_script_builds_a_corpus_the_study_config_reads(tmp_path):
   out = tmp_path / "realtext"
   env = dict(os.environ, XLA_FLAGS="")

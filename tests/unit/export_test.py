@@ -2,14 +2,11 @@
 JSON read them."""
 
 import json
-import os
 
-import numpy as np
 import pytest
 
 from doremi_jax import export_mixture as ex
 from doremi_jax.config import ConfigError
-from helpers import run_tools_many
 
 WEIGHTS = {"noise": 0.05, "repeat": 0.00001, "markov": 0.3, "arithmetic": 0.25,
            "sort": 0.39999}
@@ -30,22 +27,6 @@ def test_expected_epochs_are_budget_times_weight_over_tokens():
     assert epochs[d] == pytest.approx(5000.0 * WEIGHTS[d] / t)
   got = json.loads(_render("json"))
   assert got["weights"] == WEIGHTS and got["expected_epochs"] == epochs
-
-
-def test_seqio_module_registers_the_mixture():
-  import seqio
-  from doremi_jax.data import synthetic, synthetic_tasks
-  from doremi_jax.data import corpus as corpus_lib
-  corpus = synthetic_tasks.synthetic_corpus(synthetic.SyntheticCorpusConfig(seq_len=32))
-  assert corpus_lib.register_tasks(corpus)   # what a stage's register_mixture does
-  info = dict(INFO, corpus=corpus.name)
-  text = ex.render("seqio", WEIGHTS, {}, None, "w.json", info, {}, {}, "exported_mix")
-  scope = {}
-  exec(compile(text, "exported.py", "exec"), scope)   # pylint: disable=exec-used
-  assert scope["TASKS"] == dict(zip(corpus.domains, corpus.task_names))
-  mix = scope["register"]()
-  rates = [mix.get_rate(seqio.get_mixture_or_task(t)) for t in corpus.task_names]
-  np.testing.assert_allclose(rates, [WEIGHTS[d] for d in corpus.domains])
 
 
 def test_maxtext_and_levanter_blocks():
@@ -81,28 +62,3 @@ def test_find_weights_refuses_what_is_not_a_mixture(tmp_path):
     ex.find_weights(str(bad))
   bad.write_text(json.dumps({"a": 1, "b": 3}))
   assert ex.find_weights(str(bad))[1] == {"a": 0.25, "b": 0.75}
-
-
-@pytest.mark.slow
-def test_export_of_the_quickstart_run(quickstart_run, tmp_path):
-  wd, _, r = quickstart_run
-  assert r.returncode == 0, r.stderr[-2000:]
-  out = tmp_path / "mix.json"
-  ok, bad, bad_dir = run_tools_many([
-      ("export_mixture", [str(wd), "--format=json", f"--output={out}"]),
-      ("export_mixture", [str(wd), "--format=yaml", f"--output={tmp_path / 'x'}"]),
-      ("export_mixture", [str(tmp_path / "missing"), "--format=json"])])
-  assert ok.returncode == 0, ok.stderr[-2000:]
-  got = json.loads(out.read_text())
-  # The rates the pipeline's Step 3 trained on, and its token budget.
-  used = json.loads((wd / "main_doremi" / "main_weights.json").read_text())
-  assert got["weights"] == pytest.approx(used)
-  info = json.loads((wd / "main_doremi" / "run_info.json").read_text())
-  budget = info["num_steps"] * info["tokens_per_step"]
-  assert got["token_budget"] == budget
-  for d, t in zip(info["domains"], info["train_tokens"]):
-    assert got["expected_epochs"][d] == pytest.approx(budget * used[d] / t)
-  for r in (bad, bad_dir):
-    assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr
-  assert "--format='yaml' does not exist" in bad.stderr
-  assert not os.path.exists(tmp_path / "x")

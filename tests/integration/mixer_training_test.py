@@ -17,7 +17,6 @@ from doremi_jax.data import scheduled
 
 from helpers import run_stage
 
-pytestmark = pytest.mark.slow
 
 STEPS = 30
 SMALL = [

@@ -8,14 +8,11 @@ import json
 import re
 import shutil
 
-import gin
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from doremi_jax import config as config_lib
-from doremi_jax import main as main_lib
 from doremi_jax import model as model_lib
 from doremi_jax import steps
 from doremi_jax.config import ConfigError
@@ -25,7 +22,7 @@ from doremi_jax.sharding import MeshConfig
 from doremi_jax.state import TrainConfig, build_setup
 from doremi_jax.swarm import program as swarm_lib
 
-from helpers import run_stage
+from helpers import run_stage, configure
 
 MODEL = model_lib.ModelConfig(d_model=32, num_layers=2, num_heads=2, head_dim=16, mlp_dim=64,
                               max_len=64)
@@ -110,7 +107,6 @@ def tiny_swarm(tmp_path_factory):
   return wd, _swarm(wd)
 
 
-@pytest.mark.slow
 def test_swarm_stage_writes_fits_optimum_and_report(tiny_swarm):
   wd, result = tiny_swarm
   on_disk = json.loads((wd / "swarm.json").read_text())
@@ -141,9 +137,7 @@ def test_swarm_stage_writes_fits_optimum_and_report(tiny_swarm):
   w = json.loads((wd / "swarm_weights.json").read_text())
   assert w == on_disk["weights"]
   from doremi_jax.data.registry import get_corpus
-  gin.clear_config()
-  main_lib.register_configurables()
-  config_lib.parse_gin([], SMALL)
+  configure(SMALL)
   np.testing.assert_allclose(
       weights_lib.resolve_weights(str(wd / "swarm_weights.json"), get_corpus()),
       [w[d] for d in domains], rtol=1e-12)
@@ -156,7 +150,6 @@ def test_swarm_stage_writes_fits_optimum_and_report(tiny_swarm):
   assert np.array(rows[-1]["member_domain_loss"]).shape == (6, 5)
 
 
-@pytest.mark.slow
 def test_killed_swarm_resumes_bitwise(tiny_swarm, tmp_path):
   """Killed after checkpoint 6 and resumed: the same final state, bit for
   bit, and the same swarm.json."""

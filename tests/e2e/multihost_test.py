@@ -15,7 +15,6 @@ import pytest
 
 from helpers import REPO
 
-pytestmark = pytest.mark.slow  # spawns processes or compiles with libtpu
 
 STAGE_ARGS = ["--gin.TrainConfig.num_steps=12", "--gin.TrainConfig.checkpoint_every=6",
               "--gin.TrainConfig.global_batch_size=20", "--gin.TrainConfig.seq_len=64",
