@@ -44,8 +44,8 @@ from doremi_jax.config import ConfigError  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("topology", None, "TPU slice, e.g. v5p-64 (overrides compile_check.topology).")
-flags.DEFINE_string("stage", None, "reference, proxy or main (default: what run.stage says; "
-                    "all three for a pipeline).")
+flags.DEFINE_string("stage", None, "reference, proxy, main or swarm (default: what run.stage "
+                    "says; all three DoReMi steps for a pipeline).")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,8 +41,9 @@ def train_reference(workdir: str, weights: Any = "uniform") -> dict:
 @gin.configurable
 def train_main_model(workdir: str, weights: Any = gin.REQUIRED, seed: Optional[int] = None,
                      mixer: Optional[str] = None, reference_dir: Optional[str] = None) -> dict:
-  """DoReMi Step 3: trains the main model on a seqio Mixture whose rates are
-  `weights`: a Step 2 run directory or `{domain: weight}` JSON file
+  """DoReMi Step 3: trains the main model on the mixture `weights` (each
+  row's domain drawn with its rates; a seqio Mixture with these rates is
+  registered where seqio imports), where `weights` is a Step 2 run directory or `{domain: weight}` JSON file
   (typically `.../average_domain_weights.json`), a preset ('uniform',
   'proportional', 'pile_baseline', 'pile_doremi_280m'), a mapping, or
   'stratified' (the sampling mode: exactly equal rows of every domain in
