@@ -16,11 +16,9 @@ formula of its own.
 
 The LM and Group-DRO steps are `steps.lm_program` and `steps.dro_program`
 (the programs the stages train), run on batches of random token ids and
-domain ids made with numpy, so the step timings need neither TensorFlow nor
-seqio (e.g. on a GPU machine without them). Only the input-pipeline
-measurement reads the built-in synthetic corpus through seqio; without
-TensorFlow it is skipped: `"input_pipeline": null` and the reason in
-`"input_pipeline_skipped"`.
+domain ids made with numpy. The input-pipeline measurement reads the
+built-in synthetic corpus's packed rows by index, as training does; neither
+needs TensorFlow or seqio (e.g. on a GPU machine without them).
 """
 
 from __future__ import annotations
@@ -73,21 +71,9 @@ def time_steps(program, state, batch, steps: int):
 
 def input_pipeline_seconds(args, num_domains: int, vocab_size: int):
   """(seconds per batch of the stratified loader alone, as Step 2 uses it,
-  None) or (None, why it was skipped). Imports TensorFlow and seqio here
-  only."""
-  from doremi_jax import cli
-  try:
-    cli.load_tensorflow_quietly()
-    import seqio
-    del seqio  # only checked: the loader imports it
-  except ImportError as e:
-    return None, (f"TensorFlow/seqio is not importable ({e}): the input pipeline "
-                  "(seqio + tf.data) was not measured. The step timings do not use it.")
-  import tensorflow as tf
-  try:  # tf.data runs on the host: keep TensorFlow off the accelerator JAX holds.
-    tf.config.set_visible_devices([], "GPU")
-  except (RuntimeError, ValueError):
-    pass
+  None): packed rows read by index, no TensorFlow or seqio (the second
+  item, the reason a measurement was skipped, is kept for the JSON's
+  `input_pipeline_skipped`)."""
   from doremi_jax.data import loader as loader_lib, synthetic, synthetic_tasks
   corpus = synthetic_tasks.synthetic_corpus(synthetic.SyntheticCorpusConfig(seq_len=args.seq_len))
   assert (corpus.num_domains, corpus.vocab_size) == (num_domains, vocab_size), \

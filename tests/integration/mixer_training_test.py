@@ -12,6 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from doremi_jax import mixers
 from doremi_jax.config import ConfigError
 from doremi_jax.data import scheduled
 
@@ -31,7 +32,8 @@ SMALL = [
     "ADOMixer.ignore_steps = 10", "ADOMixer.update_interval = 10", "ADOMixer.e_min = None",
     "AioliMixer.update_steps = 15", "AioliMixer.lp_rounds = 1", "AioliMixer.lp_steps = 2",
 ]
-METHODS = ("odm", "ado", "doremi_online", "aioli")
+# Every registered method (the registry is the one list of them).
+METHODS = mixers.names()
 
 
 def _stage(stage, workdir, *bindings):

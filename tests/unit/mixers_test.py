@@ -409,3 +409,17 @@ def test_ado_curve_stays_bounded_and_matches_numpy():
     np.testing.assert_allclose(curve["n"][i], n, rtol=1e-5)
     np.testing.assert_allclose(curve["loss"][i], y, rtol=1e-5)
     np.testing.assert_array_equal(curve["ok"][i], ok)
+
+
+def test_every_method_is_registered_once_with_its_authors_prior():
+  """One registry: names, classes and starting mixtures; an unknown name is
+  refused with the list."""
+  from doremi_jax import mixers
+  assert mixers.names() == ("odm", "ado", "doremi_online", "aioli")
+  assert {n: mixers.prior(n) for n in mixers.names()} == {
+      "odm": "proportional", "ado": "proportional", "doremi_online": "uniform",
+      "aioli": "uniform"}
+  assert [n for n in mixers.names() if mixers.needs_reference(n)] == ["doremi_online"]
+  assert mixers.make("odm", 3, 10_000).name == "odm"
+  with pytest.raises(ConfigError, match="unknown mixing method 'exp3'.*odm, ado"):
+    mixers.make("exp3", 3, 100)
