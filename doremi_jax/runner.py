@@ -249,9 +249,9 @@ def _write_run_info(run: _Run, start_step: int):
       **run.info})
 
 
-def _finish(run: _Run, state) -> str:
+def _finish(run: _Run, state) -> tuple:
   """The final evaluation, eval.json, and the hooks' result files; returns
-  the stage's one-line summary."""
+  (the stage's one-line summary, the final evaluation)."""
   final = run.evaluate(state, run.cfg.num_steps)
   if rundir.is_writer():
     files.write_json(files.path(run.workdir) / rundir.EVAL, final)
