@@ -1,10 +1,13 @@
-"""Per-domain evaluation: mean token loss and perplexity per domain on the
-validation split, their uniform average and the worst case. (Comparing two
+"""Per-domain evaluation: mean token loss and perplexity per domain on one
+held-out split, their uniform average and the worst case. (Comparing two
 main models, and the console tables, are `doremi_jax.analysis.compare`.)
 
-`Evaluator` runs one jitted forward over fixed validation batches (the first
-`eval_examples_per_domain` sequences of every domain, the same for every
-stage and every process count).
+`Evaluator` runs one jitted forward over fixed batches of one split (the
+first `eval_examples_per_domain` rows of every domain, the same for every
+stage and every process count). Every reported number (eval.jsonl,
+eval.json and everything built on them) is on `test`; what a method adapts
+to (Aioli's held-out losses, a swarm's law fits) is on `tune`
+(`packing.eval_split`); every summary names its split.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 
 from doremi_jax import sharding as sharding_lib
 from doremi_jax.data import loader as loader_lib
+from doremi_jax.data import packing
 from doremi_jax.loss import per_domain_sums, per_token_loss, tokens_of
 from doremi_jax.state import ModelSetup, TrainConfig, to_global
 
@@ -47,20 +51,27 @@ class Evaluator:
   corpus: Any
   batches: list
   step_fn: Callable
+  split: str = packing.TEST
+  cfg: Optional[TrainConfig] = None
 
   @classmethod
-  def create(cls, setup: ModelSetup, corpus, cfg: TrainConfig) -> "Evaluator":
-    batches = loader_lib.eval_batches(
-        corpus, cfg.seq_len, cfg.eval_examples_per_domain, cfg.eval_batch_size,
-        jax.process_index(), jax.process_count())
+  def create(cls, setup: ModelSetup, corpus, cfg: TrainConfig,
+             split: str = packing.TEST) -> "Evaluator":
     step_fn = make_eval_step(
         setup.model, corpus.num_domains, setup.state_shardings.params,
         setup.batch_shardings, sharding_lib.replicated(setup.mesh))
-    return cls(setup, corpus, batches, step_fn)
+    return cls(setup, corpus, split_batches(corpus, cfg, split), step_fn, split, cfg)
+
+  def on_split(self, split: str) -> "Evaluator":
+    """The same evaluation (the same compiled step) on another split."""
+    if split == self.split:
+      return self
+    return dataclasses.replace(self, batches=split_batches(self.corpus, self.cfg, split),
+                               split=split)
 
   def losses(self, params) -> np.ndarray:
-    """Each domain's mean validation token loss, [K] float32 (what Aioli's
-    LearnParams measures)."""
+    """Each domain's mean token loss on this evaluator's split, [K] float32
+    (what Aioli's LearnParams measures, on `tune`)."""
     with self.setup.scope():
       sums, counts = run_eval(self.step_fn, params, self.batches,
                               lambda b: to_global(b, self.setup.batch_shardings))
@@ -71,14 +82,22 @@ class Evaluator:
       sums, counts = run_eval(self.step_fn, params, self.batches,
                               lambda b: to_global(b, self.setup.batch_shardings))
     return summarize(self.corpus.domains, sums, counts, step,
-                     self.corpus.entropy_floors, reference)
+                     self.corpus.entropy_floors, reference, self.split)
+
+
+def split_batches(corpus, cfg: TrainConfig, split: str) -> list:
+  """This host's evaluation batches of `split`."""
+  return loader_lib.eval_batches(corpus, cfg.seq_len, cfg.eval_examples_per_domain,
+                                 cfg.eval_batch_size, jax.process_index(),
+                                 jax.process_count(), split)
 
 
 def summarize(domains: Sequence[str], sums, counts, step: int,
               entropy_floors: Optional[Sequence[float]] = None,
-              reference: Optional[dict] = None) -> dict:
-  """JSON-ready per-domain results. `reference` (a summary of the same form)
-  adds each domain's excess over the reference model."""
+              reference: Optional[dict] = None, split: str = packing.TEST) -> dict:
+  """JSON-ready per-domain results on `split`. `reference` (a summary of
+  the same form, on the same split) adds each domain's excess over the
+  reference model."""
   losses = np.asarray(sums) / np.maximum(np.asarray(counts), 1)
   per = {}
   for i, d in enumerate(domains):
@@ -92,6 +111,7 @@ def summarize(domains: Sequence[str], sums, counts, step: int,
   worst = int(np.argmax(losses))
   return {
       "step": int(step),
+      "split": split,
       "per_domain": per,
       "uniform_average": float(np.mean(losses)),
       "worst_case": {"domain": domains[worst], "loss": float(losses[worst])},

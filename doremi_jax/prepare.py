@@ -112,8 +112,8 @@ def _pack(name: str, pattern: str, summary: dict, vocab, tfds_dir: str):
   else:
     packed = pack_prepare.pack_domain(*args)
   print(f"[prepare]   packed for {FLAGS.vocabulary} at length {FLAGS.seq_len}: "
-        f"{packed['train']['rows']} train rows, {packed['validation']['rows']} "
-        "validation rows", flush=True)
+        f"{packed['train']['rows']} train rows, {packed['tune']['rows']} tune rows, "
+        f"{packed['test']['rows']} test rows", flush=True)
 
 
 def _write_manifest(summaries: list):

@@ -72,6 +72,14 @@ SWARM_MD = "swarm.md"
 SWARM_WEIGHTS = "swarm_weights.json"
 
 
+def method_dir(root, name: str, seed=None):
+  """A study's method run `name` (STUDY_DOREMI, STUDY_SWARM, ...): RUN/<name>
+  when shared by every seed (seed None), RUN/<name>/seed_<seed> when each
+  seed runs the method itself (`train_study.method_seeds='per_seed'`)."""
+  base = files.path(root) / name
+  return base if seed is None else base / f"seed_{seed}"
+
+
 def arm_dir(root, arm: str, seed: int):
   """A study's run of `arm` with seed `seed`: RUN/arms/<arm>/seed_<seed>."""
   return files.path(root) / "arms" / arm / f"seed_{seed}"

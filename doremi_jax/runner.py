@@ -4,8 +4,8 @@
 (which rows each global batch holds) and the stage's `Hook`s, and owns
 everything else: restore-or-init from the newest readable checkpoint,
 run_info and config, metrics and progress, evaluation (at the start, every
-`eval_every` steps and at the end, on the same validation examples for
-every stage), checkpoints (train state + data position) and the completion
+`eval_every` steps and at the end, on the same `test` rows for every
+stage), checkpoints (train state + data position) and the completion
 marker written last. In build-only mode (`context.build_only`) it raises
 `context.ProgramBuilt` with the program instead, before it reads or writes
 anything.
@@ -44,6 +44,7 @@ from doremi_jax import rundir
 from doremi_jax.analysis import compare
 from doremi_jax.config import ConfigError
 from doremi_jax.data import loader as loader_lib
+from doremi_jax.data import packing
 from doremi_jax.state import TrainConfig
 from doremi_jax.steps import StepProgram
 
@@ -245,7 +246,10 @@ def _write_run_info(run: _Run, start_step: int):
   rundir.write_run_info(run.workdir, run.stage, start_step, corpus, run.program.setup, {**dict(
       num_steps=cfg.num_steps, seq_len=cfg.seq_len, seed=cfg.seed,
       tokens_per_step=cfg.tokens_per_step, flops_per_token=run.program.flops_per_token,
-      eval_tokens=cfg.eval_examples_per_domain * corpus.num_domains * cfg.seq_len),
+      eval_tokens=cfg.eval_examples_per_domain * corpus.num_domains * cfg.seq_len,
+      eval_split=packing.TEST,
+      tokens_per_row=dict(zip(corpus.domains,
+                              loader_lib.tokens_per_row(corpus, cfg.seq_len).tolist()))),
       **run.info})
 
 
@@ -255,7 +259,8 @@ def _finish(run: _Run, state) -> tuple:
   final = run.evaluate(state, run.cfg.num_steps)
   if rundir.is_writer():
     files.write_json(files.path(run.workdir) / rundir.EVAL, final)
-    print(f"[{run.stage}] final per-domain validation loss:\n" + compare.format_table(final),
+    print(f"[{run.stage}] final per-domain loss ({final['split']} split):\n" +
+          compare.format_table(final),
           flush=True)
   summary = summary_line(final)
   for hook in run.hooks:
@@ -278,7 +283,7 @@ def run_stage(*, workdir: str, stage: str, corpus, cfg: TrainConfig, program: St
   t0 = time.time()
   workdir = str(workdir)
   rundir.check_resumable(workdir, stage, program.setup.model_cfg, corpus.domains)
-  for split in ("train", "validation"):   # packed data for this vocabulary and length?
+  for split in packing.SPLITS:   # packed data for this vocabulary and length?
     loader_lib.open_sources(corpus, split, cfg.seq_len)
   info = {}
   for hook in hooks:

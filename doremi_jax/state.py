@@ -72,6 +72,14 @@ class TrainConfig:
     return self.global_batch_size * self.seq_len
 
 
+def train_config(seed=None) -> "TrainConfig":
+  """The stage's TrainConfig (gin's, in the current scope), its seed
+  replaced by `seed` when given (a study's seeds, for main runs and, with
+  `train_study.method_seeds='per_seed'`, for the methods' own runs)."""
+  cfg = TrainConfig()
+  return cfg if seed is None else dataclasses.replace(cfg, seed=int(seed))
+
+
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array

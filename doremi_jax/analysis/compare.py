@@ -6,8 +6,13 @@ from __future__ import annotations
 
 
 def compare(doremi_summary: dict, baseline_summary: dict) -> dict:
-  """Per-domain validation loss of two main models (DoReMi vs baseline);
-  `delta` < 0 means DoReMi is better."""
+  """Per-domain test loss of two main models (DoReMi vs baseline);
+  `delta` < 0 means DoReMi is better. Both must be on the same split,
+  which the comparison names."""
+  split = doremi_summary.get("split", "validation")
+  if baseline_summary.get("split", "validation") != split:
+    raise ValueError(f"the two evaluations are on different splits: {split} and "
+                     f"{baseline_summary.get('split', 'validation')}")
   rows = {}
   for d, r in doremi_summary["per_domain"].items():
     b = baseline_summary["per_domain"][d]["loss"]
@@ -22,7 +27,7 @@ def compare(doremi_summary: dict, baseline_summary: dict) -> dict:
   agg["worst_case"] = {"doremi": dw["loss"], "baseline": bw["loss"],
                        "delta": dw["loss"] - bw["loss"],
                        "doremi_domain": dw["domain"], "baseline_domain": bw["domain"]}
-  return {"per_domain": rows, **agg,
+  return {"split": split, "per_domain": rows, **agg,
           "domains_improved": sum(1 for r in rows.values() if r["delta"] < 0),
           "num_domains": len(rows)}
 

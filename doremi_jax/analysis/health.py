@@ -63,10 +63,15 @@ def starved_domains(domains, weights: dict, num_steps: int, batch: int,
                "train longer.")
 
 
-def repetition(domains, weights: dict, budget_tokens: float, train_tokens: dict,
-               label: str = "") -> dict:
-  """Epochs of each domain's data the main run's token budget implies."""
-  epochs = {d: weights[d] * budget_tokens / max(train_tokens[d], 1) for d in domains}
+def repetition(domains, weights: dict, budget_rows: float, seq_len: int, train_tokens: dict,
+               label: str = "", tokens_per_row=None, stratified: bool = False) -> dict:
+  """Epochs of each domain's data that the main run's `budget_rows` packed
+  rows imply: a domain's rows drawn (its row share, `shares`) times its
+  real tokens per row (`tokens_per_row`; full rows of `seq_len` when
+  unknown), over its train tokens."""
+  tpr = tokens_per_row or {d: float(seq_len) for d in domains}
+  rows = shares(domains, weights, None, tpr, stratified)["rows"]
+  epochs = {d: rows[d] * budget_rows * tpr[d] / max(train_tokens[d], 1) for d in domains}
   many = {d: e for d, e in epochs.items() if e > MAX_EPOCHS}
   top = max(epochs, key=epochs.get)
   return _line(f"repetition{label}", f"most repeated: {top} {epochs[top]:.2f} epochs"
@@ -127,22 +132,42 @@ def weights_under_budget(domains, weights: dict, info: dict, label: str = "") ->
   batch = info["tokens_per_step"] // info["seq_len"]
   sizes = dict(zip(info["domains"], info["train_tokens"]))
   return [starved_domains(domains, weights, info["num_steps"], batch, label),
-          repetition(domains, weights, info["num_steps"] * info["tokens_per_step"], sizes,
-                     label)]
+          repetition(domains, weights, info["num_steps"] * batch, info["seq_len"], sizes, label,
+                     info.get("tokens_per_row"))]
 
 
-def shares(domains, weights: dict, bytes_per_token) -> dict:
-  """An arm's weights as shares of tokens (sequences have equal length) and,
-  where the corpus knows every domain's bytes per token (a sequence in
-  domain order, or None), of bytes: weights found with one tokenizer mean
-  other byte shares under another."""
-  out = {"tokens": {d: float(weights[d]) for d in domains}}
+def shares(domains, weights: dict, bytes_per_token, tokens_per_row=None,
+           stratified: bool = False) -> dict:
+  """An arm's shares of real tokens, of rows and (where the corpus knows
+  every domain's bytes per token, a sequence in domain order, or None) of
+  UTF-8 bytes, computed from the domains' measured tokens per packed row
+  (`tokens_per_row`, a {domain: tokens} dict or None when unknown). A
+  mixture's weights are token shares (the loader draws rows with
+  `weights.row_rates`); a stratified arm draws equal rows, so its token
+  shares follow the rows' fill. Weights found with one tokenizer mean other
+  byte shares under another."""
+  w = {d: float(weights[d]) for d in domains}
+  tpr = None if tokens_per_row is None else {d: float(tokens_per_row[d]) for d in domains}
+  if stratified:
+    if tpr is None:
+      raise ValueError("the token shares of stratified batches need the tokens per row")
+    rows = {d: 1.0 / len(domains) for d in domains}
+    tokens = _normalised({d: rows[d] * tpr[d] for d in domains})
+  else:
+    tokens = _normalised(w)
+    rows = None if tpr is None else _normalised({d: w[d] / tpr[d] for d in domains})
+  out = {"tokens": tokens}
+  if rows is not None:
+    out["rows"] = rows
   if bytes_per_token is not None and all(r is not None for r in bytes_per_token):
     ratio = dict(zip(domains, bytes_per_token))
-    raw = {d: weights[d] * ratio[d] for d in domains}
-    total = sum(raw.values()) or 1.0
-    out["bytes"] = {d: v / total for d, v in raw.items()}
+    out["bytes"] = _normalised({d: tokens[d] * ratio[d] for d in domains})
   return out
+
+
+def _normalised(values: dict) -> dict:
+  total = sum(values.values()) or 1.0
+  return {d: v / total for d, v in values.items()}
 
 
 def format_lines(lines: list) -> list:

@@ -177,7 +177,7 @@ def collect(run_dir) -> dict:
   bpt = (info or {}).get("bytes_per_token")
   shares = None
   if domains and len(trajectory) >= 2 and bpt and all(r is not None for r in bpt):
-    shares = health.shares(domains, trajectory[-1][1], bpt)
+    shares = health.shares(domains, trajectory[-1][1], bpt, info.get("tokens_per_row"))
   mains = {s["name"]: s for s in stages if s["kind"] == "main"}
   dm, bm = mains.get(rundir.MAIN_MODEL_DOREMI), mains.get(rundir.MAIN_MODEL_BASELINE)
   comparison = (compare_lib.compare(dm["eval"], bm["eval"])
@@ -280,7 +280,7 @@ def render_checks(report: dict) -> list:
   """Proxy vs reference, the health checks and the final weights' shares."""
   md = []
   for p in report["proxy_vs_reference"]:
-    md += [f"## Proxy vs reference, {p['stage']} (validation)", ""]
+    md += [f"## Proxy vs reference, {p['stage']} (test split)", ""]
     md += table(["domain", "reference loss", "proxy loss", "proxy excess"],
                 [[d, fmt(r["reference_loss"]), fmt(r["proxy_loss"]), fmt(r["proxy_excess"])]
                  for d, r in p["per_domain"].items()])
@@ -290,9 +290,13 @@ def render_checks(report: dict) -> list:
   md.append("")
   sh = report["final_weight_shares"]
   if sh:
-    md += ["The final weights as shares of tokens and of UTF-8 bytes:", ""]
-    md += table(["domain", "tokens", "bytes"],
-                [[d, fmt(sh["tokens"][d]), fmt(sh["bytes"][d])] for d in report["domains"]])
+    rows = "rows" in sh
+    md += ["The final weights as shares of real tokens" + (", of packed rows (drawn so that "
+           "the token shares are the weights, by each domain's measured tokens per row)"
+           if rows else "") + " and of UTF-8 bytes:", ""]
+    md += table(["domain", "tokens"] + (["rows"] if rows else []) + ["bytes"],
+                [[d, fmt(sh["tokens"][d])] + ([fmt(sh["rows"][d])] if rows else [])
+                 + [fmt(sh["bytes"][d])] for d in report["domains"]])
     md.append("")
   return md
 

@@ -117,14 +117,14 @@ def plot_main_comparison(cmp: dict, path) -> bool:
                                "#1f77b4"),
                               ("main model, baseline weights",
                                [rows[d]["baseline"] for d in domains], "#ff7f0e")],
-                "validation loss (nats/token)", "{:.2f}")
+                "test loss (nats/token)", "{:.2f}")
   floors = [rows[d].get("entropy_floor") for d in domains]
   if all(f is not None for f in floors):
     ax.scatter(range(len(domains)), floors, marker="_", s=900, color="black", zorder=3,
                label="entropy floor")
     ax.legend()
   ax.set_xlabel("domain")
-  ax.set_title(f"Per-domain validation loss: DoReMi better on {cmp['domains_improved']} of "
+  ax.set_title(f"Per-domain test loss: DoReMi better on {cmp['domains_improved']} of "
                f"{cmp['num_domains']} domains")
   _save(fig, path)
   return True
@@ -216,7 +216,7 @@ def plot_study_curves(study: dict, path) -> bool:
     ax.plot(steps, loss.mean(0), color=colors[arm], label=arm)
     ax.fill_between(steps, loss.min(0), loss.max(0), color=colors[arm], alpha=0.2)
   ax.set_xlabel("step")
-  ax.set_ylabel("uniform-average validation loss (nats)")
+  ax.set_ylabel("uniform-average test loss (nats)")
   ax.legend(fontsize=8)
   _save(fig, path)
   return True

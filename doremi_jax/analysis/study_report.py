@@ -46,6 +46,17 @@ def _speedup(sp: dict, seeds: int) -> str:
   return text
 
 
+def _method_seeds_line(study: dict) -> str:
+  if study.get("method_seeds", "shared") == "per_seed":
+    return ("Method seeds: **per seed**. Seed s runs every method's own runs (DoReMi's "
+            "reference and proxy, the swarm, online DoReMi's reference) with seed s, so the "
+            "intervals include the whole method's randomness; the cost counts one seed's "
+            "method runs.")
+  return ("Method seeds: **shared**. Each method's own runs ran once, shared by every seed: "
+          "the intervals cover only the main model's seed, not the method's randomness "
+          "(cheaper; `train_study.method_seeds = 'per_seed'` includes it).")
+
+
 def format_verdicts(study: dict) -> str:
   """The console table: each arm's uniform average and its verdict."""
   lines = [f"{'arm':<16}{'uniform avg':>12}{'vs ' + study['baseline']:>14}  verdict"]
@@ -66,6 +77,10 @@ def render_verdicts(study: dict) -> list:
         f"Intervals are {study['level']:.0%} t intervals over seeds; the differences' "
         f"intervals are adjusted for several arms ({study['adjustment']}). **wins**: the "
         "whole interval is below zero; **loses**: above; **ties**: it contains zero.", "",
+        f"Every loss here is on the **{study.get('split', 'validation')}** split"
+        + (": held-out rows no method adapted to (Aioli's evaluations and the swarm's law "
+           "fits read `tune`)." if study.get("split") == "test" else "."), "",
+        _method_seeds_line(study), "",
         "## Verdicts", "",
         "| arm | uniform avg | vs baseline | worst case vs baseline | speed-up to baseline's "
         "final loss | cost (x one main run) |", "|---|---|---|---|---|---|"]
@@ -88,10 +103,11 @@ def render_tables(study: dict) -> list:
     if "vs_baseline" in r:
       md.append(f"| {arm} | " + " | ".join(_diff(r["vs_baseline"]["domains"][d], 3)
                                            for d in domains) + " |")
-  md += ["", "## Weights of every arm", "",
+  md += ["", "## Every arm's shares of training tokens", "",
          "| arm | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
   for arm, r in res.items():
-    md.append(f"| {arm} | " + " | ".join(f"{r['weights'][d]:.3f}" for d in domains) + " |")
+    md.append(f"| {arm} | " + " | ".join(f"{r['shares']['tokens'][d]:.3f}" for d in domains)
+              + " |")
   if all("bytes" in r.get("shares", {}) for r in res.values()):
     md += ["", "The same weights as shares of UTF-8 bytes (the tokenizer's bytes per token "
            "differ by domain; weights found with another tokenizer would mean other byte "
@@ -100,15 +116,28 @@ def render_tables(study: dict) -> list:
     for arm, r in res.items():
       md.append(f"| {arm} | " + " | ".join(f"{r['shares']['bytes'][d]:.3f}" for d in domains)
                 + " |")
+  laws = {arm: r["law_prediction"] for arm, r in res.items() if "law_prediction" in r}
+  if laws:
+    md += ["", "## Swarm arms: the law's prediction against the measured loss", "",
+           "Predicted by the law at its optimum, fitted to the swarm members' `tune` losses "
+           "(for a swarm member's run); measured by the arm's main runs on `test` (means "
+           "over seeds).", "", "| arm | " + " | ".join(domains) + " | average |",
+           "|---|" + "---|" * (len(domains) + 1)]
+    for arm, law in laws.items():
+      cells = [f"{law['predicted'][t]:.3f} / {law['measured'][t]:.3f}"
+               for t in [*domains, "average"]]
+      md.append(f"| {arm} (predicted / measured) | " + " | ".join(cells) + " |")
   md += ["", "## Seed-to-seed spread (standard deviation over seeds)", "",
          "| arm | uniform avg | worst case |", "|---|---|---|"]
   for arm, r in res.items():
     md.append(f"| {arm} | {r['spread']['uniform_avg_std']:.4f} | "
               f"{r['spread']['worst_case_std']:.4f} |")
   md += ["", "## Health checks", "",
-         "Weights are shares of tokens (every sequence has the same length). A local "
-         "corpus's train sizes (for repetition) are its train bytes over the bytes per "
-         "token measured on its validation text.", ""]
+         "Weights are shares of real (non-padding) tokens: the loader draws packed rows "
+         "with rates divided by each domain's measured tokens per row, so the token "
+         "shares are the weights (a stratified arm draws equal rows; its token shares "
+         "above are computed from the rows' fill). A local corpus's train sizes (for "
+         "repetition) are its packed train tokens.", ""]
   return md + health.format_lines(study.get("health", []))
 
 
@@ -121,7 +150,7 @@ def render(study: dict, out_dir) -> str:
   if plots.plot_forest(study, plot_dir / "study_forest.png"):
     figs.append(("Paired differences against the baseline", "study_forest.png"))
   if plots.plot_study_curves(study, plot_dir / "study_curves.png"):
-    figs.append(("Uniform-average validation loss, mean and range over seeds",
+    figs.append(("Uniform-average test loss, mean and range over seeds",
                  "study_curves.png"))
   if plots.plot_mixer_rates(study.get("schedules", {}), plot_dir / "study_mixer_rates.png"):
     figs.append(("Online mixers' rates over training (the weights above are their time "

@@ -46,19 +46,33 @@ def health_checks(root, arms: list, corpus, rates: dict, method_runs: dict, num_
   for arm in arms:
     w = {d: float(x) for d, x in zip(domains, rates[arm])}
     lines.append(health.starved_domains(domains, w, num_steps, batch, f" ({arm})"))
-    lines.append(health.repetition(domains, w, num_steps * batch * seq_len, sizes, f" ({arm})"))
+    arm_info = files.read_json(rundir.arm_dir(root, arm, 0) / rundir.RUN_INFO)
+    lines.append(health.repetition(domains, w, num_steps * batch, seq_len, sizes, f" ({arm})",
+                                   arm_info.get("tokens_per_row"),
+                                   bool(arm_info.get("equal_rows"))))
   # DoReMi's own runs, once each (several arms may share them), by round
   proxies = list(dict.fromkeys(d for arm in arms for d in method_runs.get(arm, [])
                                if files.path(d).name == "proxy"))
   for d in proxies:
-    label = f" ({files.path(d).parent.name.replace('_', ' ')})" if len(proxies) > 1 else ""
+    parts = files.path(d).relative_to(files.path(root)).parts[1:-1]   # seed, round
+    label = f" ({', '.join(p.replace('_', ' ') for p in parts)})" if len(proxies) > 1 else ""
     for line in (health.weight_collapse(files.read_jsonl(files.path(d) / rundir.DOREMI_WEIGHTS_LOG))
                  + health.proxy_below_reference(files.read_json(files.path(d) / rundir.EVAL))):
       lines.append(dict(line, check=line["check"] + label))
-  if proxies:
-    lines += health.rounds_converged(rundir.load_pipeline_state(root / rundir.STUDY_DOREMI))
+  for pipeline in dict.fromkeys(files.path(d).parent.parent for d in proxies):
+    lines += health.rounds_converged(rundir.load_pipeline_state(pipeline))
   info = files.read_json(rundir.arm_dir(root, arms[0], 0) / rundir.RUN_INFO)
   return lines + health.tokenizer_line(info.get("tokenizer"), domains, corpus.bytes_per_token)
+
+
+def eval_split(root) -> str:
+  """The split every final evaluation of the study is on (each eval.json
+  says; they must agree)."""
+  splits = {files.read_json(p).get("split", "validation")
+            for p in files.path(root).glob(f"arms/*/seed_*/{rundir.EVAL}")}
+  if len(splits) != 1:
+    raise ValueError(f"the study's evaluations are on different splits: {sorted(splits)}")
+  return splits.pop()
 
 
 def _seed_values(root, arm: str, seeds: int, domains, floors) -> dict:
@@ -87,15 +101,19 @@ def _vs_baseline(p: dict, b: dict, domains, level: float, m: int) -> dict:
   return vs
 
 
-def _cost(root, arm: str, seeds: int, method_runs: dict, main_flops: float) -> dict:
+def _cost(root, arm: str, seeds: int, method_runs: dict, main_flops: float,
+          per_seed: bool) -> dict:
+  """One seed's cost of an arm: its main run and its method's own runs (a
+  per-seed method's runs for one seed; a shared method's whole runs)."""
   own = sum(run_flops(rundir.arm_dir(root, arm, s)) for s in range(seeds)) / seeds
   extra = sum(run_flops(files.path(d)) for d in method_runs.get(arm, []))
+  extra /= seeds if per_seed else 1
   return {"main_run_flops": own, "method_flops": extra, "total_flops_per_seed": own + extra,
           "fraction_of_one_main_run": (own + extra) / main_flops}
 
 
 def analyse(root, arms: list, seeds: int, baseline: str, corpus, rates: dict,
-            method_runs: dict, level: float = 0.95) -> dict:
+            method_runs: dict, level: float = 0.95, method_seeds: str = "per_seed") -> dict:
   """study.json: per arm and domain, means with intervals over seeds, paired
   differences against the baseline with verdicts, the speed-up to the
   baseline's final loss, the seed-to-seed spread and the cost."""
@@ -118,12 +136,15 @@ def analyse(root, arms: list, seeds: int, baseline: str, corpus, rates: dict,
         "domains": {d: stats.summarize(p["domains"][d], level) for d in domains},
         "weights": {d: float(w) for d, w in zip(domains, rates[arm])},
     }
-    r["shares"] = health.shares(domains, r["weights"], corpus.bytes_per_token)
+    arm_info = files.read_json(rundir.arm_dir(root, arm, 0) / rundir.RUN_INFO)
+    r["shares"] = health.shares(domains, r["weights"], corpus.bytes_per_token,
+                                arm_info.get("tokens_per_row"),
+                                bool(arm_info.get("equal_rows")))
     if p["excess_over_floor"] is not None:
       r["excess_over_floor"] = stats.summarize(p["excess_over_floor"], level)
     r["spread"] = {"uniform_avg_std": r["uniform_avg"]["std"],
                    "worst_case_std": r["worst_case"]["std"]}
-    r["cost"] = _cost(root, arm, seeds, method_runs, main_flops)
+    r["cost"] = _cost(root, arm, seeds, method_runs, main_flops, method_seeds == "per_seed")
     if arm == baseline:
       r["speedup"] = {"mean": 1.0, "ci": [1.0, 1.0], "reached": seeds}
     else:
@@ -132,7 +153,8 @@ def analyse(root, arms: list, seeds: int, baseline: str, corpus, rates: dict,
     results[arm] = r
   return {
       "baseline": baseline, "arms": list(arms), "seeds": seeds, "domains": domains,
-      "level": level, "comparisons": m,
+      "level": level, "comparisons": m, "split": eval_split(root),
+      "method_seeds": method_seeds,
       "adjustment": f"Bonferroni over the {m} arm(s) compared with the baseline: each "
                     f"interval at confidence {stats.adjusted_level(level, m):.4f}",
       "curves": {arm: [[list(map(int, c[0])), list(map(float, c[1]))] for c in per[arm]["curves"]]

@@ -41,6 +41,24 @@ class Study:
   def say(self, msg: str):
     rundir.announce("study", msg)
 
+  @property
+  def per_seed(self) -> bool:
+    """Whether every seed runs the methods' own runs itself (with its seed),
+    `train_study.method_seeds='per_seed'`, or all seeds share one."""
+    return self.settings.get("method_seeds", "per_seed") == "per_seed"
+
+  def method_seeds(self) -> list:
+    """The seeds the methods' own runs are made with: every study seed, or
+    [None] (one run, TrainConfig's seed, shared by every seed)."""
+    return list(range(self.settings["seeds"])) if self.per_seed else [None]
+
+  def method_seed(self, seed: int):
+    """The method run that the main run of study seed `seed` uses."""
+    return seed if self.per_seed else None
+
+  def method_dir(self, name: str, seed):
+    return rundir.method_dir(self.root, name, seed)
+
   def domain_rates(self, weights: dict) -> np.ndarray:
     """{domain: weight} -> [K] float64 in the corpus's domain order."""
     return np.array([weights[d] for d in self.corpus.domains], np.float64)
@@ -58,6 +76,7 @@ class Arm:
   def __init__(self, name: str, spec: Any, study: Study):
     self.name, self.spec, self.study = name, spec, study
     self.method_runs: list = []   # run directories charged to this arm's cost
+    self.final: dict = {}         # {method seed: mixture} of a method's arm
 
   @classmethod
   def matches(cls, spec: Any) -> bool:
@@ -70,17 +89,24 @@ class Arm:
   def prepare_all(cls, arms: list, study: Study) -> None:
     """Runs the method's own runs for all of the study's arms of this kind."""
 
-  def weights(self) -> Any:
-    """What `train_main_model.weights` trains this arm with."""
-    raise NotImplementedError
+  def weights(self, seed: int = 0) -> Any:
+    """What `train_main_model.weights` trains seed `seed` of this arm with:
+    a method's mixture from its runs for that seed (`method_seed`)."""
+    return self.final[self.study.method_seed(seed)]
 
   def train(self, run_dir: str, seed: int) -> None:
     """Seed `seed`'s main-model run of this arm, in `run_dir`."""
-    stages.get("main")(run_dir, weights=self.weights(), seed=seed)
+    stages.get("main")(run_dir, weights=self.weights(seed), seed=seed)
 
   def rates(self, seeds: int) -> np.ndarray:
-    """The arm's mixture [K] for the report, once its runs are done."""
-    raise NotImplementedError
+    """The arm's mixture [K] for the report, once its runs are done (a
+    method's: the mean over its seeds' mixtures)."""
+    return np.mean([self.study.domain_rates(self.weights(s)) for s in range(seeds)], axis=0)
+
+  def report(self, seeds: int) -> dict:
+    """Anything the arm adds to its entry in study.json (e.g. a swarm arm's
+    predicted against measured loss), once its runs are done."""
+    return {}
 
   def what(self) -> str:
     return f"train_study.arms[{self.name!r}]"

@@ -40,20 +40,15 @@ class DoReMi(base.Arm):
   @classmethod
   def prepare_all(cls, arms, study):
     most = max(a.round() for a in arms)
-    run_dir = study.root / rundir.STUDY_DOREMI
-    study.say(f"arms {', '.join(a.name for a in arms)}: DoReMi's reference + proxy ({most} "
-              f"round(s)) in {run_dir}")
-    state = stages.get("pipeline")(str(run_dir), rounds=most, run_main=False,
-                                   run_baseline=False)
-    done = state["rounds"]
-    study.shared["reference_dir"] = done[0]["reference_dir"]
-    for arm in arms:
-      used = done[:arm.round()]   # fewer when the run converged before the arm's round
-      arm.final = used[-1]["weights"]
-      arm.method_runs = [x[k] for x in used for k in ("reference_dir", "proxy_dir")]
-
-  def weights(self):
-    return self.final
-
-  def rates(self, seeds):
-    return self.study.domain_rates(self.final)
+    for seed in study.method_seeds():
+      run_dir = study.method_dir(rundir.STUDY_DOREMI, seed)
+      study.say(f"arms {', '.join(a.name for a in arms)}: DoReMi's reference + proxy ({most} "
+                f"round(s)) in {run_dir}")
+      state = stages.get("pipeline")(str(run_dir), rounds=most, run_main=False,
+                                     run_baseline=False, seed=seed)
+      done = state["rounds"]
+      study.shared.setdefault("reference_dir", {})[seed] = done[0]["reference_dir"]
+      for arm in arms:
+        used = done[:arm.round()]   # fewer when the run converged before the arm's round
+        arm.final[seed] = used[-1]["weights"]
+        arm.method_runs += [x[k] for x in used for k in ("reference_dir", "proxy_dir")]

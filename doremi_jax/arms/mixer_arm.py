@@ -33,23 +33,26 @@ class Mixer(base.Arm):
   @classmethod
   def prepare_all(cls, arms, study):
     needs = [a for a in arms if mixers.needs_reference(a.spec)]
-    if not needs:
-      return
-    reference_dir = study.shared.get("reference_dir")
-    own = reference_dir is None
-    if own:
-      reference_dir = str(study.root / rundir.STUDY_REFERENCE)
-      if not rundir.is_complete(reference_dir):
-        study.say(f"arms {', '.join(a.name for a in needs)}: their reference in "
-                  f"{reference_dir}")
-        stages.get("reference")(reference_dir)
-    for arm in needs:
-      arm.reference_dir = reference_dir
-      arm.method_runs = [reference_dir] if own else []
+    for seed in study.method_seeds() if needs else ():
+      reference_dir = study.shared.get("reference_dir", {}).get(seed)
+      own = reference_dir is None
+      if own:
+        reference_dir = str(study.method_dir(rundir.STUDY_REFERENCE, seed))
+        if not rundir.is_complete(reference_dir):
+          study.say(f"arms {', '.join(a.name for a in needs)}: their reference in "
+                    f"{reference_dir}")
+          stages.get("reference")(reference_dir, seed=seed)
+      for arm in needs:
+        arm.reference_dirs[seed] = reference_dir
+        arm.method_runs += [reference_dir] if own else []
+
+  def __init__(self, name, spec, study):
+    super().__init__(name, spec, study)
+    self.reference_dirs: dict = {}   # {method seed: the reference run}
 
   def train(self, run_dir, seed):
     stages.get("main")(run_dir, weights=mixers.prior(self.spec), seed=seed, mixer=self.spec,
-                       reference_dir=getattr(self, "reference_dir", None))
+                       reference_dir=self.reference_dirs.get(self.study.method_seed(seed)))
 
   def rates(self, seeds):
     avg = [files.read_json(rundir.arm_dir(self.study.root, self.name, s) /

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from doremi_jax.arms import base
+from doremi_jax.data import loader as loader_lib
 from doremi_jax.data import sampling
 from doremi_jax.data import weights as weights_lib
 
@@ -20,7 +21,7 @@ class Stratified(base.Arm):
   def matches(cls, spec):
     return sampling.is_stratified(spec)
 
-  def weights(self):
+  def weights(self, seed=0):
     return weights_lib.STRATIFIED
 
   def rates(self, seeds):
@@ -55,9 +56,20 @@ class UniMax(base.Arm):
     return isinstance(spec, str) and spec == "unimax"
 
   def rates(self, seeds):
+    """UniMax for the main run's budget in real tokens: its rows times the
+    real tokens per row the mixture draws (which depends on the mixture;
+    solved by fixed-point iteration, to 1e-12)."""
     cfg, corpus = self.study.cfg, self.study.corpus
-    return unimax_weights(corpus.train_tokens, cfg.num_steps * cfg.tokens_per_step,
-                          self.study.settings["unimax_epochs"])
+    tpr = loader_lib.tokens_per_row(corpus, cfg.seq_len)
+    rows, epochs = cfg.num_steps * cfg.global_batch_size, self.study.settings["unimax_epochs"]
+    w = unimax_weights(corpus.train_tokens, rows * tpr.mean(), epochs)
+    for _ in range(200):
+      new = unimax_weights(corpus.train_tokens, rows / np.sum(w / tpr), epochs)
+      done = np.abs(new - w).max() < 1e-12
+      w = new
+      if done:
+        break
+    return w
 
-  def weights(self):
+  def weights(self, seed=0):
     return weights_lib.as_dict(self.study.corpus.domains, self.rates(0))

@@ -41,17 +41,34 @@ class Swarm(base.Arm):
 
   @classmethod
   def prepare_all(cls, arms, study):
-    run_dir = study.root / rundir.STUDY_SWARM
-    if not rundir.is_complete(run_dir):
-      study.say(f"arms {', '.join(a.name for a in arms)}: the swarm in {run_dir}")
-      stages.get("swarm")(str(run_dir))
-    swarm = files.read_json(run_dir / rundir.SWARM_JSON)
-    for arm in arms:
-      arm.final = swarm["laws"][arm.law() or swarm["law"]]["optimum"]
-      arm.method_runs = [str(run_dir)]
+    for seed in study.method_seeds():
+      run_dir = study.method_dir(rundir.STUDY_SWARM, seed)
+      if not rundir.is_complete(run_dir):
+        study.say(f"arms {', '.join(a.name for a in arms)}: the swarm in {run_dir}")
+        stages.get("swarm")(str(run_dir), seed=seed)
+      swarm = files.read_json(run_dir / rundir.SWARM_JSON)
+      for arm in arms:
+        law = swarm["laws"][arm.law() or swarm["law"]]
+        arm.final[seed] = law["optimum"]
+        arm.predicted[seed] = law["predicted"]
+        arm.method_runs.append(str(run_dir))
 
-  def weights(self):
-    return self.final
+  def __init__(self, name, spec, study):
+    super().__init__(name, spec, study)
+    self.predicted: dict = {}   # {method seed: the law's predicted losses at its optimum}
 
-  def rates(self, seeds):
-    return self.study.domain_rates(self.final)
+  def report(self, seeds):
+    """The law's prediction at its optimum (fitted to the swarm members'
+    `tune` losses) beside what the arm's main runs measured on `test`
+    (means over seeds). The prediction is for a swarm member's run (gin's
+    `swarm/` scope): a main model of another size or length is expected
+    to differ by its scale, not only by the law's error."""
+    domains = list(self.study.corpus.domains)
+    keys = [self.study.method_seed(s) for s in range(seeds)]
+    finals = [files.read_json(rundir.arm_dir(self.study.root, self.name, s) / rundir.EVAL)
+              for s in range(seeds)]
+    measured = {d: sum(f["per_domain"][d]["loss"] for f in finals) / seeds for d in domains}
+    measured["average"] = sum(f["uniform_average"] for f in finals) / seeds
+    predicted = {t: sum(self.predicted[k][t] for k in keys) / seeds for t in measured}
+    return {"law_prediction": {"predicted_from": "tune", "measured_on": finals[0]["split"],
+                               "predicted": predicted, "measured": measured}}

@@ -31,7 +31,7 @@ class Weights(base.Arm):
           "mapping, or the path of a weights JSON file or a Step 2 run directory.")
     self._rates = weights_lib.resolve_weights(spec, self.study.corpus, self.what())
 
-  def weights(self):
+  def weights(self, seed=0):
     return weights_lib.as_dict(self.study.corpus.domains, self._rates)
 
   def rates(self, seeds):

@@ -25,6 +25,7 @@ import os
 import shlex
 
 from doremi_jax.data import packing, pack_prepare
+from doremi_jax.data import local_prepare
 from doremi_jax.data.local_prepare import split_documents
 
 
@@ -33,7 +34,8 @@ def _read(item, counts, text_field, text_format, domain, validation_fraction):
   f, path = item
   for i, split, doc in split_documents(path, text_field, text_format, validation_fraction,
                                        domain):
-    yield (split, packing.shard_of(pack_prepare.document_key(path, i), counts[split])), (f, i,
+    split = local_prepare.packed_split(split, path, i)
+    yield (split, packing.shard_of(local_prepare.document_key(path, i), counts[split])), (f, i,
                                                                                          doc)
 
 

@@ -57,7 +57,6 @@ class Corpus:
   # UTF-8 bytes per token of each domain's text under `vocabulary` (None for
   # a domain, or for the corpus, that has no text: the synthetic corpus)
   bytes_per_token: Optional[tuple] = None
-  splits: tuple = ("train", "validation")
   # Per domain, `(split, seq_len) -> row source` opening its packed rows
   # (`packing`), read by index by the loader.
   packed: Optional[tuple] = None

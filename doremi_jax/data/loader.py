@@ -5,12 +5,15 @@ Each global batch is built from a *domain assignment*: a vector of length
 a pure function of (seed, step), computed identically on every host, so:
 
 * the reference and main stages sample domains with the mixture's rates
-  (`MixtureAssignment`), and the proxy stage uses exact stratified batches
+  (`MixtureAssignment`); a mixture's weights are shares of *tokens*, turned
+  into row rates by every domain's measured tokens per packed row
+  (`weights.row_rates`), since rows of long documents carry more padding; the
+  proxy stage uses stratified batches
   (`StratifiedAssignment`); a mixture that changes during training uses
   rates published block by block (`scheduled.ScheduledAssignment`), still a
   pure function of the step once published;
 * each domain is a stream whose position p is a row of the domain's packed
-  data (`packing.shuffled_rows`: epoch p // n, a keyed permutation of the
+  data (`shuffling.shuffled_rows`: epoch p // n, a keyed permutation of the
   n rows). Row i of the global batch takes the next position of its
   domain's stream, in row order; each host computes every row's position
   but **reads only the rows of its own slice** of the global batch, by
@@ -38,13 +41,23 @@ import numpy as np
 
 from doremi_jax.config import ConfigError
 from doremi_jax.data import packing
+from doremi_jax.data import shuffling
+from doremi_jax.data import weights as weights_lib
+
+
+def tokens_per_row(corpus, seq_len: int, split: str = packing.TRAIN) -> np.ndarray:
+  """[K] float64: every domain's real (non-padding) tokens per packed row of
+  `split` at `seq_len`, measured (packed meta.json; the synthetic rows)."""
+  return np.array([float(s.tokens_per_row) for s in open_sources(corpus, split, seq_len)])
 
 
 class MixtureAssignment:
-  """Row i of step s's batch comes from domain ~ Categorical(rates)."""
+  """Row i of step s's batch comes from domain ~ Categorical(row rates): the
+  rates that make the token shares `weights` (`weights.row_rates`)."""
 
-  def __init__(self, rates, seed: int):
-    self.rates = np.asarray(rates, np.float64) / np.sum(rates)
+  def __init__(self, weights, seed: int, tokens_per_row=None):
+    self.weights = np.asarray(weights, np.float64) / np.sum(weights)
+    self.rates = weights_lib.row_rates(self.weights, tokens_per_row)
     self.seed = seed
 
   @property
@@ -164,7 +177,7 @@ class BatchLoader:
     onehot = assignment[:, None] == np.arange(k)[None]
     rank = np.cumsum(onehot, axis=0)[np.arange(len(assignment)), assignment] - 1
     pos = self.positions[0, local] + rank[lo:hi]
-    rows = packing.shuffled_rows(pos, self.sizes[local], self.seed, local)
+    rows = shuffling.shuffled_rows(pos, self.sizes[local], self.seed, local)
     for i in np.unique(local):
       mine = np.flatnonzero(local == i)
       targets[mine], segments[mine] = self.sources[i].read(rows[mine])
@@ -214,9 +227,10 @@ class BatchLoader:
 
 
 def eval_batches(corpus, seq_len: int, examples_per_domain: int, batch_size: int,
-                 process_index: int = 0, process_count: int = 1, split: str = "validation"):
+                 process_index: int = 0, process_count: int = 1,
+                 split: str = packing.TEST):
   """Host-local evaluation batches over the first `examples_per_domain`
-  validation rows of every domain (fixed order, no shuffling), domain after
+  rows of `split` of every domain (fixed order, no shuffling), domain after
   domain. Rows past the end are all padding (segment 0), so every host
   yields the same number of equally shaped batches. The global batches are
   the same for any process count; each host reads only its slice of each."""

@@ -41,6 +41,7 @@ from typing import Iterator, Optional
 
 from doremi_jax.config import ConfigError
 from doremi_jax.data import corpus as corpus_lib
+from doremi_jax.data import packing
 
 BUILDER_NAME = "doremi_local_corpus"
 VERSION = "1.0.0"
@@ -210,9 +211,21 @@ def read_documents(path: str, text_field: str = "text", text_format: str = "file
           yield text
 
 
+def document_key(path, index: int) -> str:
+  """A document's identity (its input's name and its index there): what
+  every split and shard hash reads."""
+  return f"{unit_name(path)}:{index}"
+
+
 def is_validation(path, index: int, fraction: float) -> bool:
-  h = hashlib.sha1(f"{unit_name(path)}:{index}".encode()).digest()
+  h = hashlib.sha1(document_key(path, index).encode()).digest()
   return int.from_bytes(h[:8], "big") / 2**64 < fraction
+
+
+def packed_split(split: str, path, index: int) -> str:
+  """The packed split of a document that `split_documents` put in `split`:
+  train stays train, validation becomes tune or test (`packing.eval_split`)."""
+  return split if split == packing.TRAIN else packing.eval_split(document_key(path, index))
 
 
 def split_documents(path, text_field: str, text_format: str, fraction: float,
@@ -281,14 +294,16 @@ def prepare_domain(corpus: str, domain: str, pattern: str, data_dir: str, text_f
   files = expand(pattern, domain, tfds_data_dir or data_dir, text_field)
   # Validate and count before writing anything (a corrupt line fails here).
   n_docs, n_bytes, n_val, train_bytes = 0, 0, 0, 0
+  held_out = {packing.TUNE: 0, packing.TEST: 0}
   for path in files:
-    for _, split, doc in split_documents(path, text_field, text_format, validation_fraction,
+    for i, split, doc in split_documents(path, text_field, text_format, validation_fraction,
                                          domain):
       n_docs += 1
       size = len(doc.encode("utf-8"))
       n_bytes += size
       if split == "validation":
         n_val += 1
+        held_out[packed_split(split, path, i)] += 1
       else:
         train_bytes += size
   if n_docs == 0:
@@ -298,6 +313,12 @@ def prepare_domain(corpus: str, domain: str, pattern: str, data_dir: str, text_f
     raise ConfigError(f"domain {domain!r}: {n_docs} documents give an empty "
                       f"{'validation' if n_val == 0 else 'train'} split at "
                       f"validation_fraction={validation_fraction}; add documents or change it.")
+  empty = [s for s, n in held_out.items() if n == 0]
+  if empty:
+    raise ConfigError(f"domain {domain!r}: its {n_val} validation documents give an empty "
+                      f"{empty[0]!r} split (they are halved by hash into 'tune', what methods "
+                      "adapt to, and 'test', what is reported); raise --validation_fraction "
+                      "or add documents.")
   cls = _builder_class()
   builder = cls(files=files, text_field=text_field, text_format=text_format,
                 validation_fraction=validation_fraction, domain=domain,

@@ -5,7 +5,8 @@ ArrayRecord shards (`packing`).
 `python -m doremi_jax.prepare ... --seq_len L [--vocabulary V]` runs
 `pack_domain` after preparing the text. It reads the domain's inputs (text
 files, TFRecord files, TFDS splits) the way `local_prepare` does (same
-documents, same train/validation split), spreads the documents over shards
+documents, same train/validation split; the validation documents split
+again by hash into `tune` and `test`, `packing.eval_split`), spreads the documents over shards
 by a hash of their key (`packing.shard_of`), and packs each shard's
 documents in (input, index) order. `beam_prepare` runs the same per-shard work as an Apache Beam
 pipeline and writes the same files.
@@ -21,9 +22,9 @@ import numpy as np
 
 from doremi_jax.config import ConfigError
 from doremi_jax.data import packing
-from doremi_jax.data.local_prepare import split_documents, unit_name
+from doremi_jax.data.local_prepare import document_key, packed_split, split_documents
 
-SPLITS = ("train", "validation")
+SPLITS = packing.SPLITS
 SHARD_BYTES = 128 << 20   # text bytes per shard when the shard count is automatic
 
 
@@ -31,16 +32,13 @@ def default_shards(text_bytes: int) -> int:
   return max(1, -(-text_bytes // SHARD_BYTES))
 
 
-def document_key(path, index: int) -> str:
-  return f"{unit_name(path)}:{index}"
-
-
 def documents(files, text_field, text_format, domain, validation_fraction) -> Iterator[tuple]:
-  """(split, file index, document index, path, text) of every document, in order."""
+  """(packed split, file index, document index, path, text) of every
+  document, in order."""
   for f, path in enumerate(files):
     for i, split, doc in split_documents(path, text_field, text_format, validation_fraction,
                                          domain):
-      yield split, f, i, path, doc
+      yield packed_split(split, path, i), f, i, path, doc
 
 
 def tokenize(vocab, text: str) -> np.ndarray:
@@ -50,9 +48,10 @@ def tokenize(vocab, text: str) -> np.ndarray:
 
 def shard_counts(split_bytes: dict, shards: int) -> dict:
   """Shards per split: `shards` for train (0: automatic), automatic for
-  validation."""
-  return {"train": shards or default_shards(split_bytes["train"]),
-          "validation": default_shards(split_bytes["validation"])}
+  tune and test (half the validation text each)."""
+  half = default_shards(split_bytes["validation"] // 2)
+  return {packing.TRAIN: shards or default_shards(split_bytes["train"]),
+          packing.TUNE: half, packing.TEST: half}
 
 
 def shard_paths(directory: str, counts: dict) -> dict:
@@ -89,9 +88,10 @@ def write_packed(directory: str, identity: dict, seq_len: int, infos: dict,
                  "tokens": sum(x["tokens"] for x in shards),
                  "documents": split_stats[s]["documents"],
                  "text_bytes": split_stats[s]["bytes"], "shards": shards}
-  tokens = splits["validation"]["tokens"] or 1
+  held_out = [splits[packing.TUNE], splits[packing.TEST]]
+  tokens = sum(s["tokens"] for s in held_out) or 1
   packing.write_meta(directory, identity, seq_len, splits,
-                     bytes_per_token=splits["validation"]["text_bytes"] / tokens)
+                     bytes_per_token=sum(s["text_bytes"] for s in held_out) / tokens)
 
 
 def start_dir(domain_dir: str, identity: dict, seq_len: int) -> str:

@@ -18,15 +18,12 @@ model restarts positions at each document and never attends across two
   beside them records the vocabulary's identity, the sequence length and
   each shard's row count and size, so data prepared for another vocabulary
   or length, or a missing or truncated shard, is refused.
-* Row sources (`MemoryRows`, `ArrayRecordRows`) read rows by global index;
-  `shuffled_rows` maps a stream position to a row through a per-epoch
-  pseudorandom permutation (`feistel_permute`) that needs no memory, so
-  any host can find the row of any position of any domain's stream.
+* Row sources (`MemoryRows`, `ArrayRecordRows`) read rows by global index
+  (`shuffling` says which row each stream position reads).
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -36,8 +33,12 @@ import numpy as np
 
 from doremi_jax.config import ConfigError
 
-FORMAT_VERSION = 1
+# 2: the evaluation documents are packed as two splits, `tune` and `test`
+# (version 1 packed them as one `validation` split).
+FORMAT_VERSION = 2
 META = "meta.json"
+TRAIN, TUNE, TEST = "train", "tune", "test"
+SPLITS = (TRAIN, TUNE, TEST)
 OPEN_ROWS = 8        # rows a packer keeps open (first fit among them)
 SEGMENT_DTYPE = np.uint16
 
@@ -106,6 +107,16 @@ def pack_documents(documents: Iterable[Sequence[int]], seq_len: int,
   for doc in documents:
     yield from packer.add(doc)
   yield from packer.flush()
+
+
+def eval_split(key: str) -> str:
+  """`tune` or `test` (half each, by a hash of the document's key): where
+  an evaluation document goes. What a method adapts to reads `tune`;
+  everything reported reads `test` (docs/data.md). Train documents are
+  chosen before this, by their own hash, so nothing moves between train
+  and evaluation."""
+  h = hashlib.sha1(f"eval-split:{key}".encode()).digest()
+  return TUNE if h[0] < 128 else TEST
 
 
 def shard_of(key: str, num_shards: int) -> int:
@@ -229,8 +240,10 @@ def read_meta(domain: str, domain_dir: str, identity: dict, seq_len: int) -> tup
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise ConfigError(f"domain {domain!r}: {path} is unreadable ({e}); {fix}.") from e
   if not ok:
+    old = ("; it was prepared before evaluation documents were split into `tune` and "
+           "`test`" if meta.get("format_version") == 1 else "")
     raise ConfigError(f"domain {domain!r}: {path} has format {meta.get('format_version')!r}, "
-                      f"this version reads {FORMAT_VERSION}; {fix}.")
+                      f"this version reads {FORMAT_VERSION}{old}; {fix}.")
   if meta["vocabulary"] != identity or meta["seq_len"] != seq_len:
     raise ConfigError(f"domain {domain!r}: {directory} holds data prepared for "
                       f"{describe(meta['vocabulary'])} at length {meta['seq_len']}, not "
@@ -250,6 +263,9 @@ class MemoryRows:
     self.segment_ids = np.asarray(segment_ids, np.int32)
     self.seq_len = self.targets.shape[1]
     self.bytes_read = 0
+    # real (non-padding) tokens per row, measured: what turns a token
+    # mixture into row rates (`weights.row_rates`)
+    self.tokens_per_row = float(np.count_nonzero(self.segment_ids)) / max(len(self.targets), 1)
 
   def __len__(self) -> int:
     return len(self.targets)
@@ -283,6 +299,7 @@ class ArrayRecordRows:
                           "replaced); restore it or prepare the corpus again.")
       self.paths.append(path)
     self.starts = np.concatenate([[0], np.cumsum([s["rows"] for s in info["shards"]])])
+    self.tokens_per_row = float(info["tokens"]) / max(int(info["rows"]), 1)
     self._readers = [None] * len(self.paths)
     self.domain, self.seq_len = domain, meta["seq_len"]
     self.dtype = np.dtype(meta["token_dtype"])
@@ -320,75 +337,6 @@ class ArrayRecordRows:
     if not len(rows):
       return (np.zeros((0, self.seq_len), np.int32),) * 2
     return decode_rows(records, self.seq_len, self.dtype)
-
-
-# --------------------------------------------------------------------------
-# Shuffling by index
-
-
-def _mix(x: np.ndarray, key: np.ndarray) -> np.ndarray:
-  """splitmix64's finalizer of x ^ key (uint64, wrapping)."""
-  z = (x ^ key) * np.uint64(0x9E3779B97F4A7C15)
-  z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-  z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-  return z ^ (z >> np.uint64(31))
-
-
-def feistel_permute(x: np.ndarray, n, keys) -> np.ndarray:
-  """A pseudorandom permutation of range(n) applied to `x` (values in
-  range(n)): a balanced 4-round Feistel network on the smallest even bit
-  width that holds n, with cycle walking back into range. O(1) memory, so a
-  host finds any position's row without materialising a permutation.
-  `n` and `keys` ([4] or [len(x), 4]) may differ per element (several
-  domains in one call)."""
-  x = np.asarray(x, np.uint64)
-  n = np.broadcast_to(np.asarray(n, np.int64), x.shape)
-  keys = np.broadcast_to(np.asarray(keys, np.uint64).reshape(-1, 4), x.shape + (4,))
-  bits = np.zeros(x.shape, np.uint64)
-  for m in np.unique(n):
-    b = max(2, int(m - 1).bit_length())
-    bits[n == m] = b + b % 2
-  half = bits // np.uint64(2)
-  low = (np.uint64(1) << half) - np.uint64(1)
-
-  def once(v, sel):
-    h, lo, k = half[sel], low[sel], keys[sel]
-    left, right = v >> h, v & lo
-    for r in range(4):
-      left, right = right, left ^ (_mix(right, k[:, r]) & lo)
-    return (left << h) | right
-
-  with np.errstate(over="ignore"):
-    y = x.copy()
-    todo = n > 1
-    y[todo] = once(x[todo], todo)
-    out = np.flatnonzero(todo & (y >= n.astype(np.uint64)))
-    while len(out):
-      sel = np.zeros(x.shape, bool)
-      sel[out] = True
-      y[out] = once(y[out], sel)
-      out = out[y[out] >= n[out].astype(np.uint64)]
-  return np.where(n > 1, y, 0).astype(np.int64)
-
-
-@functools.lru_cache(maxsize=1 << 14)
-def epoch_keys(seed: int, domain: int, epoch: int) -> tuple:
-  rng = np.random.default_rng([seed, 0x706B64, domain, epoch])
-  return tuple(int(k) for k in rng.integers(0, 2**63, size=4, dtype=np.int64))
-
-
-def shuffled_rows(positions: np.ndarray, n, seed: int, domain) -> np.ndarray:
-  """The row read at each stream position of a domain with n rows: epoch
-  e = position // n visits every row once, in the order of a permutation
-  keyed by (seed, domain, e). `n` and `domain` may be per position (one
-  call for every domain of a batch)."""
-  positions = np.asarray(positions, np.int64)
-  n = np.broadcast_to(np.asarray(n, np.int64), positions.shape)
-  domain = np.broadcast_to(np.asarray(domain, np.int64), positions.shape)
-  epochs = positions // n
-  keys = np.array([epoch_keys(seed, int(d), int(e)) for d, e in zip(domain, epochs)],
-                  np.uint64).reshape(-1, 4)
-  return feistel_permute(positions % n, n, keys)
 
 
 def open_source(domain: str, domain_dir: str, identity: dict, split: str,

@@ -3,11 +3,12 @@
 Two modes, both a pure function of (seed, step), so every host builds the
 same batch and a resumed run draws the same rows:
 
-  'mixture'     every row's domain is drawn i.i.d. from the rates
-                (`loader.MixtureAssignment`): what a seqio Mixture with
-                these rates samples
+  'mixture'     every row's domain is drawn i.i.d. so that the domains'
+                shares of real tokens are the rates
+                (`loader.MixtureAssignment`, `weights.row_rates`)
   'stratified'  every global batch holds batch // k rows of each domain, the
-                remainder rotating over steps (`loader.StratifiedAssignment`)
+                remainder rotating over steps (`loader.StratifiedAssignment`):
+                equal rows (sequences), not equal tokens, per domain
 
 Users write the mode where a static run's weights go
 (`train_main_model.weights = 'stratified'`, a study arm 'stratified');
@@ -38,11 +39,13 @@ class Sampling:
   def stratified(self) -> bool:
     return self.mode == weights_lib.STRATIFIED
 
-  def assignment(self, seed: int, global_batch_size: int):
-    """The domain assignment of every step's global batch (a stratified
-    batch smaller than k raises ConfigError)."""
+  def assignment(self, seed: int, global_batch_size: int, tokens_per_row=None):
+    """The domain assignment of every step's global batch: a mixture's
+    rates are token shares, drawn as rows with the domains' measured
+    `tokens_per_row` (`weights.row_rates`); stratified batches equalise rows
+    (a stratified batch smaller than k raises ConfigError)."""
     if not self.stratified:
-      return loader_lib.MixtureAssignment(self.rates, seed)
+      return loader_lib.MixtureAssignment(self.rates, seed, tokens_per_row)
     assignment = loader_lib.StratifiedAssignment(len(self.rates), seed)
     assignment.counts(0, global_batch_size)
     return assignment

@@ -48,13 +48,19 @@ def check_rates(rates, num_domains: int, where: str) -> np.ndarray:
 
 
 class ScheduledAssignment:
-  """Rows of step s ~ Categorical(rates of block s // every)."""
+  """Rows of step s ~ Categorical(row rates of block s // every): the
+  published rates are token shares, drawn as `weights.row_rates` of them
+  with the domains' measured `tokens_per_row` (None: full rows)."""
 
   def __init__(self, initial_rates, seed: int, every: int, timeout: float = 600.0,
-               history: Optional[dict] = None, first_block: bool = True):
+               history: Optional[dict] = None, first_block: bool = True,
+               tokens_per_row=None):
     if not isinstance(every, int) or every < 1:
       raise ConfigError(f"a mixer's update interval must be an integer >= 1, got {every!r}.")
     self.seed, self.every, self.timeout = seed, every, timeout
+    # the published rates are token shares; rows are drawn with
+    # `weights.row_rates` of them
+    self.tokens_per_row = tokens_per_row
     first = check_rates(initial_rates, len(initial_rates), "initial mixture")
     self.num_domains = len(first)
     self.initial_rates = first
@@ -110,7 +116,7 @@ class ScheduledAssignment:
       return {str(b): r.tolist() for b, r in sorted(self._rates.items())}
 
   def __call__(self, step: int, batch_size: int) -> np.ndarray:
-    rates = self.rates(step)
+    rates = weights_lib.row_rates(self.rates(step), self.tokens_per_row)
     rng = np.random.default_rng([self.seed, 0x6D6978, step])
     return rng.choice(len(rates), size=batch_size, p=rates).astype(np.int32)
 

@@ -26,12 +26,25 @@ def _synthetic_arrays(cfg: synthetic.SyntheticCorpusConfig, domain: str,
   return synthetic.generate(domain, cfg.num_examples(domain, split), cfg.seq_len, cfg.seed, split)
 
 
+def split_sequences(cfg: synthetic.SyntheticCorpusConfig, domain: str, split: str) -> np.ndarray:
+  """The domain's sequences of a packed split: train's, or the validation
+  sequences whose hash puts them in `tune` or `test` (`packing.eval_split`
+  of 'domain:index')."""
+  if split == packing.TRAIN:
+    return _synthetic_arrays(cfg, domain, split)
+  if split not in (packing.TUNE, packing.TEST):
+    raise ValueError(f"no packed split {split!r}; the splits are {packing.SPLITS}")
+  rows = _synthetic_arrays(cfg, domain, "validation")
+  keep = [packing.eval_split(f"{domain}:{i}") == split for i in range(len(rows))]
+  return rows[np.asarray(keep, bool)]
+
+
 @functools.lru_cache(maxsize=None)
 def _packed_arrays(cfg: synthetic.SyntheticCorpusConfig, domain: str, split: str,
                    seq_len: int) -> tuple:
-  """The domain's sequences (each one document) packed into rows of
-  `seq_len`: (targets, segment_ids)."""
-  rows = _synthetic_arrays(cfg, domain, split)
+  """The domain's sequences of `split` (each one document) packed into rows
+  of `seq_len`: (targets, segment_ids)."""
+  rows = split_sequences(cfg, domain, split)
   docs = (r[:len(np.trim_zeros(r, "b"))] for r in rows)   # trailing 0s are padding
   packed = list(packing.pack_documents(docs, seq_len))
   return np.stack([p[0] for p in packed]), np.stack([p[1] for p in packed])

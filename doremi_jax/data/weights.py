@@ -140,3 +140,14 @@ def as_dict(domains: Sequence[str], w) -> dict:
   if len(w) != len(domains):
     raise ValueError(f"{len(w)} weights for {len(domains)} domains {list(domains)}.")
   return {d: float(x) for d, x in zip(domains, w)}
+
+
+def row_rates(weights, tokens_per_row=None) -> np.ndarray:
+  """The row rates that realise the token shares `weights`: a domain's
+  rows hold `tokens_per_row[i]` real tokens on average, so it is drawn with
+  rate ~ weights[i] / tokens_per_row[i] (normalised). None: rows are full
+  (tokens and rows are the same shares)."""
+  w = np.asarray(weights, np.float64)
+  if tokens_per_row is not None:
+    w = w / np.asarray(tokens_per_row, np.float64)
+  return w / np.sum(w)

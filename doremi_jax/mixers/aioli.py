@@ -91,8 +91,8 @@ class AioliMixer(base.Mixer):
   """Aioli in the main run. Round r covers steps [r T, (r + 1) T), T =
   `update_steps`. It starts with LearnParams: `lp_rounds` random orders
   of the domains (seeded by the run's seed and r), `lp_steps` real training
-  steps on each burst mixture m^j, and a held-out evaluation (the run's
-  validation set) before the first burst and after every burst. Then A is
+  steps on each burst mixture m^j, and a held-out evaluation (the `tune`
+  split; everything reported is on `test`) before the first burst and after every burst. Then A is
   estimated and normalised, the mixture steps (`step_weights`), and the
   rest of the round trains on it. A round with fewer than T steps left
   skips LearnParams and keeps the mixture. Defaults: the authors' README

@@ -20,22 +20,26 @@ from doremi_jax import runner
 from doremi_jax import steps
 from doremi_jax.config import ConfigError
 from doremi_jax.data import corpus as corpus_lib
+from doremi_jax.data import loader as loader_lib
+from doremi_jax.data import packing
 from doremi_jax.data import sampling as sampling_lib
 from doremi_jax.data import scheduled
 from doremi_jax.data.registry import get_corpus
 from doremi_jax.data import weights as weights_lib
 from doremi_jax.mixers import base as mixers_base
 from doremi_jax.stages import registry
-from doremi_jax.state import TrainConfig, build_setup
+from doremi_jax.state import TrainConfig, build_setup, train_config
 
 
 @gin.configurable
-def train_reference(workdir: str, weights: Any = "uniform") -> dict:
+def train_reference(workdir: str, weights: Any = "uniform", seed: Optional[int] = None) -> dict:
   """DoReMi Step 1: trains the reference model on the mixture `weights`
   (any spec `train_main_model` accepts; 'uniform' by default) and evaluates
   it per domain. Writes reference_weights.json (the rates used) and the
-  runner's files (see `runner.run_stage`). Returns the final evaluation."""
-  return train_on_mixture(workdir, "reference", weights, "train_reference.weights")
+  runner's files (see `runner.run_stage`). `seed` overrides
+  TrainConfig.seed (a study's per-seed method runs). Returns the final
+  evaluation."""
+  return train_on_mixture(workdir, "reference", weights, "train_reference.weights", seed)
 
 
 @gin.configurable
@@ -66,17 +70,12 @@ def train_main_model(workdir: str, weights: Any = gin.REQUIRED, seed: Optional[i
   return train_on_mixture(workdir, "main", weights, "train_main_model.weights", seed)
 
 
-def _config(seed: Optional[int]) -> TrainConfig:
-  cfg = TrainConfig()
-  return cfg if seed is None else dataclasses.replace(cfg, seed=seed)
-
-
 def train_on_mixture(workdir: str, stage: str, weights: Any, what: str,
                      seed: Optional[int] = None) -> dict:
   """Registers the seqio Mixture `<corpus>_<stage>` with rates `weights` and
   trains an LM on it in `workdir` under the stage name `stage` (`what`
   names the weights setting in errors)."""
-  cfg = _config(seed)
+  cfg = train_config(seed)
   corpus = get_corpus()
   sampling = sampling_lib.resolve(weights, corpus, what)
   rates = corpus_lib.mixture_rates(sampling.rates)   # as seqio's Mixture reports them
@@ -84,12 +83,12 @@ def train_on_mixture(workdir: str, stage: str, weights: Any, what: str,
   sampling = dataclasses.replace(sampling, rates=rates)
   setup = build_setup(corpus.vocab_size, cfg)
   program = steps.lm_program(setup, corpus.num_domains, cfg.grad_accum_steps, cfg.seq_len)
-  record = runner.Record({"sampling": sampling.mode},
+  record = runner.Record({"sampling": sampling.mode, "equal_rows": sampling.stratified},
                          {rundir.weights_file(stage): weights_lib.as_dict(corpus.domains, rates)})
   return runner.run_stage(
       workdir=workdir, stage=stage, corpus=corpus, cfg=cfg, program=program,
-      loader=runner.batch_loader(corpus, sampling.assignment(cfg.seed, cfg.global_batch_size),
-                                 cfg),
+      loader=runner.batch_loader(corpus, sampling.assignment(
+          cfg.seed, cfg.global_batch_size, loader_lib.tokens_per_row(corpus, cfg.seq_len)), cfg),
       hooks=[record])
 
 
@@ -98,8 +97,9 @@ def mixer_publisher(workdir: str, corpus, cfg: TrainConfig, mixer, prior, method
   """The schedule of a mixer's rates: published block by block from the
   step's `mixer_rates` (or by the mixer's host-side events), logged to
   mixture_weights.jsonl."""
-  assignment = scheduled.ScheduledAssignment(prior, cfg.seed, mixer.every,
-                                             first_block=not mixer.host_driven)
+  assignment = scheduled.ScheduledAssignment(
+      prior, cfg.seed, mixer.every, first_block=not mixer.host_driven,
+      tokens_per_row=loader_lib.tokens_per_row(corpus, cfg.seq_len))
   return scheduled.RatesPublisher(
       assignment, None if mixer.host_driven else "mixer_rates", corpus.domains, cfg.num_steps,
       mixers_base.DELAY, files.path(workdir) / rundir.MIXTURE_LOG, method, rundir.is_writer(),
@@ -113,14 +113,17 @@ class MixerHook(runner.Hook):
   def __init__(self, workdir, corpus, cfg, mixer, program, publisher, method):
     self.workdir, self.corpus, self.cfg, self.mixer = workdir, corpus, cfg, mixer
     self.program, self.publisher, self.method = program, publisher, method
+    self.tune = None
 
   def after_step(self, done, state, evaluator):
     mixer = self.mixer
     if not (mixer.host_driven and mixer.is_event(done)):
       return state
+    if self.tune is None:   # what the mixer adapts to: the tune split, never test
+      self.tune = evaluator.on_split(packing.TUNE)
     new, schedule, losses = mixer.on_step_done(
         done, jax.device_get(state["mixer"]),
-        lambda: evaluator.losses(self.program.params_of(state)))
+        lambda: self.tune.losses(self.program.params_of(state)))
     new = jax.device_get(new)
     log = {"domain_loss": new["last_loss"] if losses is None else losses,
            **{f"mixer/{k}": v for k, v in mixer.report(new).items()}}
@@ -152,7 +155,7 @@ class MixerHook(runner.Hook):
 def train_with_mixer(workdir: str, weights: Any, method: str, reference_dir: Optional[str],
                      seed: Optional[int] = None) -> dict:
   """The main stage with the online mixer `method` (see `train_main_model`)."""
-  cfg = _config(seed)
+  cfg = train_config(seed)
   corpus = get_corpus()
   mixer = mixers_lib.make(method, corpus.num_domains, cfg.num_steps)
   mixer.seed = cfg.seed

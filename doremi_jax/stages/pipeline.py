@@ -22,7 +22,7 @@ checkpoint, so re-running after a kill ends where an uninterrupted run would.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Optional
 
 import gin
 import numpy as np
@@ -92,17 +92,20 @@ def _check_reference_weights(subdir, expected: dict):
         "use a new --workdir (or delete that round) to start afresh.")
 
 
-def _rounds(log: _Log, workdir: str, w0: dict, rounds: int, tolerance: float) -> dict:
+def _rounds(log: _Log, workdir: str, w0: dict, rounds: int, tolerance: float,
+            seed=None) -> dict:
   """Runs the reference -> proxy rounds (iterated DoReMi) until `rounds` or
-  convergence; returns the final DoReMi weights."""
+  convergence, with `seed` (None: TrainConfig's); returns the final DoReMi
+  weights."""
   current = w0
+  seeded = {} if seed is None else {"seed": seed}
   for r in range(1, rounds + 1):
     ref_dir, proxy_dir = round_dir(workdir, r, "reference"), round_dir(workdir, r, "proxy")
     _check_reference_weights(ref_dir, current)
     _run_stage(log, f"round_{r}/reference", f"round {r}/{rounds}, Step 1: reference model",
-               ref_dir, "reference", weights=dict(current))
+               ref_dir, "reference", weights=dict(current), **seeded)
     _run_stage(log, f"round_{r}/proxy", f"round {r}/{rounds}, Step 2: Group-DRO proxy",
-               proxy_dir, "proxy", reference_dir=str(ref_dir))
+               proxy_dir, "proxy", reference_dir=str(ref_dir), **seeded)
     new = files.read_json(files.path(proxy_dir) / rundir.AVERAGE_WEIGHTS)
     change = l1_change(new, current)
     log.data["rounds"].append({"round": r, "reference_weights": current, "weights": new,
@@ -134,7 +137,7 @@ def _main_models(log: _Log, workdir: str, weights: dict, w0: dict, run_baseline:
                                files.read_json(root / MAIN_MODEL_BASELINE / rundir.EVAL))
   if rundir.is_writer():
     files.write_json(root / rundir.COMPARISON, comparison)
-    print("[pipeline] main model, per-domain validation loss, DoReMi vs baseline:\n"
+    print("[pipeline] main model, per-domain test loss, DoReMi vs baseline:\n"
           + compare.format_comparison(comparison), flush=True)
 
 
@@ -152,7 +155,8 @@ def _check_settings(rounds, tolerance, run_main: bool, run_baseline: bool):
 @gin.configurable
 def train_pipeline(workdir: str, rounds: int = 1, tolerance: float = 1e-2,
                    reference_weights: Any = "uniform", run_main: bool = True,
-                   run_baseline: bool = True, write_report: bool = True) -> dict:
+                   run_baseline: bool = True, write_report: bool = True,
+                   seed: Optional[int] = None) -> dict:
   """Runs DoReMi end to end in `workdir` (see the module docstring).
 
   rounds: reference->proxy rounds (iterated DoReMi); round r+1's reference
@@ -163,7 +167,9 @@ def train_pipeline(workdir: str, rounds: int = 1, tolerance: float = 1e-2,
     Step 3 weights spec ('uniform', 'proportional', a mapping, a JSON file).
   run_main / run_baseline: train the main model on the DoReMi weights / on
     `reference_weights`. write_report: write report.json, report.md and
-    plots at the end. Returns the contents of pipeline.json.
+    plots at the end. seed: overrides TrainConfig.seed of the reference and
+    proxy runs (a study's per-seed method runs). Returns the contents of
+    pipeline.json.
   """
   _check_settings(rounds, tolerance, run_main, run_baseline)
   rundir.check_writable(workdir)
@@ -184,7 +190,7 @@ def train_pipeline(workdir: str, rounds: int = 1, tolerance: float = 1e-2,
        + (" and on the reference weights (baseline)" if run_baseline else "")
        + f"; up to {plan} trainings.")
   t_start = time.time()
-  current = _rounds(log, workdir, w0, rounds, tolerance)
+  current = _rounds(log, workdir, w0, rounds, tolerance, seed)
   if run_main:
     _main_models(log, workdir, current, w0, run_baseline)
   log.data["status"] = "complete"

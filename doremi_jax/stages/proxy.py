@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import Any, Optional
 
 import gin
 import jax
@@ -37,7 +37,7 @@ from doremi_jax.data.registry import get_corpus
 from doremi_jax.data import weights as weights_lib
 from doremi_jax.stages import lm
 from doremi_jax.stages import registry
-from doremi_jax.state import TrainConfig, build_setup
+from doremi_jax.state import build_setup, train_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,18 +111,19 @@ class DROHook(runner.Hook):
 def train_proxy(workdir: str, reference_dir: str = gin.REQUIRED, step_size: float = 1.0,
                 smoothing: float = 1e-3, initial_weights: Any = "uniform",
                 weights_warmup_steps: int = 0, update_every: int = 1,
-                mode: str = "reweight") -> dict:
+                mode: str = "reweight", seed: Optional[int] = None) -> dict:
   """Trains the proxy with Group DRO against the reference in `reference_dir`
   (eta `step_size`, c `smoothing`; see `doremi.DROConfig`). Returns the
   averaged weights as {domain: weight}. `mode` 'reweight' (the paper's
   Algorithm 1: stratified batches, loss reweighted by the weights) or
   'resample' (batches sampled from the current weights, plain loss; see
-  `steps.resample_program`)."""
+  `steps.resample_program`). `seed` overrides TrainConfig.seed (a study's
+  per-seed method runs)."""
   if mode not in MODES:
     raise ConfigError(f"train_proxy.mode = {mode!r}; choose 'reweight' (the paper's Step 2) "
                       "or 'resample' (batches sampled from the weights).")
   dro_cfg = doremi.DROConfig(step_size, smoothing, weights_warmup_steps, update_every)
-  cfg, corpus = TrainConfig(), get_corpus()
+  cfg, corpus = train_config(seed), get_corpus()
   k = corpus.num_domains
   w0 = weights_lib.resolve_weights(initial_weights, corpus, "train_proxy.initial_weights")
   setup = build_setup(corpus.vocab_size, cfg)

@@ -4,7 +4,7 @@ by how much, with what certainty, at equal compute.
 Named arms x seeds. Every arm trains the same main model (gin's `main/`
 scope) for the same number of tokens; seed s uses the same initialisation
 and the same data-order seed in every arm (a paired design); every run is
-evaluated on the same validation examples at the same steps
+evaluated on the same `test` rows at the same steps
 (`main/TrainConfig.eval_every`). What an arm can be is the arm registry's
 (`doremi_jax.arms`: stratified sampling, UniMax, any weights spec, DoReMi
 and iterated DoReMi, swarm laws, every online mixer); the stage only asks
@@ -67,7 +67,15 @@ def main_config() -> TrainConfig:
     return TrainConfig()
 
 
-def _check_settings(arms: dict, seeds, baseline, rounds, unimax_epochs, level):
+METHOD_SEEDS = ("per_seed", "shared")
+
+
+def _check_settings(arms: dict, seeds, baseline, rounds, unimax_epochs, level, method_seeds):
+  if method_seeds not in METHOD_SEEDS:
+    raise ConfigError(f"train_study.method_seeds = {method_seeds!r}; choose 'per_seed' (seed s "
+                      "runs each method's own runs with seed s, so the intervals include the "
+                      "method's randomness) or 'shared' (one method run for all seeds: "
+                      "cheaper, the intervals cover only the main model's seed).")
   if not (isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 2):
     raise ConfigError(f"train_study.seeds must be an integer >= 2 (intervals need two "
                       f"seeds), got {seeds!r}.")
@@ -81,11 +89,13 @@ def _check_settings(arms: dict, seeds, baseline, rounds, unimax_epochs, level):
     raise ConfigError(f"train_study.rounds must be an integer >= 1, got {rounds!r}.")
 
 
-def make_arms(arms: Any, workdir: str, rounds: int = 1, unimax_epochs: float = 1.0) -> list:
+def make_arms(arms: Any, workdir: str, rounds: int = 1, unimax_epochs: float = 1.0,
+              seeds: int = 3, method_seeds: str = "per_seed") -> list:
   """The study's arms (`arms_lib.Arm`s) from `train_study.arms`, each
   checked (ConfigError before anything trains)."""
   study = arms_lib.Study(files.path(workdir), get_corpus(), main_config(),
-                         {"rounds": rounds, "unimax_epochs": unimax_epochs})
+                         {"rounds": rounds, "unimax_epochs": unimax_epochs, "seeds": seeds,
+                          "method_seeds": method_seeds})
   made = [arms_lib.make(name, spec, study) for name, spec in parse_arms(arms).items()]
   for arm in made:
     arm.check()
@@ -106,16 +116,19 @@ def _train_arms(made: list, seeds: int):
 @gin.configurable
 def train_study(workdir: str, arms: Any = gin.REQUIRED, seeds: int = 3,
                 baseline: str = "stratified", rounds: int = 1, unimax_epochs: float = 1.0,
-                level: float = 0.95) -> dict:
+                level: float = 0.95, method_seeds: str = "per_seed") -> dict:
   """Trains every arm x seed and writes study.json and study.md (see the
   module docstring). `rounds`: DoReMi's rounds ('doremi' arms);
   `unimax_epochs`: UniMax's cap ('unimax' arms); `level` is the confidence
   of every interval (before the Bonferroni adjustment for the number of
-  arms). Returns study.json."""
+  arms). `method_seeds`: 'per_seed' (seed s runs the methods' own runs,
+  DoReMi's reference and proxy, the swarm, online DoReMi's reference, with
+  seed s: the intervals include the whole method's randomness) or 'shared'
+  (one run of each, shared by every seed). Returns study.json."""
   names = parse_arms(arms)
-  _check_settings(names, seeds, baseline, rounds, unimax_epochs, level)
+  _check_settings(names, seeds, baseline, rounds, unimax_epochs, level, method_seeds)
   rundir.check_writable(workdir)
-  made = make_arms(arms, workdir, rounds, unimax_epochs)
+  made = make_arms(arms, workdir, rounds, unimax_epochs, seeds, method_seeds)
   study = made[0].study
   t_start = time.time()
   study.say(f"{len(made)} arms x {seeds} seeds in {workdir}: {', '.join(names)}; baseline "
@@ -126,7 +139,9 @@ def train_study(workdir: str, arms: Any = gin.REQUIRED, seeds: int = 3,
   rates = {arm.name: arm.rates(seeds) for arm in made}
   method_runs = {arm.name: arm.method_runs for arm in made}
   result = study_stats.analyse(study.root, list(names), seeds, baseline, study.corpus, rates,
-                               method_runs, level)
+                               method_runs, level, method_seeds)
+  for arm in made:
+    result["results"][arm.name].update(arm.report(seeds))
   if rundir.is_writer():
     files.write_json(study.root / rundir.STUDY_JSON, result)
     path = study_report.write(study.root)

@@ -8,7 +8,8 @@ al. 2024; Olmix, Chen et al. 2026).
 2. Train every member on its mixture together, in one jitted, sharded step
    over a leading member axis (`swarm.program`); each member's rows come
    from its own exact, resumable loader; every member is evaluated per
-   domain on the run's validation examples.
+   domain on the `tune` rows (what the laws fit; the study grades the
+   optimum on `test`).
 3. Fit every law (`swarm.fit.LAWS`) to every target (each domain's loss, the
    uniform average, the worst case), cross-validate it over the members,
    and minimise the objective over the simplex (KL to the prior, optional
@@ -41,7 +42,7 @@ from doremi_jax.data import weights as weights_lib
 from doremi_jax.data.registry import get_corpus
 from doremi_jax.stages import registry
 from doremi_jax.stages import study
-from doremi_jax.state import TrainConfig
+from doremi_jax.state import TrainConfig, train_config
 from doremi_jax.swarm import fit
 from doremi_jax.swarm import law as law_lib
 from doremi_jax.swarm import program as swarm_lib
@@ -128,7 +129,7 @@ def train_swarm(workdir: str, members: int = 16, prior: Any = "proportional",
                 repetitions: Optional[float] = None, main_tokens: Optional[int] = None,
                 folds: int = 5, gbm_settings: Optional[dict] = None,
                 candidates: int = 100_000, top_k: int = 128,
-                compare_with: Any = None) -> dict:
+                compare_with: Any = None, seed: Optional[int] = None) -> dict:
   """Trains a swarm of `members` small models (gin's model, `swarm/`
   TrainConfig) on mixtures drawn around `prior` (a weights spec;
   RegMix's Dirichlet with `concentration`, default RegMix's 15 values
@@ -141,8 +142,9 @@ def train_swarm(workdir: str, members: int = 16, prior: Any = "proportional",
   and swarm.md (with `compare_with`'s weights beside, e.g. a DoReMi run).
   `seeds='same'`: every member has the same initialisation and the same
   row-draw seed (only its mixture differs); 'distinct': member m uses
-  seed + m for both. Returns swarm.json."""
-  cfg = TrainConfig()
+  seed + m for both. `seed` overrides TrainConfig.seed (a study's per-seed
+  method runs). Returns swarm.json."""
+  cfg = train_config(seed)
   corpus = get_corpus()
   p = plan(corpus, cfg, members, prior, concentration, tuple(corners), cap_factor, min_weight,
            seeds, law, objective, kl_weight, folds, repetitions, main_tokens)

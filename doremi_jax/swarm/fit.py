@@ -3,7 +3,7 @@ each proposes. Pure NumPy/SciPy (and scikit-learn for the boosted law);
 tested against independent implementations in tests/unit/swarm_law_test.py.
 
 A law maps a mixture x (on the simplex, [K]) to one target's loss. Targets
-are every domain's validation loss, their uniform average ('average') and
+are every domain's `tune` loss, their uniform average ('average') and
 their maximum ('worst').
 
   'linear'     y = a . x (RegMix's linear baseline; a constant is absorbed,

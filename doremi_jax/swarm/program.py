@@ -32,6 +32,7 @@ from doremi_jax import sharding as sharding_lib
 from doremi_jax import steps
 from doremi_jax.config import ConfigError
 from doremi_jax.data import loader as loader_lib
+from doremi_jax.data import packing
 from doremi_jax.loss import per_domain_sums, per_token_loss, tokens_of
 from doremi_jax.state import ModelSetup, TrainConfig, build_setup
 
@@ -139,8 +140,9 @@ class SwarmAssignment:
   main run on `mixtures[m]` with seed `seeds[m]` would draw
   (`MixtureAssignment`)."""
 
-  def __init__(self, mixtures, seeds: Sequence[int]):
-    self.members = [loader_lib.MixtureAssignment(w, int(s)) for w, s in zip(mixtures, seeds)]
+  def __init__(self, mixtures, seeds: Sequence[int], tokens_per_row=None):
+    self.members = [loader_lib.MixtureAssignment(w, int(s), tokens_per_row)
+                    for w, s in zip(mixtures, seeds)]
 
   @property
   def num_domains(self) -> int:
@@ -165,7 +167,9 @@ class SwarmLoader:
     self.members = len(mixtures)
     positions = None if data_state is None else np.asarray(data_state["positions"])
     self.loader = loader_lib.BatchLoader(
-        corpus, SwarmAssignment(mixtures, seeds), self.members * cfg.global_batch_size,
+        corpus, SwarmAssignment(mixtures, seeds,
+                                loader_lib.tokens_per_row(corpus, cfg.seq_len)),
+        self.members * cfg.global_batch_size,
         cfg.seq_len, cfg.seed, start_step, positions)
 
   def next(self):
@@ -179,8 +183,8 @@ class SwarmLoader:
 @dataclasses.dataclass
 class SwarmEvaluator:
   """`evaluator(params, step) -> summary`: every member's mean token loss per
-  domain on the run's validation examples (`loader.eval_batches`, the same
-  for every stage). The summary is `evaluate.summarize`'s of the members'
+  domain on the `tune` rows (`loader.eval_batches`; the laws are fitted to
+  them, so the study grades the swarm's optimum on `test`). The summary is `evaluate.summarize`'s of the members'
   mean loss per domain, plus `members`: [M][K] losses."""
   setup: ModelSetup
   corpus: object
@@ -190,7 +194,7 @@ class SwarmEvaluator:
   @classmethod
   def create(cls, setup: ModelSetup, corpus, cfg: TrainConfig) -> "SwarmEvaluator":
     batches = loader_lib.eval_batches(corpus, cfg.seq_len, cfg.eval_examples_per_domain,
-                                      cfg.eval_batch_size)
+                                      cfg.eval_batch_size, split=packing.TUNE)
     k = corpus.num_domains
 
     def one(params, batch):
@@ -206,7 +210,7 @@ class SwarmEvaluator:
     return cls(setup, corpus, batches, lambda p, b: step_fn(p, from_full(b, eval_sh)))
 
   def losses(self, params) -> np.ndarray:
-    """[M, K] float64: every member's mean validation loss per domain."""
+    """[M, K] float64: every member's mean `tune` loss per domain."""
     with self.setup.scope():
       sums, counts = evaluate.run_eval(self.step_fn, params, self.batches, lambda b: b)
     return sums / np.maximum(counts, 1.0)
@@ -216,7 +220,7 @@ class SwarmEvaluator:
       sums, counts = evaluate.run_eval(self.step_fn, params, self.batches, lambda b: b)
     losses = sums / np.maximum(counts, 1.0)
     summary = evaluate.summarize(self.corpus.domains, losses.mean(0) * counts[0], counts[0],
-                                 step, self.corpus.entropy_floors)
+                                 step, self.corpus.entropy_floors, split=packing.TUNE)
     summary["members"] = losses.tolist()
     return summary
 

@@ -16,7 +16,7 @@ def analyse(mixtures, losses, domains: Sequence[str], prior, *, law: str, object
             kl_weight: float, caps, folds: int, seed: int, gbm_settings: Optional[dict],
             candidates: int, top_k: int) -> dict:
   """swarm.json's content from the members' mixtures [M, K] and final
-  validation losses [M, K] (nats/token)."""
+  `tune` losses [M, K] (nats/token)."""
   X = np.asarray(mixtures, np.float64)
   ys = fit.targets(losses, domains)
   terms = fit.objective_terms(objective, domains)
@@ -42,6 +42,7 @@ def analyse(mixtures, losses, domains: Sequence[str], prior, *, law: str, object
   q = np.asarray(prior, np.float64)
   return {
       "domains": list(domains),
+      "split": "tune",   # the members' losses (what the laws fit)
       "members": len(X),
       "mixtures": X.tolist(),
       "losses": np.asarray(losses, np.float64).tolist(),

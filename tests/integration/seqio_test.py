@@ -87,7 +87,7 @@ def test_seqio_tasks_and_mixture(corpus):
   task = seqio.get_mixture_or_task(corpus.task_names[2])
   first = next(task.get_dataset({"targets": 64}, split="validation",
                                 shuffle=False).as_numpy_iterator())["targets"]
-  np.testing.assert_array_equal(first, synthetic.generate("markov", 256, 64, 0, "validation")[0])
+  np.testing.assert_array_equal(first, synthetic.generate("markov", 512, 64, 0, "validation")[0])
   # in a process that has imported seqio, building a corpus registers its Tasks
   fresh = synthetic_tasks.synthetic_corpus(synthetic.SyntheticCorpusConfig(seq_len=8))
   assert set(fresh.task_names) <= set(seqio.TaskRegistry.names())

@@ -10,6 +10,7 @@ import pytest
 
 from doremi_jax.config import ConfigError
 from doremi_jax.stages import study
+from doremi_jax import arms as arms_lib
 from doremi_jax.arms import static as static_arms
 
 from helpers import run_stage
@@ -99,10 +100,15 @@ SWARM = ["train_swarm.members = 6", "train_swarm.folds = 3", "train_swarm.candid
          "train_swarm.top_k = 16"]
 
 
+# one method run per method, shared by the seeds (per-seed runs are tested below)
+TINY_STUDY = ["train_study.seeds = 3", "train_pipeline.tolerance = 0.0",
+              "train_study.method_seeds = 'shared'", *SWARM]
+
+
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
   wd = tmp_path_factory.mktemp("study") / "run"
-  result = _study(wd, ARMS, "train_study.seeds = 3", "train_pipeline.tolerance = 0.0", *SWARM)
+  result = _study(wd, ARMS, *TINY_STUDY)
   return wd, result
 
 
@@ -151,6 +157,13 @@ def test_study_json_planted_effect_and_speedup(tiny_study):
   assert on_disk["results"]["swarm_gbm"]["weights"] == pytest.approx(
       swarm["laws"]["gbm"]["optimum"], rel=1e-12)
   assert on_disk["results"]["swarm_gbm"]["cost"]["fraction_of_one_main_run"] > 6   # 6 members
+  # the law's prediction (fitted on tune) beside the arm's test losses
+  assert swarm["split"] == "tune" and on_disk["split"] == "test"
+  law = on_disk["results"]["swarm_gbm"]["law_prediction"]
+  assert (law["predicted_from"], law["measured_on"]) == ("tune", "test")
+  assert law["predicted"]["average"] == pytest.approx(swarm["laws"]["gbm"]["predicted"]["average"])
+  assert law["measured"]["average"] == pytest.approx(
+      on_disk["results"]["swarm_gbm"]["uniform_avg"]["mean"])
   report = (wd / "study.md").read_text()
   assert "## Verdicts" in report and "## Health checks" in report and "Bonferroni" in report
   assert (wd / "plots" / "study_forest.png").stat().st_size > 10_000
@@ -174,5 +187,72 @@ def test_killed_study_resumes_to_identical_numbers(tiny_study, tmp_path):
   for name in ("complete.json", "eval.json"):
     (run / name).unlink()
   (copy / "study.json").unlink()
-  again = _study(copy, ARMS, "train_study.seeds = 3", "train_pipeline.tolerance = 0.0", *SWARM)
+  again = _study(copy, ARMS, *TINY_STUDY)
   assert json.dumps(again["results"]) == json.dumps(result["results"])
+
+
+class Noisy(arms_lib.Arm):
+  """A planted method whose output depends on its seed: even method seeds
+  give a mixture almost all noise, odd ones (and the shared run) uniform."""
+  kind, spelling = "noisy", "noisy"
+
+  @classmethod
+  def matches(cls, spec):
+    return spec == "noisy"
+
+  @classmethod
+  def prepare_all(cls, arms, study):
+    domains = study.corpus.domains
+    for seed in study.method_seeds():
+      heavy = seed is not None and seed % 2 == 0
+      w = {d: (0.96 if d == "noise" else 0.01) if heavy else 1 / len(domains) for d in domains}
+      for arm in arms:
+        arm.final[seed] = w
+
+
+@pytest.mark.parametrize("method_seeds", ["shared", "per_seed"])
+def test_a_noisy_methods_interval_includes_its_seed_only_per_seed(tmp_path, method_seeds):
+  arms_lib.register(Noisy)
+  try:
+    result = _study(tmp_path / "s", "train_study.arms = ['uniform', 'noisy']",
+                    "train_study.baseline = 'uniform'", "train_study.seeds = 2",
+                    f"train_study.method_seeds = '{method_seeds}'")
+  finally:
+    arms_lib.unregister(Noisy)
+  assert result["method_seeds"] == method_seeds
+  trained = [json.loads((tmp_path / "s" / "arms" / "noisy" / f"seed_{s}" /
+                         "main_weights.json").read_text())["noise"] for s in range(2)]
+  diff = result["results"]["noisy"]["vs_baseline"]["uniform_avg"]
+  if method_seeds == "shared":
+    assert trained == pytest.approx([0.2, 0.2])
+    # the same mixture for both seeds: the paired difference is ~0, and tight
+    assert abs(diff["diff"]) < 1e-6 and diff["ci"][1] - diff["ci"][0] < 1e-5
+  else:
+    assert trained == pytest.approx([0.96, 0.2])
+    # seed 0's method gave another mixture: the interval is wide
+    assert diff["ci"][1] - diff["ci"][0] > 0.05, diff
+  assert ("per seed" if method_seeds == "per_seed" else "shared") in (
+      tmp_path / "s" / "study.md").read_text()
+
+
+def test_per_seed_doremi_runs_its_reference_and_proxy_with_every_seed(tmp_path):
+  result = _study(tmp_path / "s", "train_study.arms = ['stratified', 'doremi']",
+                  "train_study.seeds = 2")
+  assert result["method_seeds"] == "per_seed"
+  weights = []
+  for seed in range(2):
+    root = tmp_path / "s" / "doremi" / f"seed_{seed}" / "round_1"
+    for stage in ("reference", "proxy"):
+      assert json.loads((root / stage / "run_info.json").read_text())["seed"] == seed
+    weights.append(json.loads((root / "proxy" / "average_domain_weights.json").read_text()))
+    trained = json.loads((tmp_path / "s" / "arms" / "doremi" / f"seed_{seed}" /
+                          "main_weights.json").read_text())
+    assert trained == pytest.approx(weights[-1], rel=1e-6)   # normalised on reading
+  assert weights[0] != weights[1]
+  assert not (tmp_path / "s" / "doremi" / "round_1").exists()
+  # one seed's method runs charged to each seed
+  from doremi_jax.analysis import study_stats
+  one_seed = np.mean([sum(study_stats.run_flops(tmp_path / "s" / "doremi" / f"seed_{s}" /
+                                                "round_1" / stage)
+                          for stage in ("reference", "proxy")) for s in range(2)])
+  assert result["results"]["doremi"]["cost"]["method_flops"] == pytest.approx(one_seed)

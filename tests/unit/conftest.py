@@ -9,6 +9,10 @@ import sys
 
 import pytest
 
+# Matplotlib builds its font cache on first import, asking `fc-list` (a
+# process) where fontconfig is installed: build it here, before the rules.
+from matplotlib import font_manager  # pylint: disable=unused-import  # noqa: F401
+
 
 class _NoProcess:
   def __init__(self, *args, **kwargs):

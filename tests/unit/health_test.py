@@ -30,9 +30,20 @@ def test_weight_that_rounds_to_zero_examples_warns():
 
 def test_domain_repeated_many_epochs_warns():
   sizes = {"a": 1000, "b": 10**6, "c": 10**6, "d": 10**6}
-  line = health.repetition(DOMAINS, {d: 0.25 for d in DOMAINS}, 100_000, sizes)
+  # 1000 full rows of 100 tokens
+  line = health.repetition(DOMAINS, {d: 0.25 for d in DOMAINS}, 1000, 100, sizes)
   assert line["status"] == "WARN" and "a 25.00 epochs" in line["value"]
-  assert health.repetition(DOMAINS, {d: 0.25 for d in DOMAINS}, 1000, sizes)["status"] == "PASS"
+  assert health.repetition(DOMAINS, {d: 0.25 for d in DOMAINS}, 10, 100, sizes)["status"] == "PASS"
+  # rows of 'a' hold 50 real tokens, the others 100: a quarter of the tokens
+  # is 40% of the rows, 400 rows of 50 tokens, 20 epochs of 'a'
+  fill = {"a": 50.0, "b": 100.0, "c": 100.0, "d": 100.0}
+  line = health.repetition(DOMAINS, {d: 0.25 for d in DOMAINS}, 1000, 100, sizes,
+                           tokens_per_row=fill)
+  assert "a 20.00 epochs" in line["value"], line
+  # equal rows (stratified): 250 rows of 50 tokens, 12.5 epochs
+  line = health.repetition(DOMAINS, {d: 0.25 for d in DOMAINS}, 1000, 100, sizes,
+                           tokens_per_row=fill, stratified=True)
+  assert "a 12.50 epochs" in line["value"], line
 
 
 def test_proxy_below_reference_and_rounds():

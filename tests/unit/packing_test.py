@@ -11,6 +11,7 @@ import pytest
 from doremi_jax import attention as attention_lib
 from doremi_jax import loss as loss_lib
 from doremi_jax.data import packing
+from doremi_jax.data import shuffling
 from doremi_jax.model import ModelConfig, Transformer
 
 
@@ -63,21 +64,21 @@ def test_model_inputs_restart_at_each_document():
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 16, 17, 100, 1000, 4097])
 def test_feistel_is_a_permutation(n):
-  for keys in ([1, 2, 3, 4], packing.epoch_keys(7, 2, 3)):
-    p = packing.feistel_permute(np.arange(n), n, keys)
+  for keys in ([1, 2, 3, 4], shuffling.epoch_keys(7, 2, 3)):
+    p = shuffling.feistel_permute(np.arange(n), n, keys)
     assert sorted(p.tolist()) == list(range(n))
 
 
 def test_shuffled_rows_visit_every_row_once_per_epoch():
   n = 37
-  rows = packing.shuffled_rows(np.arange(3 * n), n, seed=5, domain=1)
+  rows = shuffling.shuffled_rows(np.arange(3 * n), n, seed=5, domain=1)
   for e in range(3):
     assert sorted(rows[e * n:(e + 1) * n].tolist()) == list(range(n))
   assert rows[:n].tolist() != rows[n:2 * n].tolist()          # a new order each epoch
-  assert rows.tolist() != packing.shuffled_rows(np.arange(3 * n), n, 6, 1).tolist()
+  assert rows.tolist() != shuffling.shuffled_rows(np.arange(3 * n), n, 6, 1).tolist()
   # Any position's row is found on its own (what lets a host read only its rows).
   some = np.array([3, 50, 100])
-  np.testing.assert_array_equal(packing.shuffled_rows(some, n, 5, 1), rows[some])
+  np.testing.assert_array_equal(shuffling.shuffled_rows(some, n, 5, 1), rows[some])
 
 
 def _reference_attention(q, k, v, seg):
