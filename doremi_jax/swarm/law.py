@@ -38,9 +38,10 @@ backtracking, then checks the optimality residual max |x - capped_tilt(log
 q - g(x) / lambda)| <= 1e-9, raising ConfigError (naming
 train_swarm.kl_weight) when the step limit runs out or the steps stall
 first. On 5-domain laws with t ~ N(0, 1.5) it needs 3-11 steps at lambda
-0.05-5; in trials it failed only on far steeper laws (|t| up to 15-30)
-with lambda <= 0.005, where the residual itself loses float64 precision
-and, with caps, Newton zigzags across their kinks.
+0.05-5, and 9 on the swarm study's fitted laws (docs/reproduction.md;
+coefficients down to -116); in trials it failed only on random laws with
+t ~ N(0, 6-10) and lambda <= 0.005, where the residual itself loses
+float64 precision and, with caps, Newton zigzags across their kinks.
 """
 
 from __future__ import annotations
