@@ -214,7 +214,8 @@ def fill_cheapest(g, caps) -> np.ndarray:
 
 def minimise_loglinear(t_MxK, w_M, prior, kl_weight: float, caps) -> np.ndarray:
   """argmin sum_m w_m exp(t_m . x) + kl_weight KL(x || prior) on the capped
-  simplex: Olmix's fixed point when kl_weight > 0, SLSQP when it is 0."""
+  simplex: `law.olmix_propose` (Newton on its dual, with an optimality
+  check) when kl_weight > 0, SLSQP when it is 0."""
   if kl_weight > 0:
     return law_lib.olmix_propose(t_MxK, w_M, prior, kl_weight, caps)
   t, w = np.asarray(t_MxK, np.float64), np.asarray(w_M, np.float64)
