@@ -129,16 +129,18 @@ def test_the_loader_drew_each_step_from_the_logged_rates(runs):
 
 def test_what_each_paper_predicts_for_the_noise_domain(runs):
   """ODM's reward is raw loss, so it raises the noise domain (loss at log V)
-  above the rest; ADO's noise curve is flat, so it sinks from its first fit
-  on (slowly: its running average keeps the prior's 10 steps); online
-  DoReMi's noise excess over the reference is about zero, so it falls
-  behind the learnable domains. (Domain 0 of the built-in corpus is noise.)"""
+  above the rest; ADO's noise curve is flat, so it sinks once a fit sees it
+  flat against the others (here the second, at step 20: at step 10 every
+  curve is still flat), slowly: its running average over the global step
+  keeps the steps before; online DoReMi's noise excess over the reference
+  is about zero, so it falls behind the learnable domains. (Domain 0 of the
+  built-in corpus is noise.)"""
   _, out = runs
   final = {m: _rates(out[m][0])[-1] for m in METHODS}
   assert np.argmax(final["odm"]) == 0, final["odm"]
   ado = _rates(out["ado"][0])[:, 0]     # the rates of step t: ADO's after step t - 3
-  assert np.argmin(final["ado"]) == 0 and final["ado"][0] < 0.1, final["ado"]
-  assert ado[-1] < ado[13] < 0.2, ado
+  assert np.argmin(final["ado"]) == 0 and final["ado"][0] < 0.2, final["ado"]
+  assert np.all(np.diff(ado[23:]) < 0), ado
   assert np.argmin(final["doremi_online"]) == 0, final["doremi_online"]
 
 
