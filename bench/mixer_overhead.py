@@ -9,8 +9,8 @@ a mixer's work does not grow with the model, so a small model is the
 harder test of the 1.03x goal.
 
 Programs (all `steps.lm_program`, the main stage's step, on the same numpy
-batch): plain; + ODM; + ADO (a step without a refit: its history buffer
-holds `--num_steps` steps, as in a run of that length); + Aioli (its
+batch): plain; + ODM; + ADO (a step without a refit: its curve buffer
+holds every tenth step of `--num_steps`, as in a run of that length); + Aioli (its
 in-step update is the identity: its work is between steps); + online DoReMi
 (which adds a reference forward, the same size as the model here, reported
 apart: its cost is the reference, not the mixer's arithmetic).
@@ -96,8 +96,8 @@ def main():
   reference = reference_lib.Reference(ref_model, ref_params, ref_shardings, {})
   mixers = {
       "odm": odm.ODMMixer(k, n, warmup_steps=0),
-      # a step without a refit: the first fit is after ignore_steps
-      "ado": ado.ADOMixer(k, n, ignore_steps=n - 1, update_interval=1000),
+      # steps without a refit: the first fit is at step 1000 (the defaults)
+      "ado": ado.ADOMixer(k, n),
       "aioli": aioli.AioliMixer(k, n),
       "doremi_online": doremi_online.DoReMiOnlineMixer(k, n),
   }
@@ -132,8 +132,11 @@ def main():
     flops[name] = float(cost.get("flops", float("nan")))
   flop_ratios = {name: flops[name] / flops["plain"] for name in programs if name != "plain"}
 
-  # ADO's refit step: a program whose every step refits (ignore 1, interval 1).
-  refit_mixer = ado.ADOMixer(k, n, ignore_steps=1, update_interval=1)
+  # ADO's refit step: a program whose every step refits (ignore 1, interval
+  # 1, so no smoothing window fits before it). A fit's cost is its buffer's:
+  # every tenth step of the run, the points not yet seen masked.
+  refit_mixer = ado.ADOMixer(k, n, ignore_steps=1, update_interval=1, savgol_window=1,
+                             savgol_order=0)
   refit = steps_lib.lm_program(setup, k, 1, args.seq_len, mixer=refit_mixer, prior=prior)
   rs = run_steps(refit, refit.init(0), batch, 2)
   t = time.perf_counter()

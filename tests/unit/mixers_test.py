@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy.signal import savgol_coeffs, savgol_filter
 
 from doremi_jax import mixers
 from doremi_jax.config import ConfigError
@@ -185,39 +186,25 @@ def test_ado_fit_respects_the_bounds():
   assert float(laws.e[1]) > 0.5 - 1e-2      # the published floor: e >= 0.5
 
 
-def np_ado_policy(h, pibar, count, e, a, alpha, n, prior, shares):
-  h = 0.9 * h + 0.1 * shares
-  s = np.maximum(alpha, 0.05) * (np.exp(a) * n ** -alpha) / n
-  rho = s * prior * np.sqrt(h)
-  rho = rho / rho.sum()
-  rho = np.maximum(rho, 0.01)
-  rho = rho / rho.sum()
-  count += 1
-  pi = 0.9 * pibar + 0.1 * rho
-  pibar = pibar + (rho - pibar) / count
-  return pi, h, pibar, count
-
-
-def test_ado_policy_matches_numpy_with_a_resume():
-  rng = np.random.default_rng(3)
-  k = 4
-  prior = rng.dirichlet(np.ones(k))
-  e, a, alpha = rng.uniform(0, 1, k), rng.uniform(0, 3, k), rng.uniform(0.05, 0.8, k)
-  laws = ado.Laws(*(jnp.asarray(x, jnp.float32) for x in (e, a, alpha)))
-  state = ado.init_policy(prior)
-  h, pibar, count = prior.copy(), prior.copy(), 0
-  n = np.full(k, 100.0)
-  for t in range(12):
-    shares = rng.dirichlet(np.ones(k))
-    want, h, pibar, count = np_ado_policy(h, pibar, count, e, a, alpha, n, prior, shares)
-    got, state = jax.jit(ado.policy)(state, laws, jnp.asarray(n, jnp.float32),
-                                     jnp.asarray(prior, jnp.float32),
-                                     jnp.asarray(shares, jnp.float32))
-    if t == 5:    # resume: through NumPy (a checkpoint) and back
-      state = ado.PolicyState(*[jnp.asarray(np.asarray(x)) for x in state])
-    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)
-    np.testing.assert_allclose(float(got.sum()), 1.0, atol=1e-5)
-    n += 1000 * shares
+def test_ado_prior_keeps_its_weight_in_pibar_after_the_first_fit():
+  """pibar is the authors' running average over the global step: a domain
+  with prior 0.181 whose rho is at the floor (0.0099 after renormalising)
+  from a first fit at step 1000 keeps 0.181 in pibar (pi 0.164 at that
+  step) and is at 0.095 by step 2000; a running mean restarted at the first
+  fit would put it at 0.0099 one step later."""
+  prior = jnp.asarray([0.181, 0.819])
+  laws = ado.Laws(jnp.zeros(2), jnp.asarray([-10.0, 5.0]), jnp.asarray([0.001, 0.5]))
+  step = jax.jit(lambda st, t: ado.policy(st, laws, jnp.full(2, 1e4), prior, t))
+  state, pis, pibars = ado.init_policy(prior), {}, {}
+  for t in range(1000, 2001):
+    pis[t], state = step(state, t)
+    pibars[t] = float(state.pibar_K[0])
+  rho = 0.01 / (1 + 0.01)
+  assert float(pis[1000][0]) == pytest.approx(0.9 * 0.181 + 0.1 * rho, rel=1e-4)
+  assert pibars[1000] == pytest.approx((1000 * 0.181 + rho) / 1001, rel=1e-4)
+  assert float(pis[1001][0]) == pytest.approx(0.9 * pibars[1000] + 0.1 * rho, rel=1e-4)
+  assert pibars[2000] == pytest.approx((1000 * 0.181 + 1001 * rho) / 2001, rel=1e-4)
+  assert round(pibars[2000], 3) == 0.095
 
 
 def test_ado_sinks_a_flat_curve_and_favours_a_falling_one():
@@ -227,9 +214,11 @@ def test_ado_sinks_a_flat_curve_and_favours_a_falling_one():
   curves = np.stack([np.full_like(n, np.log(128)), 1 + 4 * n ** -0.5, 1 + 4 * n ** -0.1])
   laws = ado.fit_laws(jnp.asarray(np.stack([n] * 3)), jnp.asarray(curves), e_min=None)
   prior = jnp.full(3, 1 / 3)
+  step = jax.jit(lambda st, t: ado.policy(ado.track_shares(st, prior), laws, jnp.full(3, 2000.0),
+                                           prior, t))
   state, pi = ado.init_policy(prior), None
-  for _ in range(200):
-    pi, state = ado.policy(state, laws, jnp.full(3, 2000.0), prior, prior)
+  for t in range(200):
+    pi, state = step(state, t)
   assert pi[0] < 0.05 and pi[2] > pi[1] > pi[0], pi
 
 
@@ -286,27 +275,103 @@ def test_odm_mixer_keeps_the_prior_through_its_warmup_then_updates():
   np.testing.assert_allclose(got[3:], want, rtol=2e-5, atol=1e-7)
 
 
-def test_ado_mixer_fits_at_its_interval_and_follows_the_policy():
-  """The ADO mixer: the prior until the first fit; the fit at step
-  ignore_steps on the recorded curve equals fit_laws on the same points;
-  then the policy's pi each step."""
-  k, prior, steps = 2, np.array([0.5, 0.5]), 12
-  mixer = ado.ADOMixer(k, steps, ignore_steps=8, update_interval=100, e_min=None)
-  rows = np.array([4.0, 4.0])
-  seq = [mixer_base.Signals(jnp.asarray([1 + 3 * (4 * (t + 1)) ** -0.5, 4.85], jnp.float32),
-                            jnp.asarray(rows * 32), jnp.asarray(rows)) for t in range(steps)]
-  got = _mixer_replay(mixer, prior, seq)
-  np.testing.assert_allclose(got[:7], np.tile(prior, (7, 1)))
-  n = np.stack([4.0 * np.arange(1, 9)] * 2).astype(np.float32)
-  y = np.stack([[float(s.loss_K[i]) for s in seq[:8]] for i in range(k)]).astype(np.float32)
-  laws = ado.fit_laws(jnp.asarray(n), jnp.asarray(y), e_min=None)
-  state, want = ado.init_policy(prior), []
-  for t in range(7, steps):
-    pi, state = ado.policy(state, laws, jnp.asarray(4.0 * (t + 1) * np.ones(k), jnp.float32),
-                           jnp.asarray(prior, jnp.float32), jnp.asarray([0.5, 0.5]))
-    want.append(np.asarray(pi))
-  np.testing.assert_allclose(got[7:], np.array(want), rtol=1e-4, atol=1e-6)
-  assert got[-1][1] < got[-1][0]    # the flat (noise-like) curve loses
+def _ado_signals(rng, k, steps, batch=16):
+  """Per-step signals: power-law losses in the sequences seen, noisy; the
+  last domain flat at log V (noise); domain 0 absent from the first batch;
+  random absences (multinomial batches)."""
+  p = rng.dirichlet(np.full(k, 2.0))
+  e, a, alpha = rng.uniform(0.3, 1.0, k), rng.uniform(0.5, 1.5, k), rng.uniform(0.1, 0.6, k)
+  seen, seq = np.zeros(k), []
+  for t in range(steps):
+    rows = rng.multinomial(batch, p).astype(np.float32)
+    if t == 0:
+      rows[1], rows[0] = rows[1] + rows[0], 0
+    seen += rows
+    loss = np.exp(e) + np.exp(a) * np.maximum(seen, 1) ** -alpha + rng.normal(0, 0.05, k)
+    loss[-1] = np.log(128) + rng.normal(0, 0.05)
+    loss = np.where(rows > 0, loss, 0).astype(np.float32)
+    seq.append(mixer_base.Signals(jnp.asarray(loss), jnp.asarray(rows * 32), jnp.asarray(rows)))
+  return seq
+
+
+def np_ado(seq, prior, laws_at, ignore, interval, window, order, stride, same):
+  """The authors' ADO selector (yidingjiang/ado@bc3d8d0,
+  src/data_selectors/ado.py: `update`, `compute_scaling_law_params`,
+  `curr_dist`), written in NumPy from its rules: returns the rates after
+  every step and the (n, loss) points each fit was given. Their fit
+  (L-BFGS) is not replayed: the fit of step s returns `laws_at[s]`, the
+  mixer's (e, a, alpha)."""
+  k = len(prior)
+  steps_n, losses, laws, out, fits = [], [], None, [], {}
+  h, pi, pibar = prior.copy(), prior.copy(), prior.copy()
+  for t, sig in enumerate(seq):
+    rows, loss = np.asarray(sig.rows_K, np.float64), np.asarray(sig.loss_K, np.float64)
+    steps_n.append(np.full(k, rows.sum()) if same else rows)   # use_same_step_size
+    h = 0.9 * h + 0.1 * rows / rows.sum()
+    prev = losses[-1] if losses else np.full(k, (rows * loss).sum() / rows.sum())
+    losses.append(np.where(rows > 0, loss, prev))
+    if t >= ignore and t % interval == 0:
+      n_KxJ = np.cumsum(steps_n, axis=0)[ignore::stride].T
+      y_KxJ = savgol_filter(np.array(losses).T, window, order, axis=-1)[:, ignore::stride]
+      fits[t] = (n_KxJ, y_KxJ)
+      laws = laws_at[t]
+    if laws is not None:
+      e, a, alpha = laws
+      n = np.sum(steps_n, axis=0)
+      reducible = np.exp(e) + np.exp(a) * n ** -alpha - np.exp(e)
+      rho = np.maximum(alpha, 0.05) * reducible / n * prior * np.sqrt(h)
+      rho = np.maximum(rho / rho.sum(), 0.01)
+      rho = rho / rho.sum()
+      pi = 0.9 * pibar + 0.1 * rho
+      pibar = (1 - 1 / (t + 1)) * pibar + rho / (t + 1)
+    out.append(pi.copy())
+  return np.array(out), fits
+
+
+@pytest.mark.parametrize("same, window, order, stride, ignore, interval, steps, resume", [
+    (True, 101, 3, 10, 105, 60, 190, 150),    # the authors' n, smoothing and stride
+    (False, 11, 2, 3, 13, 20, 70, 39)])       # each domain's own n
+def test_ado_mixer_matches_the_authors_update_with_a_resume(same, window, order, stride, ignore,
+                                                             interval, steps, resume):
+  """The ADO mixer, jitted, against the authors' update in NumPy on random
+  curves: the prior until the first fit; each fit's points (the smoothed
+  curve from step ignore_steps on, n) and the rates after every step,
+  including the first fit; its state after a mid-run step through NumPy (a
+  checkpoint) and continued is bitwise the uninterrupted run's."""
+  rng = np.random.default_rng(11)
+  k = 3
+  prior = rng.dirichlet(np.full(k, 3.0))
+  seq = _ado_signals(rng, k, steps)
+  mixer = ado.ADOMixer(k, steps, ignore_steps=ignore, update_interval=interval, e_min=None,
+                       fit_iters=20, same_step_size=same, savgol_window=window,
+                       savgol_order=order, fit_stride=stride)
+  update = jax.jit(mixer.update)
+  state, states = mixer.init(prior), []
+  for t, sig in enumerate(seq):
+    state = update(state, sig, jnp.asarray(t, jnp.int32))
+    states.append(state)
+  got = np.array([np.asarray(mixer.rates(s)) for s in states])
+  fit_steps = [t for t in range(ignore, steps) if t % interval == 0]
+  laws_at = {t: np.asarray(jnp.stack(states[t]["laws"]), np.float64) for t in fit_steps}
+  want, fits = np_ado(seq, prior, laws_at, ignore, interval, window, order, stride, same)
+
+  assert sorted(fits) == fit_steps and len(fit_steps) >= 2
+  for t in fit_steps:
+    n, y, w = (np.asarray(x) for x in ado.fit_points(states[t]["curve"], t, ignore, stride))
+    m = fits[t][0].shape[1]
+    np.testing.assert_allclose(n[:, :m], fits[t][0], rtol=1e-6)
+    np.testing.assert_allclose(y[:, :m], fits[t][1], rtol=1e-5, atol=1e-5)
+    assert w[:, :m].all() and not w[:, m:].any()
+    assert not np.array_equal(laws_at[t], np.asarray(jnp.stack(states[t - 1]["laws"])))
+  np.testing.assert_array_equal(got[:fit_steps[0]], np.tile(prior.astype(np.float32),
+                                                            (fit_steps[0], 1)))
+  np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)
+
+  state = jax.tree.map(np.asarray, states[resume])    # a checkpoint, restored
+  for t in range(resume + 1, steps):
+    state = update(state, seq[t], jnp.asarray(t, jnp.int32))
+    for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(states[t])):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -315,6 +380,11 @@ def test_ado_mixer_fits_at_its_interval_and_follows_the_policy():
     (lambda: odm.ODMMixer(3, 100, form="fast"), "ODMMixer.form"),
     (lambda: ado.ADOMixer(3, 100, floor=0.5), r"ADOMixer.floor must be in \[0, 0.333"),
     (lambda: ado.ADOMixer(3, 100), "never fit"),
+    (lambda: ado.ADOMixer(3, 100, ignore_steps=10, update_interval=10),
+     "first fit, at step 10, would smooth 11 steps with a Savitzky-Golay window of 101"),
+    (lambda: ado.ADOMixer(3, 100, ignore_steps=10, savgol_window=10), "savgol_window must be odd"),
+    (lambda: ado.ADOMixer(3, 100, ignore_steps=10, savgol_window=3, savgol_order=3),
+     r"savgol_order must be in \[0, 2\]"),
     (lambda: doremi_online.DoReMiOnlineMixer(3, 100, step_size=-1.0),
      "DoReMiOnlineMixer.step_size must be a positive"),
 ])
@@ -374,41 +444,32 @@ def test_aioli_mixer_rounds_match_numpy_with_a_resume(smoothing):
   assert cost["eval_compute_fraction"] == pytest.approx(len(calls) * 100 / (3 * steps * 50))
 
 
-def np_record(ns, losses, oks, capacity):
-  """ADO's bounded curve in NumPy: window means of `stride` steps, one row
-  each; a full buffer averages neighbouring rows in pairs, stride doubles."""
-  rows, stride, window = [], 1, []
-  for n, y, ok in zip(ns, losses, oks):
-    window.append((n, y, ok))
-    if len(window) == stride:
-      rows.append((np.mean([w[0] for w in window], 0), np.mean([w[1] for w in window], 0),
-                   np.all([w[2] for w in window], 0)))
-      window = []
-      if len(rows) == capacity:
-        rows = [((a[0] + b[0]) / 2, (a[1] + b[1]) / 2, a[2] & b[2])
-                for a, b in zip(rows[0::2], rows[1::2])]
-        stride *= 2
-  return rows, stride
-
-
-def test_ado_curve_stays_bounded_and_matches_numpy():
+def test_ado_curve_is_savgol_filter_of_the_whole_curve_at_the_fit_steps():
+  """After every step s >= W - 1 the bounded curve holds scipy's
+  savgol_filter(losses[:s + 1], 101, 3) (the authors' call, 'interp' edges)
+  at steps ignore, ignore + 10, ... <= s, and n there; a resume (through
+  NumPy) changes nothing. Its interior row is savgol_coeffs."""
   rng = np.random.default_rng(9)
-  k, cap, steps = 3, 8, 45
+  k, steps, ignore, stride, w = 3, 240, 37, 10, 101
+  hat = ado.savgol_matrix(w, 3)
+  np.testing.assert_allclose(hat[w // 2], savgol_coeffs(w, 3), atol=1e-7)
   ns = np.cumsum(rng.integers(0, 4, (steps, k)), axis=0).astype(np.float32)
   losses = rng.uniform(1, 5, (steps, k)).astype(np.float32)
-  oks = ns > 0
-  curve = ado.init_curve(k, cap)
-  rec = jax.jit(lambda c, n, y, ok: ado.record(c, n, y, ok, cap))
+  curve = ado.init_curve(k, ado.num_points(steps, ignore, stride), w)
+  rec = jax.jit(lambda c, t, n, y: ado.record(c, t, n, y, hat, ignore, stride))
   for t in range(steps):
-    curve = rec(curve, ns[t], losses[t], oks[t])
-    if t == 20:   # resume: through NumPy and back
+    curve = rec(curve, t, ns[t], losses[t])
+    if t == 120:   # resume: through NumPy and back
       curve = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), curve)
-  want, stride = np_record(ns, losses, oks, cap)
-  assert int(curve["stride"]) == stride == 8 and int(curve["rows"]) == len(want) == 5
-  for i, (n, y, ok) in enumerate(want):
-    np.testing.assert_allclose(curve["n"][i], n, rtol=1e-5)
-    np.testing.assert_allclose(curve["loss"][i], y, rtol=1e-5)
-    np.testing.assert_array_equal(curve["ok"][i], ok)
+    if t < w - 1:
+      continue
+    n, y, weight = (np.asarray(x) for x in ado.fit_points(curve, t, ignore, stride))
+    want = savgol_filter(losses[:t + 1].T.astype(np.float64), w, 3, axis=-1)[:, ignore::stride]
+    m = want.shape[1]
+    np.testing.assert_allclose(y[:, :m], want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(n[:, :m], np.maximum(ns[ignore:t + 1:stride].T, 1))
+    assert weight[:, :m].all() and not weight[:, m:].any()
+  assert curve["n"].shape == (ado.num_points(steps, ignore, stride), k) == (21, k)
 
 
 def test_every_method_is_registered_once_with_its_authors_prior():
