@@ -48,7 +48,7 @@ def _stage(name: str, kind: str, final=None, weights_log=()) -> dict:
 
 WEIGHTS_LOG = [{"step": s, "domain_names": DOMAINS, "domain_weights": [0.5 + 0.02 * s,
                                                                       0.5 - 0.02 * s],
-                "average_weights": [0.5 + 0.01 * s, 0.5 - 0.01 * s]} for s in (0, 5, 10)]
+                "average_weights": [0.5 + 0.01 * s, 0.5 - 0.01 * s]} for s in range(1, 11)]
 FINAL = {"a": 0.6, "b": 0.4}
 
 
@@ -83,7 +83,7 @@ def test_pipeline_report_renders_from_its_dict_alone(tmp_path):
   assert "Pipeline status: **complete**, 12 s in total." in text
   assert "| a | 0.5000 | 0.6000 |" in text and "not converged within 1 round(s)." in text
   assert "| b | 3.1500 | 3.1000 | — |" in text          # no excess: a dash
-  assert "| Step 2 weight collapse | 0% of logged steps" in text
+  assert "| Step 2 weight collapse | 0 of 10 steps (0%) with a weight > 0.9" in text
   assert "| b | 0.4000 | 0.5714 |" in text               # 0.4 x 2 bytes / (0.6 + 0.8)
   assert "```\n" + compare.format_comparison(report["comparison"]) + "\n```" in text
   assert "DoReMi is better on 1 of 2 domains." in text
