@@ -216,6 +216,20 @@ def test_study_report_renders_from_its_dict_alone(tmp_path):
   assert study_report.format_verdicts(study).splitlines()[1].endswith("baseline")
 
 
+def test_study_report_says_at_target_from_the_start(tmp_path):
+  """An arm whose step-0 evaluation already reaches the baseline's final
+  loss (a planted history): study.json holds a null speed-up with the
+  reason, study.md says "at target from the start"."""
+  study = study_dict()
+  at_start = [(c[0], [2.0] + c[1][1:]) for c in study["curves"]["x"]]
+  study["results"]["x"]["speedup"] = stats.speedup(
+      at_start, [tuple(c) for c in study["curves"]["stratified"]])
+  sp = _json(study)["results"]["x"]["speedup"]
+  assert sp["mean"] is None and sp["reason"] == "at target from the start"
+  text = study_report.render(_json(study), tmp_path)
+  assert "| at target from the start on 3 of 3 seeds | 1.25 |" in text
+
+
 def test_study_md_from_study_json(tmp_path):
   study = {k: v for k, v in study_dict().items()
            if k not in ("root", "written_at", "schedules")}
