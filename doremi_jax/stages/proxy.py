@@ -2,7 +2,8 @@
 finished reference run.
 
 mode 'reweight' (the paper's Algorithm 1): batches are stratified (every
-global batch holds the same number of sequences of every domain) and the
+global batch holds batch // k sequences of every domain, the remainder
+rotating over steps: `loader.StratifiedAssignment`) and the
 step is `steps.dro_program`. mode 'resample' (the variant the paper
 proposes for larger proxies): batches are drawn from the current weights
 and the step is `steps.resample_program`, which is online DoReMi's
