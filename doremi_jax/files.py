@@ -42,10 +42,35 @@ def read_json(p) -> Any:
 
 
 def append_jsonl(p, obj: Any) -> None:
+  append_jsonl_rows(p, [obj])
+
+
+def append_jsonl_rows(p, rows) -> None:
+  """Appends `rows` to the JSONL file `p`, one line each, in one write."""
   p = epath.Path(p)
   p.parent.mkdir(parents=True, exist_ok=True)
   with p.open("a") as f:
-    f.write(json.dumps(obj) + "\n")
+    f.write("".join(json.dumps(obj) + "\n" for obj in rows))
+
+
+def keep_jsonl_through(p, last_step: int) -> None:
+  """Rewrites the JSONL log `p` (rows with a "step") keeping the rows of
+  steps <= `last_step`, in order: what a run resumed after `last_step`
+  steps continues, so the log ends as an uninterrupted run's. The rows a
+  killed run wrote past its checkpoint, and a line it cut short, are
+  dropped. Nothing happens when there is no file."""
+  p = epath.Path(p)
+  if not p.exists():
+    return
+  kept = []
+  for line in p.read_text().splitlines():
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if isinstance(row, dict) and int(row["step"]) <= last_step:
+      kept.append(line + "\n")
+  write_text(p, "".join(kept))
 
 
 def read_jsonl(p) -> list:

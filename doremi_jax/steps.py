@@ -384,10 +384,17 @@ def resample_program(setup: ModelSetup, reference, num_domains: int, accum: int,
   batches drawn from the current Group-DRO weights, and the weights follow
   the same update, on the same program as online DoReMi
   (`mixers.doremi_online`, with `train_proxy`'s settings). A domain absent
-  from a batch holds its last excess. The weights reach the loader with the
-  mixers' fixed delay (`mixers.base.DELAY` = 2 steps: step t's batch is
-  drawn from the weights after step t - 3), so the host never waits on the
-  device."""
+  from a batch holds its last excess.
+
+  The lag: step t (counted from 0) draws its batch from the weights after
+  step t - 3, i.e. after t - 2 steps, DELAY = 2 steps (`mixers.base`)
+  behind the freshest (after step t - 1): the runner fetches step s's
+  metrics after step s + 1 is dispatched and publishes step s + 3's rates
+  from them (`scheduled.RatesPublisher.on_step`), so the host never waits
+  on the device. Steps 0-2 draw from `initial_weights`; an update at step
+  u (where `doremi.DROConfig.update_gate` allows one) first changes step
+  u + 3's batch; doremi_weights.jsonl's row `step` d holds the rates of
+  mixture_weights.jsonl's row `step` d + 2. (`dro_program`: no lag.)"""
   mixer = DoReMiOnlineMixer.from_dro_config(num_domains, dro_cfg)
   return lm_program(setup, num_domains, accum, seq_len, mixer=mixer, prior=initial_weights,
                     reference=reference)

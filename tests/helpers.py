@@ -114,3 +114,14 @@ def check_golden(name: str, got: dict, rtol: float):
   for key in want:
     np.testing.assert_allclose(np.asarray(got[key]), np.asarray(want[key]), rtol=rtol,
                                atol=1e-7, err_msg=f"{name}: {key} moved. {HOW}")
+
+
+def weights_log_rows(workdir):
+  """A Step 2 run's doremi_weights.jsonl rows without their timestamps (what
+  a resumed run must reproduce)."""
+  import json
+  from doremi_jax import rundir
+  path = os.path.join(str(workdir), rundir.DOREMI_WEIGHTS_LOG)
+  with open(path) as f:
+    return [{k: v for k, v in json.loads(l).items() if k != "timestamp"}
+            for l in f.read().splitlines()]

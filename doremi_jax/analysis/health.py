@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 COLLAPSE_WEIGHT = 0.9      # a "collapsed" step: one domain holds more than this
-COLLAPSE_SHARE = 0.25      # WARN when more than this share of logged steps collapsed
+COLLAPSE_SHARE = 0.25      # WARN when more than this share of Step 2's steps collapsed
 MIN_EXAMPLES = 5           # WARN when a domain gets fewer sequences over the main run
 MAX_EPOCHS = 4.0           # WARN past this many epochs of a domain (repetition)
 
@@ -27,18 +27,20 @@ def entropy(w) -> float:
 
 
 def weight_collapse(weights_log: Sequence[dict]) -> list:
-  """Step 2's current weights over the logged steps: the share of steps
+  """Step 2's current weights over the steps of its log (every step; a run
+  older than that log logged one step in `log_every`): the share of steps
   where one domain holds more than COLLAPSE_WEIGHT, and the entropy of the
   weights (first, lowest, last; log k is uniform)."""
   if not weights_log:
     return []
   w = np.array([r["domain_weights"] for r in weights_log], np.float64)
-  share = float(np.mean(w.max(axis=1) > COLLAPSE_WEIGHT))
+  collapsed = int(np.sum(w.max(axis=1) > COLLAPSE_WEIGHT))
+  share = collapsed / len(w)
   ent = [entropy(x) for x in w]
   k = w.shape[1]
   return [
-      _line("Step 2 weight collapse", f"{share:.0%} of logged steps with a weight > "
-            f"{COLLAPSE_WEIGHT}", share <= COLLAPSE_SHARE,
+      _line("Step 2 weight collapse", f"{collapsed} of {len(w)} steps ({share:.0%}) with a "
+            f"weight > {COLLAPSE_WEIGHT}", share <= COLLAPSE_SHARE,
             "the Group-DRO weights sit on one domain: lower train_proxy.step_size, raise "
             "train_proxy.smoothing, or check that the reference is trained on that domain."),
       _line("Step 2 weight entropy", f"first {ent[0]:.3f}, lowest {min(ent):.3f}, last "

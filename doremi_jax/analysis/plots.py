@@ -34,7 +34,8 @@ def _save(fig, path):
 
 
 def plot_proxy_weights(stage: dict, path) -> bool:
-  """Step 2's current and averaged weights over the proxy's logged steps."""
+  """Step 2's current and averaged weights over the proxy's steps (every
+  step its weight log holds)."""
   rows = stage["weights_log"]
   if not rows:
     return False
@@ -42,11 +43,12 @@ def plot_proxy_weights(stage: dict, path) -> bool:
   domains = rows[0]["domain_names"]
   colors = _colors(domains)
   steps = [r["step"] for r in rows]
+  marker = "." if len(rows) <= 50 else None   # a log of every step: lines alone
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
   for ax, key, title in ((axes[0], "domain_weights", "current weights $\\alpha_t$"),
                          (axes[1], "average_weights", "running average (the DoReMi weights)")):
     for i, d in enumerate(domains):
-      ax.plot(steps, [r[key][i] for r in rows], label=d, color=colors[d], marker=".")
+      ax.plot(steps, [r[key][i] for r in rows], label=d, color=colors[d], marker=marker)
     ax.set_title(title)
     ax.set_xlabel("proxy step")
     ax.grid(alpha=0.3)

@@ -17,7 +17,11 @@ between evaluations); the speed-up is the baseline's steps over the arm's,
 summarised by the geometric mean over seeds with a t interval on the log
 ratios. An arm that never reaches the target has no finite speed-up on that
 seed; it is reported as a speed-up below (its last step / baseline steps)
-and counted as not reached.
+and counted as not reached. An arm whose step-0 evaluation (before any
+training) already reaches the target needs no steps at all, so its ratio
+of steps is undefined (a division by zero): that seed is "at target from
+the start", and with any such seed the speed-up has no mean or interval
+(null, with the reason and the number of such seeds).
 """
 
 from __future__ import annotations
@@ -80,25 +84,40 @@ def steps_to_target(steps: Sequence[float], losses: Sequence[float],
   return float(s0 + (s1 - s0) * (l0 - target) / (l0 - l1))
 
 
+AT_START = "at target from the start"
+
+
 def speedup(arm_curves: Sequence[tuple], baseline_curves: Sequence[tuple],
             level: float = 0.95, comparisons: int = 1) -> dict:
   """Speed-up to the baseline's final loss, paired by seed. Each curve is
   (steps, losses). Returns {"mean" (geometric mean), "ci", "per_seed",
-  "reached" (seeds where the arm reached the target)}."""
-  ratios, reached = [], 0
+  "reached" (seeds where the arm reached the target), "at_start" (seeds
+  where it was there at step 0)}. With any seed at the target from step 0
+  (the arm's, or the baseline's own, step-0 loss already at or below the
+  baseline's final loss) "mean" and "ci" are None, that seed's "per_seed"
+  is None, and "reason" is AT_START."""
+  ratios, reached, at_start = [], 0, 0
   for (a_steps, a_loss), (b_steps, b_loss) in zip(arm_curves, baseline_curves):
     target = float(b_loss[-1])
     base = steps_to_target(b_steps, b_loss, target)
     mine = steps_to_target(a_steps, a_loss, target)
-    if math.isfinite(mine):
+    if mine <= 0 or base <= 0:   # at the target before any step: no ratio of steps
+      reached += 1
+      at_start += 1
+      ratios.append(None)
+    elif math.isfinite(mine):
       reached += 1
       ratios.append(base / mine)
     else:  # not reached by the end: the speed-up is below base / last step
       ratios.append(base / float(a_steps[-1]))
-  logs = np.log(np.asarray(ratios, np.float64))
-  mean, lo, hi = t_interval(logs, adjusted_level(level, comparisons))
-  return {"mean": math.exp(mean), "ci": [math.exp(lo), math.exp(hi)],
-          "per_seed": [float(r) for r in ratios], "reached": reached}
+  out = {"mean": None, "ci": None,
+         "per_seed": [None if r is None else float(r) for r in ratios], "reached": reached,
+         "at_start": at_start}
+  if at_start:
+    return dict(out, reason=AT_START)
+  mean, lo, hi = t_interval(np.log(np.asarray(ratios, np.float64)),
+                            adjusted_level(level, comparisons))
+  return dict(out, mean=math.exp(mean), ci=[math.exp(lo), math.exp(hi)])
 
 
 def summarize(values: Sequence[float], level: float = 0.95) -> dict:

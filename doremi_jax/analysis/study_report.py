@@ -12,6 +12,7 @@ from doremi_jax import files
 from doremi_jax import rundir
 from doremi_jax.analysis import health
 from doremi_jax.analysis import plots
+from doremi_jax.analysis import stats
 from doremi_jax.data import scheduled
 
 
@@ -39,7 +40,10 @@ def _diff(x: Optional[dict], nd: int = 4) -> str:
 
 def _speedup(sp: dict, seeds: int) -> str:
   """A speed-up cell; where some seeds never reached the target the figure
-  is an upper bound (their ratio counts as last step / baseline steps)."""
+  is an upper bound (their ratio counts as last step / baseline steps);
+  where some were at the target from step 0 there is no figure."""
+  if sp["mean"] is None:
+    return f"{stats.AT_START} on {sp['at_start']} of {seeds} seeds"
   text = f"{sp['mean']:.2f} [{sp['ci'][0]:.2f}, {sp['ci'][1]:.2f}]"
   if sp["reached"] < seeds:
     text = f"at most {text}: target not reached on {seeds - sp['reached']} of {seeds} seeds"

@@ -13,8 +13,9 @@ from doremi_jax.data import weights as weights_lib
 
 @base.register
 class Stratified(base.Arm):
-  """'stratified': exactly equal rows of every domain in every batch (the
-  sampling mode, not a mixture)."""
+  """'stratified': equal rows of every domain, in every batch when k divides
+  the batch, otherwise over every k consecutive steps (the sampling mode,
+  not a mixture; `loader.StratifiedAssignment`)."""
   kind, spelling, static = "stratified", "stratified", True
 
   @classmethod

@@ -8,8 +8,9 @@ a pure function of (seed, step), computed identically on every host, so:
   (`MixtureAssignment`); a mixture's weights are shares of *tokens*, turned
   into row rates by every domain's measured tokens per packed row
   (`weights.row_rates`), since rows of long documents carry more padding; the
-  proxy stage uses stratified batches
-  (`StratifiedAssignment`); a mixture that changes during training uses
+  proxy stage uses stratified batches (`StratifiedAssignment`: equal rows,
+  not tokens, per domain in every batch when k divides the batch, else over
+  every k consecutive steps); a mixture that changes during training uses
   rates published block by block (`scheduled.ScheduledAssignment`), still a
   pure function of the step once published;
 * each domain is a stream whose position p is a row of the domain's packed
@@ -70,9 +71,14 @@ class MixtureAssignment:
 
 
 class StratifiedAssignment:
-  """Every global batch holds batch_size // k rows of each domain; the
-  remainder r goes to domains (step * r + j) % k, j < r, so it rotates over
-  steps. Rows are shuffled so every host sees a mix of domains."""
+  """What it equalises is rows (packed sequences) per domain, not tokens (a
+  row's padding differs by domain). Every global batch holds batch_size //
+  k rows of each domain; the remainder r = batch_size % k goes to domains
+  (step * r + j) % k, j < r, so it rotates over steps. When k divides the
+  batch every batch is exactly equal; otherwise a batch is equal to one row
+  (batch 64, k 5: 13/13/13/13/12) and every k consecutive steps, from any
+  step, give every domain exactly batch_size rows. Rows are shuffled so
+  every host sees a mix of domains."""
 
   def __init__(self, num_domains: int, seed: int):
     self.num_domains = num_domains

@@ -8,7 +8,9 @@ same batch and a resumed run draws the same rows:
                 (`loader.MixtureAssignment`, `weights.row_rates`)
   'stratified'  every global batch holds batch // k rows of each domain, the
                 remainder rotating over steps (`loader.StratifiedAssignment`):
-                equal rows (sequences), not equal tokens, per domain
+                equal rows (sequences), not equal tokens, per domain in
+                every batch when k divides the batch, otherwise over every
+                k consecutive steps
 
 Users write the mode where a static run's weights go
 (`train_main_model.weights = 'stratified'`, a study arm 'stratified');

@@ -50,7 +50,8 @@ PRESETS = {"pile_baseline": PILE_BASELINE, "pile_doremi_280m": PILE_DOREMI_280M}
 
 BUILTIN = ("uniform", "proportional")
 # Not a mixture but a sampling mode (`sampling.resolve`), spelled where a
-# static run's weights go: equal rows of every domain in every batch.
+# static run's weights go: equal rows of every domain (in every batch when k
+# divides the batch, otherwise over every k consecutive steps).
 STRATIFIED = "stratified"
 
 
@@ -62,7 +63,7 @@ def resolve_weights(spec, corpus: Corpus, what: str = "weights") -> np.ndarray:
   if isinstance(spec, str):
     if spec == STRATIFIED:
       raise ConfigError(f"{what} = 'stratified': stratified sampling (equal rows of every "
-                        "domain in every batch) is a sampling mode, not a mixture; this "
+                        "domain, per batch or over every k steps) is a sampling mode, not a mixture; this "
                         "setting needs rates ('uniform', 'proportional', a file or a mapping).")
     if spec == "uniform":
       return np.full(k, 1.0 / k)

@@ -50,8 +50,9 @@ def train_main_model(workdir: str, weights: Any = gin.REQUIRED, seed: Optional[i
   registered where seqio imports), where `weights` is a Step 2 run directory or `{domain: weight}` JSON file
   (typically `.../average_domain_weights.json`), a preset ('uniform',
   'proportional', 'pile_baseline', 'pile_doremi_280m'), a mapping, or
-  'stratified' (the sampling mode: exactly equal rows of every domain in
-  every batch). Domains are resampled with these probabilities (not
+  'stratified' (the sampling mode: equal rows of every domain, in every
+  batch when k divides the batch, otherwise over every k consecutive steps;
+  `loader.StratifiedAssignment`). Domains are resampled with these probabilities (not
   loss-reweighted). `seed` overrides TrainConfig.seed (the study's seeds).
   Writes main_weights.json (the rates used) and the runner's files.
 

@@ -2,13 +2,14 @@
 finished reference run.
 
 mode 'reweight' (the paper's Algorithm 1): batches are stratified (every
-global batch holds the same number of sequences of every domain) and the
+global batch holds batch // k sequences of every domain, the remainder
+rotating over steps: `loader.StratifiedAssignment`) and the
 step is `steps.dro_program`. mode 'resample' (the variant the paper
 proposes for larger proxies): batches are drawn from the current weights
 and the step is `steps.resample_program`, which is online DoReMi's
 (`mixers.doremi_online`) with `train_proxy`'s settings. The math is in
 `doremi_jax.doremi`. Writes doremi_weights.jsonl (the current weights, the
-per-domain excess and the running average, at every logged step),
+per-domain excess and the running average, after every step),
 average_domain_weights.json ({domain: weight}, read by Step 3),
 reference_eval.json, and eval.json with each domain's excess over the
 reference; with 'resample' also mixture_weights.jsonl (the rates of every
@@ -72,25 +73,54 @@ def check_same_on_all_processes(step: int, weights) -> None:
 
 class DROHook(runner.Hook):
   """Step 2's own files: the weights log, the averaged weights and the
-  reference's evaluation (every evaluation reports the excess over it)."""
+  reference's evaluation (every evaluation reports the excess over it).
+
+  The weights log has a row for every step: `on_step` receives each step's
+  metrics (the runner fetches them one step late anyway, so logging every
+  step adds no device sync), the rows are written in one append at every
+  logged step and before every checkpoint, and a resumed run first cuts
+  the log back to the steps its checkpoint holds (`files.keep_jsonl_through`),
+  so a killed and resumed run's log equals an uninterrupted run's."""
 
   def __init__(self, workdir, domains, mode: _Mode, reference, num_steps: int):
     self.workdir, self.domains, self.mode = workdir, list(domains), mode
     self.reference, self.num_steps, self.result = reference, num_steps, {}
+    self.log_path = files.path(workdir) / rundir.DOREMI_WEIGHTS_LOG
+    self.pending = []   # rows of steps not yet written
+
+  def start(self, workdir, start_step, data_state):
+    if rundir.is_writer():
+      files.keep_jsonl_through(self.log_path, start_step)
 
   def reference_eval(self, evaluator):
     return evaluator(self.reference.params, self.reference.steps_trained)
 
-  def on_log(self, step, m):
-    check_same_on_all_processes(step, m[self.mode.weights])
+  def on_step(self, step, m):
     if rundir.is_writer():
-      files.append_jsonl(files.path(self.workdir) / rundir.DOREMI_WEIGHTS_LOG, {
+      self.pending.append({
           "step": int(step), "timestamp": time.time(), "domain_names": self.domains,
           "domain_weights": np.asarray(m[self.mode.weights]).tolist(),
           "perdomain_scores": np.asarray(m[self.mode.excess]).tolist(),
           "average_weights": np.asarray(m[self.mode.average]).tolist()})
 
+  def on_log(self, step, m):
+    check_same_on_all_processes(step, m[self.mode.weights])
+    self.flush()
+
+  def data_state(self, done, data_state):
+    self.flush()   # the checkpoint after `done` steps: the log holds them all
+    return data_state
+
+  def flush(self):
+    if self.pending:
+      files.append_jsonl_rows(self.log_path, self.pending)
+      self.pending = []
+
+  def close(self):
+    self.flush()   # a stage that failed: the rows of its checked steps
+
   def on_finish(self, state, final, reference_eval):
+    self.flush()
     average = self.mode.dro_state(state).average_weights
     check_same_on_all_processes(self.num_steps, average)
     if jax.process_count() > 1:

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import run_cli, run_cli_many, run_cli_until
+from helpers import run_cli, run_cli_many, run_cli_until, weights_log_rows
 
 
 
@@ -37,7 +37,7 @@ def test_doremi_weights_on_builtin_corpus(quickstart_run):
   assert abs(sum(w.values()) - 1) < 1e-5
   assert w["noise"] < 0.05, w
   lines = [json.loads(l) for l in (wd / "doremi_weights.jsonl").read_text().splitlines()]
-  assert [l["step"] for l in lines] == list(range(25, 201, 25))
+  assert [l["step"] for l in lines] == list(range(1, 201))   # every step, not one in log_every
   for l in lines:
     assert set(l) == {"step", "timestamp", "domain_names", "domain_weights",
                       "perdomain_scores", "average_weights"}
@@ -63,6 +63,8 @@ def test_proxy_kill_and_resume_gives_identical_weights(reference_dir, tmp_path):
   assert "resuming from step" in resumed.stdout
   assert (wd / "average_domain_weights.json").read_bytes() == \
       (tmp_path / "full" / "average_domain_weights.json").read_bytes()
+  # the weights log holds every step once, as the uninterrupted run's
+  assert weights_log_rows(wd) == weights_log_rows(tmp_path / "full")
 
 
 BAD = [

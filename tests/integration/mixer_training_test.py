@@ -16,7 +16,7 @@ from doremi_jax import mixers
 from doremi_jax.config import ConfigError
 from doremi_jax.data import scheduled
 
-from helpers import run_stage
+from helpers import run_stage, weights_log_rows
 
 
 STEPS = 30
@@ -67,7 +67,7 @@ def runs(tmp_path_factory):
 
 def _resample(workdir, reference):
   return _stage("proxy", workdir, "train_proxy.mode = 'resample'",
-                f"train_proxy.reference_dir = '{reference}'", "TrainConfig.log_every = 1")
+                f"train_proxy.reference_dir = '{reference}'")
 
 
 def _rates(workdir):
@@ -153,7 +153,7 @@ def test_resampling_proxy_samples_from_its_weights_three_steps_late(runs):
   wd, avg = out["resample"]
   rates = _rates(wd)
   dro = [json.loads(l) for l in (wd / "doremi_weights.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in dro] == list(range(1, STEPS + 1))
+  assert [r["step"] for r in dro] == list(range(1, STEPS + 1))   # every step, log_every 5
   np.testing.assert_array_equal(rates[:3], np.full((3, 5), 0.2))
   for t in range(3, STEPS):
     np.testing.assert_allclose(rates[t], dro[t - 3]["domain_weights"], rtol=1e-6)
@@ -184,6 +184,8 @@ def test_killed_run_resumes_to_identical_rates_and_parameters(runs, method, tmp_
   else:
     _main(wd, method, tmp / "reference" if method == "doremi_online" else None)
   np.testing.assert_array_equal(_rates(wd), _rates(full))
+  if method == "resample":   # Step 2's weights log: every step once, as the full run's
+    assert weights_log_rows(wd) == weights_log_rows(full)
   a, b = _state(full, STEPS), _state(wd, STEPS)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -14,7 +14,7 @@ from doremi_jax import config as config_lib
 from doremi_jax import runner
 from doremi_jax.runner import TrainingDiverged
 
-from helpers import run_stage
+from helpers import run_stage, weights_log_rows
 
 # A tiny Step 1 on one device: 20 steps, a checkpoint every 5.
 SMALL = [
@@ -129,3 +129,22 @@ def test_run_directory_of_another_model_is_refused_before_writing(uninterrupted,
                      match="was trained with another model: ModelConfig.d_model 64 then, 32 now"):
     _reference(wd, "ModelConfig.d_model = 32")
   assert sorted(p.relative_to(wd) for p in wd.rglob("*")) == before
+
+
+def test_proxy_killed_and_resumed_logs_every_steps_weights_once(uninterrupted, tmp_path):
+  """Step 2 (the paper's reweight mode) logs its weights at every step, not
+  one in log_every (5 here); a run killed after checkpoint 10, its log
+  holding rows past it and a last line cut short, re-runs to a
+  doremi_weights.jsonl equal to the uninterrupted run's (timestamps aside)."""
+  reference, _ = uninterrupted
+  proxy = SMALL + [f"train_proxy.reference_dir = '{reference}'"]
+  full = tmp_path / "proxy"
+  run_stage("proxy", full, proxy)
+  rows = weights_log_rows(full)
+  assert [r["step"] for r in rows] == list(range(1, 21))
+  wd = tmp_path / "resumed"
+  _interrupted_copy(full, wd, keep_through=10)
+  with (wd / "doremi_weights.jsonl").open("a") as f:
+    f.write('{"step": 21, "timest')
+  run_stage("proxy", wd, proxy)
+  assert weights_log_rows(wd) == rows

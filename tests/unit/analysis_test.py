@@ -48,7 +48,7 @@ def _stage(name: str, kind: str, final=None, weights_log=()) -> dict:
 
 WEIGHTS_LOG = [{"step": s, "domain_names": DOMAINS, "domain_weights": [0.5 + 0.02 * s,
                                                                       0.5 - 0.02 * s],
-                "average_weights": [0.5 + 0.01 * s, 0.5 - 0.01 * s]} for s in (0, 5, 10)]
+                "average_weights": [0.5 + 0.01 * s, 0.5 - 0.01 * s]} for s in range(1, 11)]
 FINAL = {"a": 0.6, "b": 0.4}
 
 
@@ -83,7 +83,7 @@ def test_pipeline_report_renders_from_its_dict_alone(tmp_path):
   assert "Pipeline status: **complete**, 12 s in total." in text
   assert "| a | 0.5000 | 0.6000 |" in text and "not converged within 1 round(s)." in text
   assert "| b | 3.1500 | 3.1000 | — |" in text          # no excess: a dash
-  assert "| Step 2 weight collapse | 0% of logged steps" in text
+  assert "| Step 2 weight collapse | 0 of 10 steps (0%) with a weight > 0.9" in text
   assert "| b | 0.4000 | 0.5714 |" in text               # 0.4 x 2 bytes / (0.6 + 0.8)
   assert "```\n" + compare.format_comparison(report["comparison"]) + "\n```" in text
   assert "DoReMi is better on 1 of 2 domains." in text
@@ -214,6 +214,20 @@ def test_study_report_renders_from_its_dict_alone(tmp_path):
     assert f"(plots/{name})" in text
   assert study_report.render(_json(study), tmp_path / "again") == text
   assert study_report.format_verdicts(study).splitlines()[1].endswith("baseline")
+
+
+def test_study_report_says_at_target_from_the_start(tmp_path):
+  """An arm whose step-0 evaluation already reaches the baseline's final
+  loss (a planted history): study.json holds a null speed-up with the
+  reason, study.md says "at target from the start"."""
+  study = study_dict()
+  at_start = [(c[0], [2.0] + c[1][1:]) for c in study["curves"]["x"]]
+  study["results"]["x"]["speedup"] = stats.speedup(
+      at_start, [tuple(c) for c in study["curves"]["stratified"]])
+  sp = _json(study)["results"]["x"]["speedup"]
+  assert sp["mean"] is None and sp["reason"] == "at target from the start"
+  text = study_report.render(_json(study), tmp_path)
+  assert "| at target from the start on 3 of 3 seeds | 1.25 |" in text
 
 
 def test_study_md_from_study_json(tmp_path):

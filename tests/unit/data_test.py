@@ -161,6 +161,22 @@ def test_stratified_assignment_exact_counts():
     a(0, 4)
 
 
+@pytest.mark.parametrize("k,batch", [(5, 64), (5, 23), (6, 30), (7, 8), (3, 3), (4, 10)])
+def test_stratified_rows_are_equal_over_any_k_consecutive_steps(k, batch):
+  """Stratified batches equalise rows per domain: exactly in every batch
+  when k divides the batch; otherwise a batch is equal to one row (64 rows,
+  5 domains: 13/13/13/13/12) and any k consecutive steps, from any step,
+  give every domain exactly `batch` rows."""
+  a = loader_lib.StratifiedAssignment(k, seed=3)
+  per_step = [np.bincount(a(s, batch), minlength=k) for s in range(40)]
+  for s in range(40 - k + 1):
+    np.testing.assert_array_equal(sum(per_step[s:s + k]), np.full(k, batch), err_msg=str(s))
+  for counts in per_step:
+    assert counts.max() - counts.min() == (0 if batch % k == 0 else 1)
+  if (k, batch) == (5, 64):
+    assert sorted(per_step[0].tolist()) == [12, 13, 13, 13, 13]
+
+
 def test_mixture_assignment_frequencies():
   rates = np.array([0.5, 0.1, 0.2, 0.2, 0.0])
   a = loader_lib.MixtureAssignment(rates, seed=3)

@@ -12,7 +12,9 @@ def test_collapsed_step2_log_warns():
   healthy = [{"domain_weights": [0.3, 0.3, 0.2, 0.2]} for _ in range(8)]
   bad = health.weight_collapse(collapsed)
   assert [l["status"] for l in bad] == ["WARN", "WARN"]
-  assert "100% of logged steps" in bad[0]["value"] and bad[0]["advice"]
+  assert bad[0]["value"] == "8 of 8 steps (100%) with a weight > 0.9" and bad[0]["advice"]
+  one = health.weight_collapse(healthy[:7] + collapsed[:1])   # one step of eight: 12%
+  assert one[0]["value"] == "1 of 8 steps (12%) with a weight > 0.9"
   assert [l["status"] for l in health.weight_collapse(healthy)] == ["PASS", "PASS"]
   assert health.entropy([0.25] * 4) == math.log(4)
   # weights that end concentrated warn on entropy even without a collapse

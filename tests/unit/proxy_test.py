@@ -16,6 +16,7 @@ from doremi_jax.data.synthetic_tasks import synthetic_corpus
 from doremi_jax.model import ModelConfig
 from doremi_jax.reference import Reference
 
+from helpers import weights_log_rows
 from np_reference import np_excess, np_update
 
 TINY = ModelConfig(d_model=32, num_layers=2, num_heads=4, head_dim=8, mlp_dim=64,
@@ -153,3 +154,46 @@ def test_resample_mode_holds_absent_excess_and_trains_the_plain_loss(corpus):
       assert m["mixer/excess"][~present].tolist() == prev[~present].tolist()
     prev = np.asarray(m["mixer/excess"])
   loader.close()
+
+
+def _hook_run(workdir, start, stop, log_every, checkpoint_at, kill_after=None):
+  """`proxy.DROHook` driven as the runner drives it, on made-up metrics
+  (step s's weights are a function of s): steps start+1..stop, each handed
+  over once checked, written at log steps and before checkpoints; with
+  `kill_after` the run dies after that step (no close, no flush)."""
+  from doremi_jax.stages import proxy
+  hook = proxy.DROHook(workdir, list("abcde"), proxy.MODES["reweight"], None, stop)
+  hook.start(str(workdir), start, None)
+  for step in range(start + 1, stop + 1):
+    w = np.full(K, 1.0 / K) + 0.01 * np.sin(step + np.arange(K))
+    hook.on_step(step, {"domain_weights": w, "excess": w * 2, "average_weights": w / 2})
+    if step % log_every == 0 or step == stop:
+      hook.on_log(step, {"domain_weights": w})
+    if step % checkpoint_at == 0:
+      hook.data_state(step, {})
+    if step == kill_after:
+      return
+  hook.close()
+
+
+def test_weights_log_has_every_step_once_after_a_kill_and_resume(tmp_path):
+  """doremi_weights.jsonl: a row for every step (not one in log_every), and
+  a run killed after step 17 (rows to 16 written, checkpoint 10) and resumed
+  from step 10 ends with exactly the uninterrupted run's rows; a line cut
+  short by the kill is dropped."""
+  from doremi_jax import rundir
+  full, killed = tmp_path / "full", tmp_path / "killed"
+  full.mkdir(), killed.mkdir()
+  _hook_run(full, 0, 20, log_every=4, checkpoint_at=10)
+  rows = weights_log_rows(full)
+  assert [r["step"] for r in rows] == list(range(1, 21))
+  _hook_run(killed, 0, 20, log_every=4, checkpoint_at=10, kill_after=17)
+  log = killed / rundir.DOREMI_WEIGHTS_LOG
+  assert [r["step"] for r in weights_log_rows(killed)] == list(range(1, 17))
+  with log.open("a") as f:
+    f.write('{"step": 17, "timest')            # cut short by the kill
+  _hook_run(killed, 10, 20, log_every=4, checkpoint_at=10)
+  assert weights_log_rows(killed) == rows
+  # a fresh start over a directory without a checkpoint starts the log anew
+  _hook_run(killed, 0, 20, log_every=4, checkpoint_at=10)
+  assert weights_log_rows(killed) == rows

@@ -114,3 +114,40 @@ def test_stored_rates_survive_a_checkpoint_bit_for_bit():
   b.publish(1, stored)
   b.publish(1, raw)
   np.testing.assert_array_equal(a(1, 64), b(1, 64))
+
+
+def test_resample_mode_draws_step_t_from_the_weights_step_t_minus_3_computed(tmp_path):
+  """Step 2's resample mode (online DoReMi's program) as the runner drives
+  it: step s's metrics reach the publisher after step s + 1 is dispatched
+  (`on_step(s + 1, ...)`), and the loader draws step t from the weights the
+  mixer held after step t - 3 (after t - 2 steps done: two steps later than
+  the freshest, after t steps), steps 0-2 from the initial weights; an
+  update gated to step u (warm-up 4, every 3) first reaches step u + 3. The
+  rates are known before the step that draws from them."""
+  from doremi_jax import doremi
+  from doremi_jax.data.scheduled import RatesPublisher
+  from doremi_jax.mixers import base
+  from doremi_jax.mixers.doremi_online import DoReMiOnlineMixer
+  k, steps, w0 = 3, 14, np.full(3, 1 / 3)
+  mixer = DoReMiOnlineMixer.from_dro_config(k, doremi.DROConfig(weights_warmup_steps=4,
+                                                                update_every=3))
+  assignment = ScheduledAssignment(w0, seed=0, every=mixer.every, timeout=0.1)
+  publisher = RatesPublisher(assignment, "mixer_rates", list("abc"), steps, base.DELAY,
+                             tmp_path / "mixture_weights.jsonl", "doremi_resample", True,
+                             score_key="mixer/excess")
+  publisher.start(0)
+  state, after, used, unchecked = mixer.init(w0), {}, {}, []
+  for s in range(steps):
+    assert assignment.known(s), s                 # the loader need not wait for step s
+    used[s] = assignment.rates(s)
+    excess = np.array([0.1 * s, 0.5, 0.0], np.float32)
+    state = mixer.update(state, base.Signals(np.zeros(k), np.ones(k), np.ones(k), excess), s)
+    after[s] = np.asarray(mixer.rates(state), np.float64)
+    unchecked.append((s + 1, {"mixer_rates": after[s], "mixer/excess": excess}))
+    while len(unchecked) > (1 if s < steps - 1 else 0):   # the runner's one-step-late fetch
+      publisher.on_step(*unchecked.pop(0))
+  for t in range(steps):
+    want = w0 if t < 3 else after[t - 3]
+    np.testing.assert_allclose(used[t], want, rtol=1e-6, err_msg=str(t))
+  changed = [t for t in range(1, steps) if not np.allclose(used[t], used[t - 1])]
+  assert changed == [4 + 3, 7 + 3, 10 + 3]       # the updates at steps 4, 7, 10

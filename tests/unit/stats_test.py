@@ -76,6 +76,25 @@ def test_speedup_of_an_arm_against_itself_is_one_and_a_faster_arm_is_faster():
   assert got["reached"] == 0 and got["mean"] <= 1.0
 
 
+def test_an_arm_at_the_target_from_step_0_has_no_speedup_not_a_division_by_zero():
+  """Planted histories: the arm's step-0 evaluation (before any training)
+  is already at or below the baseline's final loss on seed 1 (on every
+  seed in the second case), so its ratio of steps is undefined."""
+  steps = [0, 10, 20]
+  base = [(steps, [4.0, 3.0, 2.5]) for _ in range(3)]
+  arm = [(steps, [4.0, 2.5, 2.0]), (steps, [2.4, 2.3, 2.2]), (steps, [4.0, 2.0, 1.9])]
+  got = stats.speedup(arm, base)
+  assert got["mean"] is None and got["ci"] is None
+  assert got["reason"] == "at target from the start" and got["at_start"] == 1
+  assert got["per_seed"][1] is None and got["per_seed"][0] == pytest.approx(2.0)
+  assert got["reached"] == 3
+  every = stats.speedup([(steps, [2.5, 2.4, 2.3])] * 3, base)
+  assert every["at_start"] == 3 and every["per_seed"] == [None] * 3
+  # none at the start: a figure as before, and the count says 0
+  assert stats.speedup(base, base)["at_start"] == 0
+  assert "reason" not in stats.speedup(base, base)
+
+
 def test_summaries():
   s = stats.summarize([1.0, 2.0, 3.0])
   assert s["mean"] == 2.0 and s["std"] == pytest.approx(1.0)
