@@ -106,6 +106,8 @@ def main(argv=None) -> int:
   p.add_argument("--max_doc_chars", type=int, default=MAX_DOC,
                  help="characters kept of one document")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--validation_fraction", type=float, default=0.05,
+                 help="share of documents held out (halved by hash into tune and test)")
   p.add_argument("--seq_len", type=int, default=128,
                  help="sequence length the domains are packed for (the runs' seq_len)")
   args = p.parse_args(argv)
@@ -136,7 +138,8 @@ def main(argv=None) -> int:
     print(f"{name:<10}{n:>7} documents{b:>11} bytes")
   env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
   cmd = [sys.executable, "-m", "doremi_jax.prepare", "--corpus=realtext",
-         f"--data_dir={args.out}", f"--seq_len={args.seq_len}", *flags]
+         f"--data_dir={args.out}", f"--seq_len={args.seq_len}",
+         f"--validation_fraction={args.validation_fraction}", *flags]
   if subprocess.run(cmd, cwd=REPO, env=env).returncode:
     return 2
   if args.spm_vocab:
@@ -147,7 +150,8 @@ def main(argv=None) -> int:
       return 2
     cmd = [sys.executable, "-m", "doremi_jax.prepare", "--corpus=realtext",
            f"--data_dir={args.out}", f"--seq_len={args.seq_len}",
-           f"--vocabulary={model}.model", *flags]
+           f"--vocabulary={model}.model", f"--validation_fraction={args.validation_fraction}",
+           *flags]
     if subprocess.run(cmd, cwd=REPO, env=env).returncode:
       return 2
   return 0

@@ -2,6 +2,7 @@
 and TFRecord files, prepared offline, tokenized with both vocabularies, all
 three stages."""
 
+import collections
 import gzip
 import json
 import os
@@ -297,18 +298,23 @@ def test_prepare_takes_tfds_and_tfrecord_domains(tmp_path):
                                                                   data_dir=str(data)))
   assert corpus.domains == ("news", "forum") and corpus.vocabulary.vocab_size == 259
   byte = seqio.ByteVocabulary()
-  for split in ("train", "validation"):
-    for i, (name, src) in enumerate(zip(corpus.domains, loader_lib.open_sources(corpus, split,
-                                                                                32))):
-      assert m[name]["documents"] == 72 and m[name]["validation_documents"] == 12
-      want = [np.asarray(list(byte.encode(d)) + [byte.eos_id], np.int32)
-              for d in docs[name][split]]
-      rows = list(packing.pack_documents(want, 32))    # one shard: packed in input order
-      t, g = src.read(np.arange(len(src)))
-      np.testing.assert_array_equal(t, np.stack([x[0] for x in rows]))
-      np.testing.assert_array_equal(g, np.stack([x[1] for x in rows]))
-      if split == "train":
-        assert corpus.train_tokens[i] == sum(len(w) for w in want)
+  for i, (name, src) in enumerate(zip(corpus.domains, loader_lib.open_sources(corpus, "train",
+                                                                              32))):
+    assert m[name]["documents"] == 72 and m[name]["validation_documents"] == 12
+    want = [np.asarray(list(byte.encode(d)) + [byte.eos_id], np.int32)
+            for d in docs[name]["train"]]
+    rows = list(packing.pack_documents(want, 32))    # one shard: packed in input order
+    t, g = src.read(np.arange(len(src)))
+    np.testing.assert_array_equal(t, np.stack([x[0] for x in rows]))
+    np.testing.assert_array_equal(g, np.stack([x[1] for x in rows]))
+    assert corpus.train_tokens[i] == sum(len(w) for w in want)
+  # the validation documents, halved by hash into tune and test, each whole once
+  for i, name in enumerate(corpus.domains):
+    held = {s: _segments(loader_lib.open_sources(corpus, s, 32)[i]) for s in ("tune", "test")}
+    assert held["tune"] and held["test"] and not set(held["tune"]) & set(held["test"])
+    want = collections.Counter(p for d in docs[name]["validation"]
+                               for p in _pieces(list(byte.encode(d)) + [byte.eos_id], 32))
+    assert held["tune"] + held["test"] == want
   # One TFRecord glob is split by hash, like text files (in process, as Beam
   # workers would read it).
   from doremi_jax.data import pack_prepare
@@ -317,9 +323,10 @@ def test_prepare_takes_tfds_and_tfrecord_domains(tmp_path):
   got = {}
   for split, _, _, _, doc in pack_prepare.documents(units, "content", "file", "mixed", 0.5):
     got.setdefault(split, []).append(doc)
-  assert sorted(got["train"] + got["validation"]) == sorted(
+  held_out = got["tune"] + got["test"]   # the validation documents, halved by hash
+  assert sorted(got["train"] + held_out) == sorted(
       docs["forum"]["train"] + docs["forum"]["validation"])
-  assert 10 < len(got["validation"]) < 62
+  assert 10 < len(held_out) < 62
 
 
 def test_prepare_refuses_unreadable_records(tmp_path):
@@ -345,20 +352,25 @@ def _pieces(tokens, seq_len):
   return [tuple(tokens[i:i + seq_len]) for i in range(0, len(tokens), seq_len)]
 
 
+def _segments(src):
+  """Counter of the documents (token tuples) in a row source's rows."""
+  import collections
+  t, g = src.read(np.arange(len(src)))
+  return collections.Counter(tuple(row[seg == j]) for row, seg in zip(t, g)
+                             for j in range(1, seg.max() + 1))
+
+
 def test_packed_rows_are_the_documents_tokenized_on_the_fly(prepared):
   """Every packed row holds whole documents (or L-token pieces of longer
   ones) tokenized exactly as seqio's Task tokenizes the same text."""
-  import collections
   from doremi_jax.data import loader as loader_lib
   _, data, _ = prepared
   corpus = _corpus(data)
   m = json.loads((data / "doremi_corpora" / "byod.json").read_text())
-  for split in ("train", "validation"):
-    sources = loader_lib.open_sources(corpus, split, 64)
-    for d, src in zip(m["domains"], sources):
-      t, g = src.read(np.arange(len(src)))
-      got = collections.Counter(tuple(row[seg == j]) for row, seg in zip(t, g)
-                                for j in range(1, seg.max() + 1))
+  for split, packed_splits in (("train", ("train",)), ("validation", ("tune", "test"))):
+    sources = [loader_lib.open_sources(corpus, s, 64) for s in packed_splits]
+    for i, d in enumerate(m["domains"]):
+      got = sum((_segments(s[i]) for s in sources), collections.Counter())
       vocab = corpus.vocabulary.seqio_vocabulary()   # seqio's own ids
       want = collections.Counter(
           p for ex in tfds_docs(local_prepare.domain_dir(str(data), d), split)

@@ -25,7 +25,8 @@ def test_real_text_script_builds_a_corpus_the_study_config_reads(tmp_path):
   env = dict(os.environ, XLA_FLAGS="")
   r = subprocess.run([sys.executable, "bench/real_text.py", "--out", str(out), "--max_bytes",
                       "60000", "--hex_bytes", "30000", "--max_doc_chars", "1500",
-                      "--spm_vocab", "1000"], cwd=REPO, env=env,
+                      "--spm_vocab", "1000", "--validation_fraction", "0.25"],
+                     cwd=REPO, env=env,
                      capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
   domains = ("python", "man_en", "man_intl", "changelog", "license", "hex")

@@ -289,3 +289,18 @@ def test_run_directory_names():
   assert [rundir.round_number(n) for n in ("round_3", "round_", "round_x", "main_doremi")] == \
       [3, None, None, None]
   assert rundir.round_dir("/r", 2, "proxy").parent.name == "round_2"
+
+
+def test_a_comparison_names_its_split_and_refuses_two():
+  from doremi_jax.evaluate import summarize
+  a = summarize(["x", "y"], [2.0, 3.0], [1, 1], 10)
+  b = summarize(["x", "y"], [2.5, 2.0], [1, 1], 10)
+  assert a["split"] == "test"
+  assert compare.compare(a, b)["split"] == "test"
+  tuned = summarize(["x", "y"], [2.5, 2.0], [1, 1], 10, split="tune")
+  try:
+    compare.compare(a, tuned)
+  except ValueError as e:
+    assert "different splits" in str(e)
+  else:
+    raise AssertionError("a test and a tune evaluation were compared")
