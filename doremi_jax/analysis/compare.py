@@ -39,7 +39,8 @@ def format_comparison(cmp: dict) -> str:
   for key, label in (("uniform_average", "uniform avg"), ("worst_case", "worst case")):
     r = cmp[key]
     lines.append(f"{label:<14}{r['doremi']:9.4f}{r['baseline']:10.4f}{r['delta']:+9.4f}")
-  lines.append(f"DoReMi is better on {cmp['domains_improved']} of {cmp['num_domains']} domains.")
+  lines.append(f"DoReMi is better on {cmp['domains_improved']} of {cmp['num_domains']} domains "
+               f"({cmp.get('split', 'validation')} split).")
   return "\n".join(lines)
 
 

@@ -86,7 +86,7 @@ def test_pipeline_report_renders_from_its_dict_alone(tmp_path):
   assert "| Step 2 weight collapse | 0 of 10 steps (0%) with a weight > 0.9" in text
   assert "| b | 0.4000 | 0.5714 |" in text               # 0.4 x 2 bytes / (0.6 + 0.8)
   assert "```\n" + compare.format_comparison(report["comparison"]) + "\n```" in text
-  assert "DoReMi is better on 1 of 2 domains." in text
+  assert "DoReMi is better on 1 of 2 domains (" in text
   assert text.endswith("## Missing or unfinished\n\nNothing: every stage finished.\n")
   for name in ("weights_final_vs_reference.png", "weights_across_rounds.png",
                "proxy_weights_round_1.png", "main_doremi_vs_baseline.png",
