@@ -60,7 +60,9 @@ def health_checks(root, arms: list, corpus, rates: dict, method_runs: dict, num_
                  + health.proxy_below_reference(files.read_json(files.path(d) / rundir.EVAL))):
       lines.append(dict(line, check=line["check"] + label))
   for pipeline in dict.fromkeys(files.path(d).parent.parent for d in proxies):
-    lines += health.rounds_converged(rundir.load_pipeline_state(pipeline))
+    seed = f" ({pipeline.name.replace('_', ' ')})" if pipeline.name.startswith("seed_") else ""
+    lines += [dict(line, check=line["check"] + seed)
+              for line in health.rounds_converged(rundir.load_pipeline_state(pipeline))]
   info = files.read_json(rundir.arm_dir(root, arms[0], 0) / rundir.RUN_INFO)
   return lines + health.tokenizer_line(info.get("tokenizer"), domains, corpus.bytes_per_token)
 
