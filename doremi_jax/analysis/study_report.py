@@ -125,11 +125,13 @@ def render_tables(study: dict) -> list:
     md += ["", "## Swarm arms: the law's prediction against the measured loss", "",
            "Predicted by the law at its optimum, fitted to the swarm members' `tune` losses "
            "(for a swarm member's run); measured by the arm's main runs on `test` (means "
-           "over seeds).", "", "| arm | " + " | ".join(domains) + " | average |",
-           "|---|" + "---|" * (len(domains) + 1)]
+           "over seeds). *objective*: what the optimum minimises (the swarm's objective, "
+           "its terms' laws combined); *average*: the separately fitted law of the uniform "
+           "average.", "", "| arm | " + " | ".join(domains) + " | objective | average |",
+           "|---|" + "---|" * (len(domains) + 2)]
     for arm, law in laws.items():
       cells = [f"{law['predicted'][t]:.3f} / {law['measured'][t]:.3f}"
-               for t in [*domains, "average"]]
+               for t in [*domains, "objective", "average"]]
       md.append(f"| {arm} (predicted / measured) | " + " | ".join(cells) + " |")
   md += ["", "## Seed-to-seed spread (standard deviation over seeds)", "",
          "| arm | uniform avg | worst case |", "|---|---|---|"]

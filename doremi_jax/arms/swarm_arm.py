@@ -50,12 +50,14 @@ class Swarm(base.Arm):
       for arm in arms:
         law = swarm["laws"][arm.law() or swarm["law"]]
         arm.final[seed] = law["optimum"]
-        arm.predicted[seed] = law["predicted"]
+        arm.predicted[seed] = dict(law["predicted"], objective=law["predicted_objective"])
+        arm.terms = swarm["objective_terms"]
         arm.method_runs.append(str(run_dir))
 
   def __init__(self, name, spec, study):
     super().__init__(name, spec, study)
     self.predicted: dict = {}   # {method seed: the law's predicted losses at its optimum}
+    self.terms: dict = {}       # the swarm's objective, {target: weight}
 
   def report(self, seeds):
     """The law's prediction at its optimum (fitted to the swarm members'
@@ -69,6 +71,9 @@ class Swarm(base.Arm):
               for s in range(seeds)]
     measured = {d: sum(f["per_domain"][d]["loss"] for f in finals) / seeds for d in domains}
     measured["average"] = sum(f["uniform_average"] for f in finals) / seeds
+    measured["worst"] = sum(f["worst_case"]["loss"] for f in finals) / seeds
+    # the objective the law's optimum minimises (its terms' laws combined)
+    measured["objective"] = sum(w * measured[t] for t, w in self.terms.items())
     predicted = {t: sum(self.predicted[k][t] for k in keys) / seeds for t in measured}
     return {"law_prediction": {"predicted_from": "tune", "measured_on": finals[0]["split"],
                                "predicted": predicted, "measured": measured}}

@@ -162,6 +162,8 @@ def test_study_json_planted_effect_and_speedup(tiny_study):
   law = on_disk["results"]["swarm_gbm"]["law_prediction"]
   assert (law["predicted_from"], law["measured_on"]) == ("tune", "test")
   assert law["predicted"]["average"] == pytest.approx(swarm["laws"]["gbm"]["predicted"]["average"])
+  assert law["predicted"]["objective"] == pytest.approx(
+      swarm["laws"]["gbm"]["predicted_objective"])
   assert law["measured"]["average"] == pytest.approx(
       on_disk["results"]["swarm_gbm"]["uniform_avg"]["mean"])
   report = (wd / "study.md").read_text()
