@@ -28,3 +28,16 @@ def _unit_rules(monkeypatch):
   if not had_tf and "tensorflow" in sys.modules:
     pytest.fail("a unit test imported TensorFlow; move it to tests/integration "
                 "(see docs/testing.md)")
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+  """A 2-layer Transformer over 64 ids and its initial parameters."""
+  import jax
+  import jax.numpy as jnp
+  from doremi_jax.model import ModelConfig, Transformer
+  cfg = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=2, head_dim=16,
+                    mlp_dim=64, unembed_init_scale=1.0)
+  model = Transformer(cfg)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"]
+  return model, params

@@ -3,7 +3,6 @@ model that never attends or predicts across documents."""
 
 import collections
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -12,7 +11,6 @@ from doremi_jax import attention as attention_lib
 from doremi_jax import loss as loss_lib
 from doremi_jax.data import packing
 from doremi_jax.data import shuffling
-from doremi_jax.model import ModelConfig, Transformer
 
 
 def _docs(n, seed=0, longest=40):
@@ -102,15 +100,6 @@ def test_attention_mask_never_crosses_documents(length):
   seg = np.array(docs, np.int32)
   got = attention_lib.xla_attention(*(jnp.asarray(x) for x in (q, k, v)), jnp.asarray(seg))
   np.testing.assert_allclose(np.asarray(got), _reference_attention(q, k, v, seg), atol=2e-5)
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-  cfg = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=2, head_dim=16,
-                    mlp_dim=64, unembed_init_scale=1.0)
-  model = Transformer(cfg)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"]
-  return model, params
 
 
 def test_packed_losses_equal_each_document_alone(tiny_model):
