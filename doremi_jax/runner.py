@@ -247,7 +247,6 @@ def _write_run_info(run: _Run, start_step: int):
       num_steps=cfg.num_steps, seq_len=cfg.seq_len, seed=cfg.seed,
       tokens_per_step=cfg.tokens_per_step, flops_per_token=run.program.flops_per_token,
       eval_tokens=cfg.eval_examples_per_domain * corpus.num_domains * cfg.seq_len,
-      eval_split=packing.TEST,
       tokens_per_row=dict(zip(corpus.domains,
                               loader_lib.tokens_per_row(corpus, cfg.seq_len).tolist()))),
       **run.info})

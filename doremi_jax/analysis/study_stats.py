@@ -36,20 +36,20 @@ def run_flops(path) -> float:
 
 
 def health_checks(root, arms: list, corpus, rates: dict, method_runs: dict, num_steps: int,
-                  batch: int, seq_len: int) -> list:
+                  batch: int, seq_len: int, infos: dict) -> list:
   """The study's health lines: starvation and repetition of every arm under
   the main run's budget, Step 2's collapse, proxy-vs-reference and rounds for
-  the DoReMi arms, and the tokenizer."""
+  the DoReMi arms, and the tokenizer. `infos`: every arm's seed-0
+  run_info."""
   domains = list(corpus.domains)
   sizes = dict(zip(domains, corpus.train_tokens))
   lines = []
   for arm in arms:
     w = {d: float(x) for d, x in zip(domains, rates[arm])}
     lines.append(health.starved_domains(domains, w, num_steps, batch, f" ({arm})"))
-    arm_info = files.read_json(rundir.arm_dir(root, arm, 0) / rundir.RUN_INFO)
     lines.append(health.repetition(domains, w, num_steps * batch, seq_len, sizes, f" ({arm})",
-                                   arm_info.get("tokens_per_row"),
-                                   bool(arm_info.get("equal_rows"))))
+                                   infos[arm].get("tokens_per_row"),
+                                   bool(infos[arm].get("equal_rows"))))
   # DoReMi's own runs, once each (several arms may share them), by round
   proxies = list(dict.fromkeys(d for arm in arms for d in method_runs.get(arm, [])
                                if files.path(d).name == "proxy"))
@@ -63,8 +63,8 @@ def health_checks(root, arms: list, corpus, rates: dict, method_runs: dict, num_
     seed = f" ({pipeline.name.replace('_', ' ')})" if pipeline.name.startswith("seed_") else ""
     lines += [dict(line, check=line["check"] + seed)
               for line in health.rounds_converged(rundir.load_pipeline_state(pipeline))]
-  info = files.read_json(rundir.arm_dir(root, arms[0], 0) / rundir.RUN_INFO)
-  return lines + health.tokenizer_line(info.get("tokenizer"), domains, corpus.bytes_per_token)
+  return lines + health.tokenizer_line(infos[arms[0]].get("tokenizer"), domains,
+                                       corpus.bytes_per_token)
 
 
 def eval_split(root) -> str:
@@ -124,10 +124,11 @@ def analyse(root, arms: list, seeds: int, baseline: str, corpus, rates: dict,
             if corpus.entropy_floors is not None else None)
   per = {arm: _seed_values(root, arm, seeds, domains, floors) for arm in arms}
   main_flops = run_flops(rundir.arm_dir(root, baseline, 0))
-  info = files.read_json(rundir.arm_dir(root, baseline, 0) / rundir.RUN_INFO)
+  infos = {arm: files.read_json(rundir.arm_dir(root, arm, 0) / rundir.RUN_INFO) for arm in arms}
+  info = infos[baseline]
   seq_len = info["seq_len"]
   checks = health_checks(root, arms, corpus, rates, method_runs, info["num_steps"],
-                         info["tokens_per_step"] // seq_len, seq_len)
+                         info["tokens_per_step"] // seq_len, seq_len, infos)
   m = max(len(arms) - 1, 1)
   results = {}
   for arm in arms:
@@ -138,10 +139,9 @@ def analyse(root, arms: list, seeds: int, baseline: str, corpus, rates: dict,
         "domains": {d: stats.summarize(p["domains"][d], level) for d in domains},
         "weights": {d: float(w) for d, w in zip(domains, rates[arm])},
     }
-    arm_info = files.read_json(rundir.arm_dir(root, arm, 0) / rundir.RUN_INFO)
     r["shares"] = health.shares(domains, r["weights"], corpus.bytes_per_token,
-                                arm_info.get("tokens_per_row"),
-                                bool(arm_info.get("equal_rows")))
+                                infos[arm].get("tokens_per_row"),
+                                bool(infos[arm].get("equal_rows")))
     if p["excess_over_floor"] is not None:
       r["excess_over_floor"] = stats.summarize(p["excess_over_floor"], level)
     r["spread"] = {"uniform_avg_std": r["uniform_avg"]["std"],

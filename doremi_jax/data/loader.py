@@ -57,8 +57,8 @@ class MixtureAssignment:
   rates that make the token shares `weights` (`weights.row_rates`)."""
 
   def __init__(self, weights, seed: int, tokens_per_row=None):
-    self.weights = np.asarray(weights, np.float64) / np.sum(weights)
-    self.rates = weights_lib.row_rates(self.weights, tokens_per_row)
+    self.rates = weights_lib.row_rates(np.asarray(weights, np.float64) / np.sum(weights),
+                                       tokens_per_row)
     self.seed = seed
 
   @property

@@ -263,9 +263,12 @@ class MemoryRows:
     self.segment_ids = np.asarray(segment_ids, np.int32)
     self.seq_len = self.targets.shape[1]
     self.bytes_read = 0
-    # real (non-padding) tokens per row, measured: what turns a token
-    # mixture into row rates (`weights.row_rates`)
-    self.tokens_per_row = float(np.count_nonzero(self.segment_ids)) / max(len(self.targets), 1)
+
+  @property
+  def tokens_per_row(self) -> float:
+    """Real (non-padding) tokens per row, measured: what turns a token
+    mixture into row rates (`weights.row_rates`)."""
+    return float(np.count_nonzero(self.segment_ids)) / max(len(self.targets), 1)
 
   def __len__(self) -> int:
     return len(self.targets)

@@ -58,8 +58,6 @@ class ScheduledAssignment:
     if not isinstance(every, int) or every < 1:
       raise ConfigError(f"a mixer's update interval must be an integer >= 1, got {every!r}.")
     self.seed, self.every, self.timeout = seed, every, timeout
-    # the published rates are token shares; rows are drawn with
-    # `weights.row_rates` of them
     self.tokens_per_row = tokens_per_row
     first = check_rates(initial_rates, len(initial_rates), "initial mixture")
     self.num_domains = len(first)
