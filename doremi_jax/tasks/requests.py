@@ -1,0 +1,165 @@
+"""Our request format: one small JSONL file per task, the form every other
+source (the built-in tasks, OLMo's request files) converts to.
+
+Each line is one JSON object of one of three kinds:
+
+  {"context": "...", "choices": [" a", " b", ...], "gold": 1}
+      multiple choice (ranked classification): every choice is scored as a
+      continuation of the context; metrics acc, acc_per_char,
+      acc_per_token, prob_correct, bpb (`scoring.choice_metrics`)
+  {"context": "...", "target": " 42", "stop": [";", "\\n"], "max_tokens": 8}
+      generative: greedy decoding from the context until a stop string or
+      `max_tokens` new tokens (default: the target's length in tokens plus
+      8); metrics exact_match (the generation, cut at the first stop
+      string and stripped of surrounding whitespace, equals the stripped
+      target) and bpb of the target
+  {"text": "..."}
+      a whole document: rolling log-likelihood; metric bpb
+
+A file holds one kind. Optional fields on every line: "id" (kept in
+per-item outputs). A task is named by its file's stem unless given a
+name. Lines are validated when the task is loaded, before any training,
+and a bad line gets `error:` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import os
+from typing import Optional, Sequence
+
+from doremi_jax import files
+from doremi_jax.config import ConfigError
+
+CHOICE, GENERATE, ROLLING = "choice", "generate", "rolling"
+KINDS = (CHOICE, GENERATE, ROLLING)
+# The fields that make a line of each kind; "id" is optional everywhere, and
+# "stop", "max_tokens" on generative lines.
+_REQUIRED = {CHOICE: ("context", "choices", "gold"), GENERATE: ("context", "target"),
+             ROLLING: ("text",)}
+_OPTIONAL = {CHOICE: ("id",), GENERATE: ("id", "stop", "max_tokens"), ROLLING: ("id",)}
+# The metric each kind's headline is (lower is better for bpb).
+PRIMARY_METRIC = {CHOICE: "bpb", GENERATE: "bpb", ROLLING: "bpb"}
+LOWER_IS_BETTER = {"bpb": True, "acc": False, "acc_per_char": False, "acc_per_token": False,
+                   "prob_correct": False, "exact_match": False}
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """A named list of validated items of one kind; `source` says where they
+  came from (a file, 'builtin:...', 'olmo:...')."""
+  name: str
+  kind: str
+  items: tuple
+  source: str = ""
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f"task kind must be one of {KINDS}, got {self.kind!r}")
+    if not self.items:
+      raise ConfigError(f"task {self.name!r} ({self.source}) has no items.")
+
+
+def kind_of(item: dict) -> Optional[str]:
+  """The kind whose required fields `item` has, or None."""
+  for kind in (CHOICE, GENERATE, ROLLING):
+    if all(k in item for k in _REQUIRED[kind]):
+      return kind
+  return None
+
+
+def validate(item, where: str) -> tuple:
+  """(kind, item) of one request line, or ConfigError naming `where`."""
+  if not isinstance(item, dict):
+    raise ConfigError(f"{where}: a request must be a JSON object, got {type(item).__name__}.")
+  kind = kind_of(item)
+  if kind is None:
+    raise ConfigError(f"{where}: a request needs the fields context, choices, gold (multiple "
+                      "choice), or context, target (generative), or text (rolling); it has "
+                      f"{sorted(item)}.")
+  extra = set(item) - set(_REQUIRED[kind]) - set(_OPTIONAL[kind])
+  if extra:
+    raise ConfigError(f"{where}: unknown field(s) {sorted(extra)} for a {kind} request; its "
+                      f"fields are {list(_REQUIRED[kind] + _OPTIONAL[kind])}.")
+  text_fields = {CHOICE: ("context",), GENERATE: ("context", "target"), ROLLING: ("text",)}
+  for k in text_fields[kind]:
+    if not isinstance(item[k], str):
+      raise ConfigError(f"{where}: {k!r} must be a string, got {item[k]!r}.")
+  if kind == CHOICE:
+    choices, gold = item["choices"], item["gold"]
+    if (not isinstance(choices, list) or len(choices) < 2
+            or not all(isinstance(c, str) and c for c in choices)):
+      raise ConfigError(f"{where}: 'choices' must be a list of at least two non-empty "
+                        f"strings, got {choices!r}.")
+    if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold < len(choices):
+      raise ConfigError(f"{where}: 'gold' must be the index of the correct choice, 0 to "
+                        f"{len(choices) - 1}, got {gold!r}.")
+  if kind == GENERATE:
+    if not item["target"]:
+      raise ConfigError(f"{where}: 'target' must be a non-empty string.")
+    stop = item.get("stop", [])
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+      raise ConfigError(f"{where}: 'stop' must be a list of non-empty strings, got {stop!r}.")
+    n = item.get("max_tokens", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+      raise ConfigError(f"{where}: 'max_tokens' must be a positive integer, got {n!r}.")
+  if kind == ROLLING and not item["text"]:
+    raise ConfigError(f"{where}: 'text' must be a non-empty string.")
+  return kind, item
+
+
+def from_items(name: str, items: Sequence[dict], source: str) -> Task:
+  """A Task of validated items, all of one kind (ConfigError otherwise)."""
+  kinds, checked = set(), []
+  for i, item in enumerate(items, 1):
+    kind, item = validate(item, f"{source}, item {i}")
+    kinds.add(kind)
+    checked.append(item)
+  if len(kinds) > 1:
+    raise ConfigError(f"{source} mixes request kinds {sorted(kinds)}; one task holds one kind "
+                      "(split it into one file per kind).")
+  if not checked:
+    raise ConfigError(f"{source} holds no requests.")
+  return Task(name, kinds.pop(), tuple(checked), source)
+
+
+def read_lines(path: str) -> list:
+  """The JSON objects of a .jsonl (or .jsonl.gz) file, ConfigError naming
+  the file and line of anything malformed."""
+  if not files.exists(path):
+    raise ConfigError(f"task file {path!r} does not exist; TrainConfig.eval_tasks names a "
+                      "built-in task, an OLMo task or a .jsonl request file.")
+  raw = files.path(path).read_bytes()
+  try:
+    text = (gzip.decompress(raw) if str(path).endswith(".gz") else raw).decode("utf-8")
+  except (OSError, EOFError, UnicodeDecodeError) as e:
+    raise ConfigError(f"task file {path!r} cannot be read ({e}); it must be UTF-8 JSON lines "
+                      "(gzip-compressed when its name ends in .gz).") from e
+  out = []
+  for n, line in enumerate(text.splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      out.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      raise ConfigError(f"task file {path!r}, line {n}: not valid JSON ({e.msg}).") from e
+  return out
+
+
+def load_file(path: str, name: Optional[str] = None) -> Task:
+  """The task in one of our request files (see the module docstring)."""
+  stem = os.path.basename(str(path))
+  for suffix in (".gz", ".jsonl", ".json"):
+    stem = stem[:-len(suffix)] if stem.endswith(suffix) else stem
+  lines = read_lines(path)
+  return from_items(name or stem, [dict(x) if isinstance(x, dict) else x for x in lines],
+                    str(path))
+
+
+def write_file(path: str, items: Sequence[dict]) -> str:
+  """Writes `items` (validated) as one of our request files."""
+  from_items("check", items, str(path))
+  files.write_text(path, "".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items))
+  return str(path)
