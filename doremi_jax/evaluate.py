@@ -24,6 +24,7 @@ from doremi_jax.data import loader as loader_lib
 from doremi_jax.data import packing
 from doremi_jax.loss import per_domain_sums, per_token_loss, tokens_of
 from doremi_jax.state import ModelSetup, TrainConfig, to_global
+from doremi_jax.tasks.suite import TaskSuite
 
 
 def make_eval_step(model, num_domains: int, param_shardings, batch_shardings, out_sharding):
@@ -53,6 +54,7 @@ class Evaluator:
   step_fn: Callable
   split: str = packing.TEST
   cfg: Optional[TrainConfig] = None
+  tasks: Optional[TaskSuite] = None      # TrainConfig.eval_tasks, on the same split
 
   @classmethod
   def create(cls, setup: ModelSetup, corpus, cfg: TrainConfig,
@@ -60,14 +62,15 @@ class Evaluator:
     step_fn = make_eval_step(
         setup.model, corpus.num_domains, setup.state_shardings.params,
         setup.batch_shardings, sharding_lib.replicated(setup.mesh))
-    return cls(setup, corpus, split_batches(corpus, cfg, split), step_fn, split, cfg)
+    return cls(setup, corpus, split_batches(corpus, cfg, split), step_fn, split, cfg,
+               task_suite(corpus, cfg, split))
 
   def on_split(self, split: str) -> "Evaluator":
     """The same evaluation (the same compiled step) on another split."""
     if split == self.split:
       return self
     return dataclasses.replace(self, batches=split_batches(self.corpus, self.cfg, split),
-                               split=split)
+                               split=split, tasks=task_suite(self.corpus, self.cfg, split))
 
   def losses(self, params) -> np.ndarray:
     """Each domain's mean token loss on this evaluator's split, [K] float32
@@ -81,8 +84,20 @@ class Evaluator:
     with self.setup.scope():
       sums, counts = run_eval(self.step_fn, params, self.batches,
                               lambda b: to_global(b, self.setup.batch_shardings))
-    return summarize(self.corpus.domains, sums, counts, step,
-                     self.corpus.entropy_floors, reference, self.split)
+      tasks = None if self.tasks is None else self.tasks(self.setup.model, params)
+    summary = summarize(self.corpus.domains, sums, counts, step,
+                        self.corpus.entropy_floors, reference, self.split)
+    if tasks is not None:
+      summary["tasks"] = tasks
+    return summary
+
+
+def task_suite(corpus, cfg: Optional[TrainConfig], split: str) -> Optional[TaskSuite]:
+  """The downstream tasks `cfg.eval_tasks` names, on `split` (None: none)."""
+  if cfg is None or not cfg.eval_tasks:
+    return None
+  return TaskSuite.create(cfg.eval_tasks, corpus, split, cfg.seq_len, cfg.eval_batch_size,
+                          cfg.eval_task_examples)
 
 
 def split_batches(corpus, cfg: TrainConfig, split: str) -> list:

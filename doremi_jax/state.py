@@ -48,11 +48,17 @@ class TrainConfig:
   eval_every: int = 0                 # 0: evaluate at the start and the end only
   eval_examples_per_domain: int = 128
   eval_batch_size: int = 64
+  # Downstream tasks evaluated with the per-domain losses (built-in task
+  # names, request files, OLMo task names: doremi_jax.tasks.registry), each
+  # on its first `eval_task_examples` items of the split evaluated.
+  eval_tasks: tuple = ()
+  eval_task_examples: int = 256
   tensorboard: bool = True
 
   def __post_init__(self):
     positive = ("num_steps", "global_batch_size", "seq_len", "grad_accum_steps", "log_every",
-                "keep_checkpoints", "eval_examples_per_domain", "eval_batch_size")
+                "keep_checkpoints", "eval_examples_per_domain", "eval_batch_size",
+                "eval_task_examples")
     for name in positive:
       check_number(f"TrainConfig.{name}", getattr(self, name), integer=True, low=0,
                    low_open=True)
@@ -62,6 +68,12 @@ class TrainConfig:
       if not isinstance(getattr(self, name), bool):
         raise ConfigError(f"TrainConfig.{name} must be True or False, got "
                           f"{getattr(self, name)!r}.")
+    tasks = self.eval_tasks
+    if (isinstance(tasks, str) or not isinstance(tasks, (tuple, list))
+            or not all(isinstance(t, str) and t for t in tasks)):
+      raise ConfigError(f"TrainConfig.eval_tasks must be a list of task names or request "
+                        f"files, e.g. ['markov_next', 'my_task.jsonl'], got {tasks!r}.")
+    object.__setattr__(self, "eval_tasks", tuple(tasks))
     if self.global_batch_size % self.grad_accum_steps:
       raise ConfigError(
           f"TrainConfig.global_batch_size={self.global_batch_size} is not divisible by "

@@ -27,9 +27,41 @@ def compare(doremi_summary: dict, baseline_summary: dict) -> dict:
   agg["worst_case"] = {"doremi": dw["loss"], "baseline": bw["loss"],
                        "delta": dw["loss"] - bw["loss"],
                        "doremi_domain": dw["domain"], "baseline_domain": bw["domain"]}
-  return {"split": split, "per_domain": rows, **agg,
-          "domains_improved": sum(1 for r in rows.values() if r["delta"] < 0),
-          "num_domains": len(rows)}
+  out = {"split": split, "per_domain": rows, **agg,
+         "domains_improved": sum(1 for r in rows.values() if r["delta"] < 0),
+         "num_domains": len(rows)}
+  tasks = compare_tasks(doremi_summary.get("tasks", {}), baseline_summary.get("tasks", {}))
+  if tasks:
+    out["tasks"] = tasks
+  return out
+
+
+def compare_tasks(doremi_tasks: dict, baseline_tasks: dict) -> dict:
+  """{task: {metric: {doremi, baseline, delta}}} over the tasks both
+  evaluated (`delta` is DoReMi minus baseline; the metric's direction is
+  `analysis.task_stats.HIGHER_IS_BETTER`), with each task's primary metric."""
+  out = {}
+  for task, d in doremi_tasks.items():
+    b = baseline_tasks.get(task)
+    if b is None:
+      continue
+    row = {m: {"doremi": d[m], "baseline": b[m], "delta": d[m] - b[m]}
+           for m in METRICS if m in d and m in b}
+    out[task] = dict(row, primary=d.get("primary", "bpb"))
+  return out
+
+
+# The task metrics an evaluation summary can carry (evaluate.Evaluator, tasks.suite).
+METRICS = ("bpb", "acc", "acc_per_char", "acc_per_token", "prob_correct", "exact_match")
+
+
+def format_tasks(tasks: dict) -> list:
+  """Console lines of one model's task metrics ({task: metrics})."""
+  lines = []
+  for task, r in tasks.items():
+    shown = "  ".join(f"{m} {r[m]:.4f}" for m in METRICS if m in r)
+    lines.append(f"{task:<22}{shown}")
+  return lines
 
 
 def format_comparison(cmp: dict) -> str:
@@ -41,6 +73,10 @@ def format_comparison(cmp: dict) -> str:
     lines.append(f"{label:<14}{r['doremi']:9.4f}{r['baseline']:10.4f}{r['delta']:+9.4f}")
   lines.append(f"DoReMi is better on {cmp['domains_improved']} of {cmp['num_domains']} domains "
                f"({cmp.get('split', 'validation')} split).")
+  for task, row in cmp.get("tasks", {}).items():
+    r = row[row["primary"]]
+    lines.append(f"task {task} ({row['primary']}): DoReMi {r['doremi']:.4f}, baseline "
+                 f"{r['baseline']:.4f}, delta {r['delta']:+.4f}")
   return "\n".join(lines)
 
 
@@ -54,4 +90,4 @@ def format_table(summary: dict) -> str:
   lines.append(f"{'uniform avg':<14}{summary['uniform_average']:9.4f}")
   lines.append(f"{'worst case':<14}{summary['worst_case']['loss']:9.4f}  "
                f"({summary['worst_case']['domain']})")
-  return "\n".join(lines)
+  return "\n".join(lines + format_tasks(summary.get("tasks", {})))

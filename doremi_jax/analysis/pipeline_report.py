@@ -306,11 +306,12 @@ def render_main(report: dict, plots) -> list:
   md = ["## Main model: DoReMi vs baseline weights", ""]
   cmp = report["comparison"]
   if cmp:
-    md += ["Validation loss per domain (nats/token, lower is better; delta = DoReMi − "
-           "baseline):", "", "```", compare_lib.format_comparison(cmp), "```", ""]
+    md += [f"Loss per domain on the {cmp.get('split', 'test')} split (nats/token, lower is "
+           "better; delta = DoReMi − baseline):", "", "```", compare_lib.format_comparison(cmp),
+           "```", ""]
     if plots_lib.plot_main_comparison(cmp, plots / "main_doremi_vs_baseline.png"):
       md += [f"![DoReMi vs baseline]({rundir.PLOTS}/main_doremi_vs_baseline.png)", ""]
-    return md
+    return md + render_tasks(cmp)
   mains = [s for s in report["stages"] if s["kind"] == "main"]
   have = [s["name"] for s in mains if s["eval"]]
   md += ["Not available: needs finished `main_doremi` and `main_baseline` stages"
@@ -319,6 +320,22 @@ def render_main(report: dict, plots) -> list:
     if s["eval"]:
       md += [f"`{s['name']}`:", "", "```", compare_lib.format_table(s["eval"]), "```", ""]
   return md
+
+
+def render_tasks(cmp: dict) -> list:
+  """DoReMi vs baseline on every downstream task (`TrainConfig.eval_tasks`)."""
+  if not cmp.get("tasks"):
+    return []
+  md = [f"Downstream tasks ({cmp.get('split', 'test')} half of each task's items; BPB lower "
+        "is better, the others higher; one seed, so no intervals: the `study` stage gives "
+        "them):", "", "| task | metric | DoReMi | baseline | delta |", "|---|---|---|---|---|"]
+  for task, row in cmp["tasks"].items():
+    for metric, r in row.items():
+      if metric != "primary":
+        mark = " (primary)" if metric == row["primary"] else ""
+        md.append(f"| {task} | {metric}{mark} | {r['doremi']:.4f} | {r['baseline']:.4f} | "
+                  f"{r['delta']:+.4f} |")
+  return md + [""]
 
 
 def render(report: dict, out_dir) -> str:

@@ -49,22 +49,21 @@ def adjusted_level(level: float, comparisons: int) -> float:
   return 1.0 - (1.0 - level) / max(int(comparisons), 1)
 
 
-def verdict(lo: float, hi: float) -> str:
-  """For a difference arm - baseline of losses (lower is better)."""
-  if hi < 0:
-    return "wins"
-  if lo > 0:
-    return "loses"
+def verdict(lo: float, hi: float, higher_is_better: bool = False) -> str:
+  """For a difference arm - baseline of losses (lower is better), or of a
+  metric where higher is better (accuracy)."""
+  if lo > 0 or hi < 0:
+    return "wins" if (lo > 0) == higher_is_better else "loses"
   return "ties"
 
 
 def paired_difference(arm: Sequence[float], baseline: Sequence[float], level: float = 0.95,
-                      comparisons: int = 1) -> dict:
+                      comparisons: int = 1, higher_is_better: bool = False) -> dict:
   """Paired (by seed) difference arm - baseline: {"diff", "ci", "verdict"}
   with the interval adjusted for `comparisons` arms."""
   d = np.asarray(arm, np.float64) - np.asarray(baseline, np.float64)
   mean, lo, hi = t_interval(d, adjusted_level(level, comparisons))
-  return {"diff": mean, "ci": [lo, hi], "verdict": verdict(lo, hi)}
+  return {"diff": mean, "ci": [lo, hi], "verdict": verdict(lo, hi, higher_is_better)}
 
 
 def steps_to_target(steps: Sequence[float], losses: Sequence[float],

@@ -62,13 +62,58 @@ def _method_seeds_line(study: dict) -> str:
 
 
 def format_verdicts(study: dict) -> str:
-  """The console table: each arm's uniform average and its verdict."""
-  lines = [f"{'arm':<16}{'uniform avg':>12}{'vs ' + study['baseline']:>14}  verdict"]
+  """The console table: each arm's primary metric (the uniform average
+  unless `train_study.primary` names another) and its verdict."""
+  key = study.get("primary", "uniform_avg")
+  name = "uniform avg" if key == "uniform_avg" else key
+  lines = [f"{'arm':<16}{name:>12}{'vs ' + study['baseline']:>14}  verdict"]
   for arm, r in study["results"].items():
-    vs = r.get("vs_baseline", {}).get("uniform_avg")
-    lines.append(f"{arm:<16}{r['uniform_avg']['mean']:12.4f}"
+    head = r.get("primary", r["uniform_avg"])
+    vs = head.get("vs_baseline", r.get("vs_baseline", {}).get("uniform_avg"))
+    lines.append(f"{arm:<16}{head['mean']:12.4f}"
                  + (f"{vs['diff']:+14.4f}  {vs['verdict']}" if vs else f"{'':>14}  baseline"))
   return "\n".join(lines)
+
+
+def render_primary(study: dict) -> list:
+  """The headline: the metric `train_study.primary` names, per arm, with
+  its verdict and the speed-up to the baseline's final value."""
+  key = study.get("primary", "uniform_avg")
+  if key == "uniform_avg":
+    return []
+  res = study["results"]
+  better = "higher" if res[study["baseline"]]["primary"].get("higher_is_better") else "lower"
+  md = ["", f"## Primary metric: {key}", "",
+        f"`train_study.primary` names **{key}** ({better} is better); its verdict is the "
+        "study's headline. The speed-up is to the baseline's final value of it.", "",
+        f"| arm | {key} | vs baseline | speed-up |", "|---|---|---|---|"]
+  for arm, r in res.items():
+    p = r["primary"]
+    sp = p.get("speedup")
+    md.append(f"| {arm} | {_ci(p)} | {_diff(p.get('vs_baseline'))} | "
+              f"{_speedup(sp, study['seeds']) if sp else '(baseline)'} |")
+  return md
+
+
+def render_tasks(study: dict) -> list:
+  """Every downstream-task metric: each arm's mean, and its difference
+  from the baseline with the verdict."""
+  tasks = study.get("tasks") or {}
+  if not tasks:
+    return []
+  md = ["", "## Downstream tasks", "",
+        f"Each task's items of the **{study.get('split', 'test')}** half "
+        "(docs/downstream.md). BPB: bits per byte of the gold answer, lower is better; "
+        "acc, prob_correct (normalised probability of the correct choice) and exact_match: "
+        "higher is better. At small scale accuracy sits near chance; BPB and prob_correct "
+        "resolve differences first.", "",
+        "| metric | " + " | ".join(study["results"]) + " |",
+        "|---|" + "---|" * len(study["results"])]
+  for key, per_arm in tasks.items():
+    cells = [_ci(r, 3) + ("" if "vs_baseline" not in r else "<br>" + _diff(r["vs_baseline"], 3))
+             for r in per_arm.values()]
+    md.append(f"| {key} | " + " | ".join(cells) + " |")
+  return md
 
 
 def render_verdicts(study: dict) -> list:
@@ -130,7 +175,9 @@ def render_tables(study: dict) -> list:
            "average.", "", "| arm | " + " | ".join(domains) + " | objective | average |",
            "|---|" + "---|" * (len(domains) + 2)]
     for arm, law in laws.items():
-      cells = [f"{law['predicted'][t]:.3f} / {law['measured'][t]:.3f}"
+      measured = law["measured"]
+      cells = [f"{law['predicted'][t]:.3f} / " + ("-" if measured.get(t) is None
+                                                  else f"{measured[t]:.3f}")
                for t in [*domains, "objective", "average"]]
       md.append(f"| {arm} (predicted / measured) | " + " | ".join(cells) + " |")
   md += ["", "## Seed-to-seed spread (standard deviation over seeds)", "",
@@ -151,7 +198,8 @@ def render(study: dict, out_dir) -> str:
   """study.md's text for a `collect` dict; draws the plots into
   OUT_DIR/plots/ (the Markdown links them relative to OUT_DIR)."""
   plot_dir = files.path(out_dir) / rundir.PLOTS
-  md = render_verdicts(study) + render_tables(study)
+  md = render_verdicts(study) + render_primary(study) + render_tasks(study) + \
+      render_tables(study)
   figs = []
   if plots.plot_forest(study, plot_dir / "study_forest.png"):
     figs.append(("Paired differences against the baseline", "study_forest.png"))

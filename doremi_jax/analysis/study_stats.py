@@ -10,6 +10,7 @@ from doremi_jax import files
 from doremi_jax import rundir
 from doremi_jax.analysis import health
 from doremi_jax.analysis import stats
+from doremi_jax.analysis import task_stats
 
 
 def _curve(path) -> tuple[list, list]:
@@ -82,6 +83,9 @@ def _seed_values(root, arm: str, seeds: int, domains, floors) -> dict:
   finals = [files.read_json(rundir.arm_dir(root, arm, s) / rundir.EVAL) for s in range(seeds)]
   dom = {d: [f["per_domain"][d]["loss"] for f in finals] for d in domains}
   return {
+      "finals": finals,
+      "logs": [files.read_jsonl(rundir.arm_dir(root, arm, s) / rundir.EVAL_LOG)
+               for s in range(seeds)],
       "uniform_avg": [f["uniform_average"] for f in finals],
       "worst_case": [f["worst_case"]["loss"] for f in finals],
       "excess_over_floor": ([stats.excess_over_floor({d: dom[d][s] for d in domains}, floors)
@@ -114,11 +118,30 @@ def _cost(root, arm: str, seeds: int, method_runs: dict, main_flops: float,
           "fraction_of_one_main_run": (own + extra) / main_flops}
 
 
+def _tasks_and_primary(per: dict, arms: list, baseline: str, level: float, m: int,
+                       primary: str, results: dict) -> tuple:
+  """(the primary metric's name, every task metric's statistics); adds
+  each arm's `primary` statistics to `results`."""
+  finals = {arm: per[arm]["finals"] for arm in arms}
+  logs = {arm: per[arm]["logs"] for arm in arms}
+  tasks = task_stats.analyse(finals, logs, baseline, level, m)
+  key = task_stats.resolve(primary, finals[baseline][0])
+  if key is None:
+    raise ValueError(f"train_study.primary {primary!r} is not among the evaluated metrics")
+  head = task_stats.analyse_metric(key, finals, logs, baseline, level, m)
+  for arm in arms:
+    results[arm]["primary"] = head[arm]
+  return key, tasks
+
+
 def analyse(root, arms: list, seeds: int, baseline: str, corpus, rates: dict,
-            method_runs: dict, level: float = 0.95, method_seeds: str = "per_seed") -> dict:
+            method_runs: dict, level: float = 0.95, method_seeds: str = "per_seed",
+            primary: str = "uniform_avg") -> dict:
   """study.json: per arm and domain, means with intervals over seeds, paired
   differences against the baseline with verdicts, the speed-up to the
-  baseline's final loss, the seed-to-seed spread and the cost."""
+  baseline's final loss, the seed-to-seed spread and the cost; the same
+  for every downstream-task metric (`task_stats`), and for `primary`, the
+  metric the headline verdict uses."""
   domains = list(corpus.domains)
   floors = (dict(zip(domains, corpus.entropy_floors))
             if corpus.entropy_floors is not None else None)
@@ -153,7 +176,9 @@ def analyse(root, arms: list, seeds: int, baseline: str, corpus, rates: dict,
       r["vs_baseline"] = _vs_baseline(p, per[baseline], domains, level, m)
       r["speedup"] = stats.speedup(p["curves"], per[baseline]["curves"], level, m)
     results[arm] = r
+  key, tasks = _tasks_and_primary(per, arms, baseline, level, m, primary, results)
   return {
+      "primary": key, "tasks": tasks,
       "baseline": baseline, "arms": list(arms), "seeds": seeds, "domains": domains,
       "level": level, "comparisons": m, "split": eval_split(root),
       "method_seeds": method_seeds,

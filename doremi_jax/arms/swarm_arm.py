@@ -72,8 +72,14 @@ class Swarm(base.Arm):
     measured = {d: sum(f["per_domain"][d]["loss"] for f in finals) / seeds for d in domains}
     measured["average"] = sum(f["uniform_average"] for f in finals) / seeds
     measured["worst"] = sum(f["worst_case"]["loss"] for f in finals) / seeds
-    # the objective the law's optimum minimises (its terms' laws combined)
-    measured["objective"] = sum(w * measured[t] for t, w in self.terms.items())
+    for t in self.predicted[keys[0]]:   # task targets the main runs also evaluated
+      task = t.rpartition("/")[0]
+      if task and all(task in f.get("tasks", {}) for f in finals):
+        measured[t] = sum(f["tasks"][task]["bpb"] for f in finals) / seeds
+    # the objective the law's optimum minimises (its terms' laws combined);
+    # None when the main runs did not evaluate one of its tasks
+    measured["objective"] = (sum(w * measured[t] for t, w in self.terms.items())
+                             if all(t in measured for t in self.terms) else None)
     predicted = {t: sum(self.predicted[k][t] for k in keys) / seeds for t in measured}
     return {"law_prediction": {"predicted_from": "tune", "measured_on": finals[0]["split"],
                                "predicted": predicted, "measured": measured}}

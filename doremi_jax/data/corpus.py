@@ -63,6 +63,9 @@ class Corpus:
   # `(seqio) -> None`: registers the seqio Task of every domain (see
   # `register_tasks`); None for a corpus that has none.
   seqio_tasks: Optional[Callable] = dataclasses.field(default=None, compare=False)
+  # The config the corpus was built from, where its tasks need it (the
+  # synthetic corpus's: the built-in downstream tasks, `tasks.builtin`).
+  source_config: Optional[object] = dataclasses.field(default=None, compare=False)
 
   @property
   def num_domains(self) -> int:

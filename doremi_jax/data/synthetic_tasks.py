@@ -96,4 +96,5 @@ def synthetic_corpus(cfg: Optional[synthetic.SyntheticCorpusConfig] = None) -> C
       entropy_floors=tuple(synthetic.entropy_floor(d, cfg.seq_len, cfg.seed) for d in cfg.domains),
       packed=tuple(functools.partial(packed_rows, cfg, d) for d in cfg.domains),
       seqio_tasks=functools.partial(register_seqio_tasks, cfg=cfg, task_names=task_names),
+      source_config=cfg,
   ))

@@ -36,10 +36,19 @@ class Stage:
     return self.runs or ((self.name, {}),)
 
   def __call__(self, workdir: str, **kwargs):
+    check_tasks()
     if self.runs:
       return self.fn(workdir, **kwargs)
     with gin.config_scope(self.name):
       return self.fn(workdir, **kwargs)
+
+
+def check_tasks() -> None:
+  """Every configured downstream task loads (`tasks.registry.check_configured`)."""
+  # pylint: disable=import-outside-toplevel
+  from doremi_jax.data.registry import get_corpus
+  from doremi_jax.tasks import registry as task_registry
+  task_registry.check_configured(get_corpus())
 
 
 STAGES: dict = {}

@@ -32,10 +32,12 @@ from doremi_jax import files
 from doremi_jax import rundir
 from doremi_jax.analysis import study_report
 from doremi_jax.analysis import study_stats
+from doremi_jax.analysis import task_stats
 from doremi_jax.config import ConfigError, check_number
 from doremi_jax.data.registry import get_corpus
 from doremi_jax.stages import registry
 from doremi_jax.state import TrainConfig
+from doremi_jax.tasks import registry as task_registry
 
 
 def parse_arms(arms) -> dict:
@@ -68,6 +70,22 @@ def main_config() -> TrainConfig:
 
 
 METHOD_SEEDS = ("per_seed", "shared")
+
+
+def check_primary(primary, eval_tasks) -> None:
+  """`train_study.primary` names a loss ('uniform_avg', 'worst_case') or a
+  task of `main/TrainConfig.eval_tasks`, alone (its primary metric) or as
+  'TASK/METRIC'."""
+  names = [task_registry.task_name(e) for e in eval_tasks]
+  ok = isinstance(primary, str) and primary in task_stats.LOSS_METRICS
+  if isinstance(primary, str) and not ok:
+    task, _, metric = primary.partition("/")
+    ok = task in names and (not metric or metric in task_stats.HIGHER_IS_BETTER)
+  if not ok:
+    raise ConfigError(
+        f"train_study.primary = {primary!r}; name 'uniform_avg', 'worst_case', or a task of "
+        f"main/TrainConfig.eval_tasks ({names or 'none set'}) alone or as 'TASK/METRIC' with "
+        f"METRIC one of {sorted(task_stats.HIGHER_IS_BETTER)}.")
 
 
 def _check_settings(arms: dict, seeds, baseline, rounds, unimax_epochs, level, method_seeds):
@@ -116,7 +134,8 @@ def _train_arms(made: list, seeds: int):
 @gin.configurable
 def train_study(workdir: str, arms: Any = gin.REQUIRED, seeds: int = 3,
                 baseline: str = "stratified", rounds: int = 1, unimax_epochs: float = 1.0,
-                level: float = 0.95, method_seeds: str = "per_seed") -> dict:
+                level: float = 0.95, method_seeds: str = "per_seed",
+                primary: str = "uniform_avg") -> dict:
   """Trains every arm x seed and writes study.json and study.md (see the
   module docstring). `rounds`: DoReMi's rounds ('doremi' arms);
   `unimax_epochs`: UniMax's cap ('unimax' arms); `level` is the confidence
@@ -124,9 +143,11 @@ def train_study(workdir: str, arms: Any = gin.REQUIRED, seeds: int = 3,
   arms). `method_seeds`: 'per_seed' (seed s runs the methods' own runs,
   DoReMi's reference and proxy, the swarm, online DoReMi's reference, with
   seed s: the intervals include the whole method's randomness) or 'shared'
-  (one run of each, shared by every seed). Returns study.json."""
+  (one run of each, shared by every seed). `primary`: the metric of the
+  headline verdict (`check_primary`). Returns study.json."""
   names = parse_arms(arms)
   _check_settings(names, seeds, baseline, rounds, unimax_epochs, level, method_seeds)
+  check_primary(primary, main_config().eval_tasks)
   rundir.check_writable(workdir)
   made = make_arms(arms, workdir, rounds, unimax_epochs, seeds, method_seeds)
   study = made[0].study
@@ -139,7 +160,7 @@ def train_study(workdir: str, arms: Any = gin.REQUIRED, seeds: int = 3,
   rates = {arm.name: arm.rates(seeds) for arm in made}
   method_runs = {arm.name: arm.method_runs for arm in made}
   result = study_stats.analyse(study.root, list(names), seeds, baseline, study.corpus, rates,
-                               method_runs, level, method_seeds)
+                               method_runs, level, method_seeds, primary)
   for arm in made:
     result["results"][arm.name].update(arm.report(seeds))
   if rundir.is_writer():

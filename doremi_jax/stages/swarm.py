@@ -47,6 +47,7 @@ from doremi_jax.swarm import fit
 from doremi_jax.swarm import law as law_lib
 from doremi_jax.swarm import program as swarm_lib
 from doremi_jax.swarm import results
+from doremi_jax.tasks import registry as task_registry
 
 SEEDS = ("same", "distinct")
 
@@ -100,7 +101,8 @@ def plan(corpus, cfg: TrainConfig, members, prior, concentration, corners, cap_f
   check_number("train_swarm.kl_weight", kl_weight, low=0)
   check_number("train_swarm.cap_factor", cap_factor, low=0, low_open=True)
   check_number("train_swarm.min_weight", min_weight, low=0)
-  fit.objective_terms(objective, corpus.domains)
+  fit.objective_terms(objective, corpus.domains,
+                      [task_registry.swarm_target(e) for e in cfg.eval_tasks])
   q = law_lib.check_distribution(
       weights_lib.resolve_weights(prior, corpus, "train_swarm.prior"), "train_swarm.prior")
   if concentration is None:
@@ -199,8 +201,10 @@ class SwarmHook(runner.Hook):
 
   def on_finish(self, state, final, reference):
     law, p = self.fit_settings["law"], self.plan
+    tasks = {f"{t}/bpb": [m[t]["bpb"] for m in final["member_tasks"]]
+             for t in (final.get("member_tasks") or [{}])[0]}
     result = self.result = results.analyse(p.mixtures, final["members"], self.corpus.domains,
-                                           p.prior, **self.fit_settings)
+                                           p.prior, **self.fit_settings, tasks=tasks)
     if rundir.is_writer():
       files.write_json(files.path(self.workdir) / rundir.SWARM_JSON, result)
       files.write_json(files.path(self.workdir) / rundir.SWARM_WEIGHTS, result["weights"])

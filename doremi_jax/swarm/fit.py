@@ -48,18 +48,22 @@ HUBER_DELTA = 0.02
 # Targets and objectives
 
 
-def targets(losses_NxK, domains: Sequence[str]) -> dict:
-  """{target: [N] losses}: every domain, 'average' and 'worst'."""
+def targets(losses_NxK, domains: Sequence[str], tasks: Optional[dict] = None) -> dict:
+  """{target: [N] values}: every domain's loss, 'average' and 'worst', and
+  `tasks`' ({"TASK/bpb": [N]}: downstream tasks' gold-answer BPB, lower is
+  better like a loss)."""
   y = np.asarray(losses_NxK, np.float64)
   out = {d: y[:, i] for i, d in enumerate(domains)}
   out["average"] = y.mean(axis=1)
   out["worst"] = y.max(axis=1)
+  out.update({t: np.asarray(v, np.float64) for t, v in (tasks or {}).items()})
   return out
 
 
-def objective_terms(objective: Any, domains: Sequence[str]) -> dict:
+def objective_terms(objective: Any, domains: Sequence[str], tasks: Sequence[str] = ()) -> dict:
   """{target: weight} of an objective: 'average' (every domain, 1/K),
-  'worst' (the worst-case law), or a list of domain names (their mean)."""
+  'worst' (the worst-case law), or a list of domain names and task targets
+  (`tasks`: "TASK/bpb", also named by "TASK" alone), their mean."""
   if isinstance(objective, str) and objective == "average":
     return {d: 1.0 / len(domains) for d in domains}
   if isinstance(objective, str) and objective == "worst":
@@ -68,11 +72,13 @@ def objective_terms(objective: Any, domains: Sequence[str]) -> dict:
   if (not isinstance(names, (list, tuple)) or not names or
       not all(isinstance(d, str) for d in names)):
     raise ConfigError(f"train_swarm.objective must be 'average', 'worst' or a list of domain "
-                      f"names, got {objective!r}.")
-  unknown = [d for d in names if d not in domains]
+                      f"names and tasks, got {objective!r}.")
+  names = [f"{n}/bpb" if f"{n}/bpb" in tasks and n not in domains else n for n in names]
+  unknown = [d for d in names if d not in domains and d not in tasks]
   if unknown or len(set(names)) != len(names):
     raise ConfigError(f"train_swarm.objective names {list(names)}; each must be one of the "
-                      f"corpus's domains {list(domains)}, once.")
+                      f"corpus's domains {list(domains)} or a task of swarm/TrainConfig."
+                      f"eval_tasks (its gold-answer BPB: {list(tasks) or 'none set'}), once.")
   return {d: 1.0 / len(names) for d in names}
 
 

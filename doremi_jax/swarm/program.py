@@ -19,7 +19,7 @@ the same exact, resumable loader as any run (`SwarmLoader`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -35,6 +35,7 @@ from doremi_jax.data import loader as loader_lib
 from doremi_jax.data import packing
 from doremi_jax.loss import per_domain_sums, per_token_loss, tokens_of
 from doremi_jax.state import ModelSetup, TrainConfig, build_setup
+from doremi_jax.tasks.suite import TaskSuite
 
 AXIS = "data"   # the mesh axis the members are split over
 
@@ -190,6 +191,7 @@ class SwarmEvaluator:
   corpus: object
   batches: list
   step_fn: object
+  tasks: Optional[TaskSuite] = None    # TrainConfig.eval_tasks on `tune`, per member
 
   @classmethod
   def create(cls, setup: ModelSetup, corpus, cfg: TrainConfig) -> "SwarmEvaluator":
@@ -207,7 +209,8 @@ class SwarmEvaluator:
     step_fn = jax.jit(jax.vmap(one, in_axes=(0, None), spmd_axis_name=AXIS),
                       in_shardings=(setup.state_shardings.params, eval_sh),
                       out_shardings=(replicated, replicated))
-    return cls(setup, corpus, batches, lambda p, b: step_fn(p, from_full(b, eval_sh)))
+    return cls(setup, corpus, batches, lambda p, b: step_fn(p, from_full(b, eval_sh)),
+               evaluate.task_suite(corpus, cfg, packing.TUNE))
 
   def losses(self, params) -> np.ndarray:
     """[M, K] float64: every member's mean `tune` loss per domain."""
@@ -222,5 +225,10 @@ class SwarmEvaluator:
     summary = evaluate.summarize(self.corpus.domains, losses.mean(0) * counts[0], counts[0],
                                  step, self.corpus.entropy_floors, split=packing.TUNE)
     summary["members"] = losses.tolist()
+    if self.tasks is not None:   # each member's tasks, one member's parameters at a time
+      with self.setup.scope():
+        summary["member_tasks"] = [
+            self.tasks(self.setup.model, jax.tree.map(lambda x, m=m: x[m], params))
+            for m in range(len(losses))]
     return summary
 

@@ -14,12 +14,13 @@ from doremi_jax.swarm import fit
 
 def analyse(mixtures, losses, domains: Sequence[str], prior, *, law: str, objective,
             kl_weight: float, caps, folds: int, seed: int, gbm_settings: Optional[dict],
-            candidates: int, top_k: int) -> dict:
+            candidates: int, top_k: int, tasks: Optional[dict] = None) -> dict:
   """swarm.json's content from the members' mixtures [M, K] and final
-  `tune` losses [M, K] (nats/token)."""
+  `tune` losses [M, K] (nats/token), and `tasks`' targets ({"TASK/bpb":
+  [M]}, the members' downstream-task BPB on `tune`)."""
   X = np.asarray(mixtures, np.float64)
-  ys = fit.targets(losses, domains)
-  terms = fit.objective_terms(objective, domains)
+  ys = fit.targets(losses, domains, tasks)
+  terms = fit.objective_terms(objective, domains, tuple(tasks or ()))
   measured = sum(w * ys[t] for t, w in terms.items())
   laws = {}
   for name in fit.LAWS:
