@@ -7,6 +7,12 @@ Each line is one JSON object of one of three kinds:
       multiple choice (ranked classification): every choice is scored as a
       continuation of the context; metrics acc, acc_per_char,
       acc_per_token, prob_correct, bpb (`scoring.choice_metrics`)
+  {"contexts": ["... Sarah", "... Maria"], "choices": [" ran.", " ran."], "gold": 1}
+      multiple choice with one context per choice instead of one shared
+      context (partial scoring, as OLMo's Winogrande: the option fills the
+      blank in the context and the rest of the sentence is scored); a line
+      has "context" or "contexts", never both; `choice_contexts(item)`
+      gives every choice's context for either form
   {"context": "...", "target": " 42", "stop": [";", "\\n"], "max_tokens": 8}
       generative: greedy decoding from the context until a stop string or
       `max_tokens` new tokens (default: the target's length in tokens plus
@@ -37,9 +43,10 @@ CHOICE, GENERATE, ROLLING = "choice", "generate", "rolling"
 KINDS = (CHOICE, GENERATE, ROLLING)
 # The fields that make a line of each kind; "id" is optional everywhere, and
 # "stop", "max_tokens" on generative lines.
-_REQUIRED = {CHOICE: ("context", "choices", "gold"), GENERATE: ("context", "target"),
-             ROLLING: ("text",)}
-_OPTIONAL = {CHOICE: ("id",), GENERATE: ("id", "stop", "max_tokens"), ROLLING: ("id",)}
+# A choice line has one of "context" and "contexts" too (`kind_of`).
+_REQUIRED = {CHOICE: ("choices", "gold"), GENERATE: ("context", "target"), ROLLING: ("text",)}
+_OPTIONAL = {CHOICE: ("id", "context", "contexts"), GENERATE: ("id", "stop", "max_tokens"),
+             ROLLING: ("id",)}
 # The metric each kind's headline is (lower is better for bpb).
 PRIMARY_METRIC = {CHOICE: "bpb", GENERATE: "bpb", ROLLING: "bpb"}
 LOWER_IS_BETTER = {"bpb": True, "acc": False, "acc_per_char": False, "acc_per_token": False,
@@ -66,8 +73,40 @@ def kind_of(item: dict) -> Optional[str]:
   """The kind whose required fields `item` has, or None."""
   for kind in (CHOICE, GENERATE, ROLLING):
     if all(k in item for k in _REQUIRED[kind]):
-      return kind
+      if kind != CHOICE or "context" in item or "contexts" in item:
+        return kind
   return None
+
+
+def choice_contexts(item: dict) -> list:
+  """The context of every choice of a validated choice line: its
+  "contexts", or its one "context" repeated."""
+  if "contexts" in item:
+    return list(item["contexts"])
+  return [item["context"]] * len(item["choices"])
+
+
+def _check_choice(item: dict, where: str) -> None:
+  """ConfigError naming `where` unless `item`'s choices, gold and
+  context(s) make a multiple-choice line."""
+  choices, gold = item["choices"], item["gold"]
+  if (not isinstance(choices, list) or len(choices) < 2
+          or not all(isinstance(c, str) and c for c in choices)):
+    raise ConfigError(f"{where}: 'choices' must be a list of at least two non-empty "
+                      f"strings, got {choices!r}.")
+  if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold < len(choices):
+    raise ConfigError(f"{where}: 'gold' must be the index of the correct choice, 0 to "
+                      f"{len(choices) - 1}, got {gold!r}.")
+  if "context" in item and "contexts" in item:
+    raise ConfigError(f"{where}: a multiple-choice request has 'context' (one for all "
+                      "choices) or 'contexts' (one per choice), not both.")
+  if "context" in item and not isinstance(item["context"], str):
+    raise ConfigError(f"{where}: 'context' must be a string, got {item['context']!r}.")
+  contexts = item.get("contexts", [""] * len(choices))
+  if (not isinstance(contexts, list) or len(contexts) != len(choices)
+          or not all(isinstance(c, str) for c in contexts)):
+    raise ConfigError(f"{where}: 'contexts' must be a list of {len(choices)} strings, one per "
+                      f"choice, got {contexts!r}.")
 
 
 def validate(item, where: str) -> tuple:
@@ -76,26 +115,19 @@ def validate(item, where: str) -> tuple:
     raise ConfigError(f"{where}: a request must be a JSON object, got {type(item).__name__}.")
   kind = kind_of(item)
   if kind is None:
-    raise ConfigError(f"{where}: a request needs the fields context, choices, gold (multiple "
-                      "choice), or context, target (generative), or text (rolling); it has "
-                      f"{sorted(item)}.")
+    raise ConfigError(f"{where}: a request needs the fields context (or contexts), choices, "
+                      "gold (multiple choice), or context, target (generative), or text "
+                      f"(rolling); it has {sorted(item)}.")
   extra = set(item) - set(_REQUIRED[kind]) - set(_OPTIONAL[kind])
   if extra:
     raise ConfigError(f"{where}: unknown field(s) {sorted(extra)} for a {kind} request; its "
                       f"fields are {list(_REQUIRED[kind] + _OPTIONAL[kind])}.")
-  text_fields = {CHOICE: ("context",), GENERATE: ("context", "target"), ROLLING: ("text",)}
+  text_fields = {CHOICE: (), GENERATE: ("context", "target"), ROLLING: ("text",)}
   for k in text_fields[kind]:
     if not isinstance(item[k], str):
       raise ConfigError(f"{where}: {k!r} must be a string, got {item[k]!r}.")
   if kind == CHOICE:
-    choices, gold = item["choices"], item["gold"]
-    if (not isinstance(choices, list) or len(choices) < 2
-            or not all(isinstance(c, str) and c for c in choices)):
-      raise ConfigError(f"{where}: 'choices' must be a list of at least two non-empty "
-                        f"strings, got {choices!r}.")
-    if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold < len(choices):
-      raise ConfigError(f"{where}: 'gold' must be the index of the correct choice, 0 to "
-                        f"{len(choices) - 1}, got {gold!r}.")
+    _check_choice(item, where)
   if kind == GENERATE:
     if not item["target"]:
       raise ConfigError(f"{where}: 'target' must be a non-empty string.")
