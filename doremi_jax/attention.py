@@ -21,12 +21,20 @@ in fp32. With `segment_ids` ([batch, length] int, packed documents) a query
 only meets keys of its own segment: attention never crosses a document
 boundary ('xla' and 'splash' apply it as a mask; 'cudnn' passes it to cuDNN
 as a mask and falls back to 'xla' where cuDNN refuses).
+
+Incremental decoding (`doremi_jax.tasks.decode`) keeps each layer's keys and
+values in a `KVCache` whose slot i holds position i: `cache_write` puts new
+keys and values at their positions, and `cached_attention` lets a query at
+position p meet slots 0..p only. Slots past a row's last written position
+(padding, or nothing yet) are therefore never seen, and every row of the
+batch has its own positions.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -201,3 +209,40 @@ def attend(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, impl: str = "xla", interpret: bool =
   if impl == "splash":
     return splash_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, interpret, segment_ids_BxL)
   raise ValueError(f"attention implementation {impl!r}; use one of {IMPLEMENTATIONS}.")
+
+
+class KVCache(NamedTuple):
+  """One layer's keys and values, [batch, cache length, heads, head_dim]
+  each (slot i holds position i), in the compute dtype. With
+  `ModelConfig.scan_layers` the model's cache is one KVCache with a leading
+  layer axis; otherwise a tuple of one KVCache per layer."""
+  key: jax.Array
+  value: jax.Array
+
+
+def cache_write(cache: KVCache, k_BxLxHxK, v_BxLxHxK, positions_BxL) -> KVCache:
+  """`cache` with each row's new keys and values at the slots of their
+  positions (positions past the cache are dropped)."""
+  rows_Bx1 = jnp.arange(k_BxLxHxK.shape[0])[:, None]
+  put = lambda c, x: c.at[rows_Bx1, positions_BxL].set(x.astype(c.dtype), mode="drop")
+  return KVCache(put(cache.key, k_BxLxHxK), put(cache.value, v_BxLxHxK))
+
+
+def cached_attention(q_BxLxHxK, cache: KVCache, positions_BxL):
+  """Attention of queries at `positions_BxL` to the cache's slots
+  0..position of their own row (the causal mask of a cache indexed by
+  position). The numerics follow `xla_attention`: fp32 scores and softmax
+  statistics, probabilities in the compute dtype for the value matmul,
+  normalised after it."""
+  dtype = q_BxLxHxK.dtype
+  scale = jnp.asarray(q_BxLxHxK.shape[-1] ** -0.5, dtype)
+  s_BxHxLxM = jnp.einsum("blhk,bmhk->bhlm", q_BxLxHxK * scale, cache.key.astype(dtype),
+                         preferred_element_type=jnp.float32)
+  slots_M = jnp.arange(cache.key.shape[1])
+  allowed_Bx1xLxM = (slots_M[None, None, :] <= positions_BxL[:, :, None])[:, None]
+  s_BxHxLxM = jnp.where(allowed_Bx1xLxM, s_BxHxLxM, jnp.finfo(jnp.float32).min)
+  p_BxHxLxM = jnp.exp(s_BxHxLxM - s_BxHxLxM.max(axis=-1, keepdims=True))
+  o_BxHxLxK = jnp.einsum("bhlm,bmhk->bhlk", p_BxHxLxM.astype(dtype), cache.value.astype(dtype),
+                         preferred_element_type=jnp.float32)
+  o_BxHxLxK = o_BxHxLxK / p_BxHxLxM.sum(axis=-1, keepdims=True)
+  return jnp.swapaxes(o_BxHxLxK, 1, 2).astype(dtype)

@@ -202,12 +202,19 @@ def rotary(x_BxLxHxK, positions_BxL, theta: float):
 
 
 class Block(nn.Module):
+  """One layer: `__call__(x, positions, segment_ids=None, cache=None) ->
+  (x, kv)`. kv is None in a plain call; with `keep_kv` it is the layer's
+  KVCache of this call's keys and values (slot i: the i-th token); given
+  a `cache`, the new keys and values go in at their positions and the
+  queries attend to the cache (`attention.cached_attention`), and kv is
+  the updated cache."""
   cfg: ModelConfig
   attention_impl: str = "xla"     # chosen (doremi_jax.attention.choose), never 'auto'
   interpret: bool = False         # run Pallas kernels interpreted (CPU tests)
+  keep_kv: bool = False           # also return this call's keys and values
 
   @nn.compact
-  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL=None):
+  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL=None, cache=None):
     cfg = self.cfg
     cdt, pdt = _dtype(cfg.compute_dtype), _dtype(cfg.param_dtype)
     linear = functools.partial(Linear, dtype=cdt, param_dtype=pdt)
@@ -220,8 +227,13 @@ class Block(nn.Module):
     q_BxLxHxK = act(rotary(qkv(name="query")(h), positions_BxL, cfg.rope_theta), qkv_axes)
     k_BxLxHxK = act(rotary(qkv(name="key")(h), positions_BxL, cfg.rope_theta), qkv_axes)
     v_BxLxHxK = act(qkv(name="value")(h), qkv_axes)
-    o_BxLxHxK = attention_lib.attend(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, self.attention_impl,
-                                     self.interpret, segment_ids_BxL)
+    if cache is not None:
+      kv = attention_lib.cache_write(cache, k_BxLxHxK, v_BxLxHxK, positions_BxL)
+      o_BxLxHxK = attention_lib.cached_attention(q_BxLxHxK, kv, positions_BxL)
+    else:
+      kv = attention_lib.KVCache(k_BxLxHxK, v_BxLxHxK) if self.keep_kv else None
+      o_BxLxHxK = attention_lib.attend(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, self.attention_impl,
+                                       self.interpret, segment_ids_BxL)
     o_BxLxHxK = act(o_BxLxHxK, qkv_axes)
     o_BxLxD = linear("blhk,hkd->bld", (h_, k_, d), ("heads", "kv", "embed"), (0, 1),
                      name="out")(o_BxLxHxK)
@@ -232,18 +244,19 @@ class Block(nn.Module):
     h_BxLxF = act(nn.silu(up(name="gate")(h)) * up(name="up")(h),
                   ("act_batch", "act_length", "act_mlp"))
     down_BxLxD = linear("blf,fd->bld", (f, d), ("mlp", "embed"), (0,), name="down")(h_BxLxF)
-    return act(x_BxLxD + down_BxLxD, ("act_batch", "act_length", "act_embed"))
+    return act(x_BxLxD + down_BxLxD, ("act_batch", "act_length", "act_embed")), kv
 
 
 class _ScanBlock(nn.Module):
   cfg: ModelConfig
   attention_impl: str = "xla"
   interpret: bool = False
+  keep_kv: bool = False
 
   @nn.compact
-  def __call__(self, x, positions, segment_ids):
-    return Block(self.cfg, self.attention_impl, self.interpret, name="block")(
-        x, positions, segment_ids), None
+  def __call__(self, x, positions, segment_ids, cache):
+    return Block(self.cfg, self.attention_impl, self.interpret, self.keep_kv, name="block")(
+        x, positions, segment_ids, cache)
 
 
 class Transformer(nn.Module):
@@ -258,7 +271,17 @@ class Transformer(nn.Module):
   applies only the output layer to them (the chunked loss calls it chunk by
   chunk). `platform` ('cpu', 'gpu', 'tpu'; default: JAX's default backend)
   is what `ModelConfig.attention = 'auto'` chooses for; `interpret` runs the
-  Pallas attention kernel interpreted (tests on CPU)."""
+  Pallas attention kernel interpreted (tests on CPU).
+
+  Incremental decoding (`doremi_jax.tasks.decode`), same parameters:
+  `fill_cache=True` is a plain call that also returns the keys and values
+  of every layer, `(out, cache)`, cache slot i holding the i-th token (so
+  slot = position when the positions are 0..L-1); `cache=` a cache of that
+  structure (`attention.KVCache`: one per layer, or one with a leading
+  layer axis under `scan_layers`) writes the new tokens' keys and values
+  at the slots of their positions (required), attends each query to its
+  row's slots 0..its position and returns `(out, updated cache)`. Neither
+  adds a parameter: a trained model's parameters decode as they are."""
   cfg: ModelConfig
   platform: Optional[str] = None
   interpret: bool = False
@@ -270,7 +293,7 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BxL=None, positions_BxL=None, segment_ids_BxL=None, *,
-               features: bool = False, head=None):
+               features: bool = False, head=None, cache=None, fill_cache: bool = False):
     cfg = self.cfg
     if cfg.vocab_size is None:
       raise ConfigError("ModelConfig.vocab_size is unset; call with_data_vocab first.")
@@ -282,33 +305,41 @@ class Transformer(nn.Module):
         name="embed")
     if head is not None:
       return self._logits(embed, head)
+    if positions_BxL is None and cache is not None:
+      raise ValueError("a cached call needs the positions of its tokens (their cache slots)")
     if positions_BxL is None:
       positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
     x_BxLxD = embed(tokens_BxL)
     x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("act_batch", "act_length", "act_embed"))
 
-    impl = self.attention_impl
-    block_cls = Block
-    if cfg.remat:
-      block_cls = nn.remat(Block, policy=jax.checkpoint_policies.nothing_saveable)
-    if cfg.scan_layers:
-      scan_cls = _ScanBlock if not cfg.remat else nn.remat(
-          _ScanBlock, policy=jax.checkpoint_policies.nothing_saveable)
-      x_BxLxD, _ = nn.scan(
-          scan_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-          in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
-          metadata_params={nn.PARTITION_NAME: "layers"})(cfg, impl, self.interpret,
-                                                          name="layers")(
-              x_BxLxD, positions_BxL, segment_ids_BxL)
-    else:
-      for i in range(cfg.num_layers):
-        x_BxLxD = block_cls(cfg, impl, self.interpret, name=f"layer_{i}")(
-            x_BxLxD, positions_BxL, segment_ids_BxL)
-
+    x_BxLxD, kv = self._layers(x_BxLxD, positions_BxL, segment_ids_BxL, cache, fill_cache)
     x_BxLxD = RMSNorm(cfg.norm_eps, pdt, name="final_norm")(x_BxLxD)
-    if features:
-      return x_BxLxD
-    return self._logits(embed, x_BxLxD)
+    out = x_BxLxD if features else self._logits(embed, x_BxLxD)
+    return out if cache is None and not fill_cache else (out, kv)
+
+  def _layers(self, x_BxLxD, positions_BxL, segment_ids_BxL, cache, fill_cache: bool):
+    """The blocks, scanned or in a loop; returns (x_BxLxD, the model's
+    KVCache: None in a plain call)."""
+    cfg, impl = self.cfg, self.attention_impl
+    decoding = cache is not None or fill_cache
+    if cache is not None and segment_ids_BxL is not None:
+      raise ValueError("a cached call takes no segment ids: one document per row")
+    remat = lambda cls: cls
+    if cfg.remat and not decoding:    # rematerialising only matters for a backward pass
+      remat = functools.partial(nn.remat, policy=jax.checkpoint_policies.nothing_saveable)
+    if cfg.scan_layers:
+      return nn.scan(
+          remat(_ScanBlock), variable_axes={"params": 0}, split_rngs={"params": True},
+          in_axes=(nn.broadcast, nn.broadcast, 0), length=cfg.num_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"})(cfg, impl, self.interpret, fill_cache,
+                                                          name="layers")(
+              x_BxLxD, positions_BxL, segment_ids_BxL, cache)
+    block_cls, kvs = remat(Block), []
+    for i in range(cfg.num_layers):
+      x_BxLxD, kv = block_cls(cfg, impl, self.interpret, fill_cache, name=f"layer_{i}")(
+          x_BxLxD, positions_BxL, segment_ids_BxL, None if cache is None else cache[i])
+      kvs.append(kv)
+    return x_BxLxD, tuple(kvs) if decoding else None
 
   def _logits(self, embed, x_BxLxD):
     """The output layer: fp32 logits of the final-normed hidden states."""
