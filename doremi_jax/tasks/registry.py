@@ -63,8 +63,15 @@ def on_split(task: requests.Task, split: str) -> requests.Task:
 
 
 def _olmo(entry: str):
+  """An OLMo task; where `entry` is none, the error also names the other
+  kinds of entry."""
   from doremi_jax.tasks import olmo   # pylint: disable=import-outside-toplevel
-  return olmo.load(entry)
+  try:
+    return olmo.load(entry)
+  except ConfigError as e:
+    raise ConfigError(f"TrainConfig.eval_tasks: {entry!r} is not a built-in task "
+                      f"({', '.join(builtin.NAMES)}), not a request file (a path ending in "
+                      f"{' or '.join(FILE_SUFFIXES)}), and as an OLMo task: {e}") from e
 
 
 def load(entry: str, corpus, split: str, limit: Optional[int] = None) -> requests.Task:

@@ -46,7 +46,8 @@ def prepare(task: requests.Task, vocabulary) -> Prepared:
   for item in task.items:
     start = len(pairs)
     if task.kind == requests.CHOICE:
-      pairs.extend(encode.encode_pair(vocabulary, item["context"], c) for c in item["choices"])
+      pairs.extend(encode.encode_pair(vocabulary, ctx, c)
+                   for ctx, c in zip(requests.choice_contexts(item), item["choices"]))
     elif task.kind == requests.GENERATE:
       pairs.append(encode.encode_pair(vocabulary, item["context"], item["target"]))
     else:
