@@ -185,3 +185,23 @@ def test_bad_swarm_settings_fail_before_anything_is_written(tmp_path, binding, m
   with pytest.raises(ConfigError, match=re.escape(message)):
     _swarm(tmp_path / "s", binding, devices=4)
   assert not (tmp_path / "s").exists()
+
+
+def test_a_swarm_fits_and_aims_at_a_tasks_bpb(tmp_path):
+  """Task targets: every member's `tune` BPB of the task is fitted like a
+  domain's loss, and the objective may name it alone."""
+  wd = tmp_path / "run"
+  result = _swarm(wd, "STEPS = 6", "TrainConfig.checkpoint_every = 0",
+                  "TrainConfig.eval_tasks = ['markov_next']",
+                  "TrainConfig.eval_task_examples = 12",
+                  "train_swarm.objective = ['markov_next']")
+  assert result["objective_terms"] == {"markov_next/bpb": 1.0}
+  final = json.loads((wd / "eval.json").read_text())
+  measured = [m["markov_next"]["bpb"] for m in final["member_tasks"]]
+  assert all(m["markov_next"]["questions"] == 12 for m in final["member_tasks"])
+  np.testing.assert_allclose(result["targets"]["markov_next/bpb"], measured, rtol=1e-12)
+  assert len({round(x, 9) for x in measured}) > 1          # each member's own parameters
+  np.testing.assert_allclose(result["best_member"]["objective"], min(measured), rtol=1e-12)
+  for law in ("loglinear", "linear", "gbm"):
+    assert "markov_next/bpb" in result["laws"][law]["cross_validation"]
+  assert "markov_next/bpb" in (wd / "swarm.md").read_text()
