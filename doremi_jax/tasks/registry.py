@@ -69,7 +69,7 @@ def _olmo(entry: str):
   try:
     return olmo.load(entry)
   except ConfigError as e:
-    raise ConfigError(f"TrainConfig.eval_tasks: {entry!r} is not a built-in task "
+    raise ConfigError(f"unknown task {entry!r} (TrainConfig.eval_tasks, --tasks): not a built-in task "
                       f"({', '.join(builtin.NAMES)}), not a request file (a path ending in "
                       f"{' or '.join(FILE_SUFFIXES)}), and as an OLMo task: {e}") from e
 

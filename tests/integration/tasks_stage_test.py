@@ -42,7 +42,7 @@ def test_a_stage_evaluates_its_tasks_at_every_evaluation(tmp_path):
 
 
 @pytest.mark.parametrize("binding, message", [
-    ("main/TrainConfig.eval_tasks = ['markov_nxt']", "'markov_nxt' is not a built-in task"),
+    ("main/TrainConfig.eval_tasks = ['markov_nxt']", "unknown task 'markov_nxt'"),
     ("TrainConfig.eval_tasks = ['missing.jsonl']", "missing.jsonl' does not exist"),
     ("TrainConfig.eval_tasks = 'markov_next'", "must be a list"),
 ])
