@@ -6,34 +6,23 @@ its generation requests' grouping."""
 
 import json
 import math
-import os
 import sys
 import textwrap
 import types
 
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import numpy as np
+import pytest
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+from doremi_jax.config import ConfigError
+from doremi_jax.tasks import encode, scoring, trained
 
-from doremi_jax.config import ConfigError  # noqa: E402
-from doremi_jax.tasks import encode, scoring, trained  # noqa: E402
-
-from helpers import run_stage  # noqa: E402
+from helpers import tiny_reference_run
 
 lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install "
                               "lm_eval, the `eval` extra)")
 from doremi_jax.tasks import lm_eval_model  # noqa: E402
 
 SEQ_LEN = 32
-TINY_RUN = [
-    "include 'gin/cpu.gin'",
-    f"SEQ_LEN = {SEQ_LEN}", "STEPS = 6", "BATCH = 8",
-    "TrainConfig.checkpoint_every = 0", "TrainConfig.log_every = 3",
-    "TrainConfig.eval_examples_per_domain = 8", "TrainConfig.eval_batch_size = 8",
-    "TrainConfig.tensorboard = False", "TrainConfig.async_checkpointing = False",
-]
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +30,7 @@ def run_dir(tmp_path_factory):
   """A 6-step reference run on the synthetic corpus (SyntheticVocabulary:
   whitespace-separated token names such as '1 2 + 3 4 =')."""
   wd = tmp_path_factory.mktemp("lm_eval") / "run"
-  run_stage("reference", wd, TINY_RUN)
-  return str(wd)
+  return tiny_reference_run(wd, SEQ_LEN)
 
 
 @pytest.fixture(scope="module")
@@ -179,9 +167,15 @@ def ours(run, docs) -> dict:
                          "bits_per_byte": -rl / nbytes / math.log(2)}}
 
 
-@pytest.fixture(scope="module")
-def task_manager_for(tmp_path_factory):
+@pytest.fixture
+def task_manager_for(monkeypatch):
+  """TaskManager(include_path=...), with Hugging Face datasets offline (the
+  environment, and datasets' own flag, read when it was imported)."""
+  import datasets
   from lm_eval.tasks import TaskManager
+  monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
   return lambda include: TaskManager(include_path=include)
 
 
