@@ -89,6 +89,18 @@ def run_stage(stage, workdir, bindings=(), gin_files=(), devices=1, **kwargs):
     return registry.get(stage)(str(workdir), **kwargs)
 
 
+def tiny_reference_run(workdir, seq_len: int = 32) -> str:
+  """A 6-step reference stage on the synthetic corpus in `workdir` (one
+  device, one final checkpoint): a run directory for the evaluation tests.
+  Returns the workdir."""
+  run_stage("reference", workdir, [
+      "include 'gin/cpu.gin'", f"SEQ_LEN = {seq_len}", "STEPS = 6", "BATCH = 8",
+      "TrainConfig.checkpoint_every = 0", "TrainConfig.log_every = 3",
+      "TrainConfig.eval_examples_per_domain = 8", "TrainConfig.eval_batch_size = 8",
+      "TrainConfig.tensorboard = False", "TrainConfig.async_checkpointing = False"])
+  return str(workdir)
+
+
 # Golden values (tests/golden/*.json): a number that must not drift silently.
 GOLDEN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 HOW = ("If the change is intended, run `DOREMI_UPDATE_GOLDEN=1 python -m pytest "

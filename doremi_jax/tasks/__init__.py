@@ -16,4 +16,6 @@ decode.py    greedy generation with a key/value cache (one prefill and one
              generate_until: text in, text cut at its stop strings out
 suite.py     a list of tasks scored on one model: what a stage evaluates
 trained.py   a finished run's model, parameters and vocabulary, read back
+lm_eval_model.py  the lm-evaluation-harness model `doremi_jax` (run it with
+             `python -m doremi_jax.lm_eval`)
 """

@@ -237,3 +237,10 @@ def test_study_primary_and_swarm_objective_name_configured_tasks():
     fit.objective_terms(["arc"], domains, ["sciq/bpb"])
   ys = fit.targets([[1.0, 2.0], [3.0, 4.0]], domains, {"sciq/bpb": [0.5, 0.7]})
   np.testing.assert_allclose(ys["sciq/bpb"], [0.5, 0.7])
+
+
+def test_an_unknown_task_name_is_refused_naming_every_kind_of_entry(corpus):
+  with pytest.raises(ConfigError) as e:
+    registry.load("markov_nxt", corpus, packing.TEST)
+  msg = str(e.value)
+  assert "markov_nxt" in msg and "markov_next" in msg and ".jsonl" in msg
