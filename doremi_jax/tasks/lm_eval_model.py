@@ -151,21 +151,15 @@ class DoremiJaxLM(LM):
 
   def generate_until(self, requests, disable_tqdm: bool = False) -> list:
     """[greedy generation] of lm-eval's (context, {"until", "max_gen_toks",
-    ...}) requests, cut before the first stop string; requests that share
-    their stop strings and token limit are decoded together by
-    `doremi_jax.tasks.decode.generate_until`."""
+    ...}) requests, cut before the first stop string, all decoded together
+    by `doremi_jax.tasks.decode.generate_until` (each with its own stop
+    strings and token limit)."""
     from doremi_jax.tasks import decode
-    groups: dict = {}
-    for i, r in enumerate(requests):
-      context, kwargs = r.args
-      groups.setdefault(generation_settings(kwargs), []).append((i, context))
-    out = [""] * len(requests)
-    for (until, max_gen_toks), members in groups.items():
-      texts = decode.generate_until(self.run.model, self.run.params, self.run.vocabulary,
-                                    [c for _, c in members], list(until), max_gen_toks,
-                                    max_len=self.max_length, batch_size=self.batch_rows)
-      for (i, _), text in zip(members, texts):
-        out[i] = text
+    settings = [generation_settings(r.args[1]) for r in requests]
+    out = decode.generate_until(self.run.model, self.run.params, self.run.vocabulary,
+                                [r.args[0] for r in requests], [list(u) for u, _ in settings],
+                                [n for _, n in settings], max_len=self.max_length,
+                                batch_size=self.batch_rows)
     for r, text in zip(requests, out):
       self.cache_hook.add_partial("generate_until", r.args, text)
     return out

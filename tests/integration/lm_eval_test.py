@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from doremi_jax.config import ConfigError
-from doremi_jax.tasks import encode, scoring, trained
+from doremi_jax.tasks import encode, requests, scoring, suite, trained
 
 from helpers import tiny_reference_run
 
@@ -199,6 +199,14 @@ def test_lm_eval_scores_equal_ours(run_dir, run, tmp_path, task_manager_for):
     for metric, value in metrics.items():
       assert results[task][f"{metric},none"] == pytest.approx(value, rel=1e-6, abs=1e-9), \
           (task, metric)
+  # the same questions as one of our request files, through the evaluator
+  # a stage runs (its choices carry the delimiter, as OLMo's continuations do)
+  task = requests.from_items("dj_choice", [
+      {"context": d["context"], "choices": [" " + c for c in d["choices"]], "gold": d["gold"]}
+      for d in docs["dj_choice"]], "test")
+  mine = suite.TaskSuite((suite.prepare(task, run.vocabulary),), run.vocabulary, SEQ_LEN, 4,
+                         "test")(run.model, run.params)["dj_choice"]
+  assert results["dj_choice"]["acc,none"] == pytest.approx(mine["acc"])
 
 
 def test_model_arguments(run_dir):
@@ -227,16 +235,16 @@ class _Request:
     self.args = args
 
 
-def test_generation_requests_are_grouped_by_their_settings(run, monkeypatch):
-  """generate_until hands `decode.generate_until` each group of requests
-  that share stop strings and token limit, and puts the answers back in
-  order (a stand-in decoder; the real one is tested below)."""
+def test_generation_requests_keep_their_own_settings(run, monkeypatch):
+  """generate_until hands `decode.generate_until` every request with its
+  own stop strings and token limit, and the answers in order (a stand-in
+  decoder; the real one is tested below)."""
   calls = []
 
   def fake_generate_until(model, params, vocabulary, contexts, until, max_gen_toks, *,
                           max_len, batch_size):
     calls.append((list(contexts), until, max_gen_toks, max_len, batch_size))
-    return [f"{c}|{','.join(until)}|{max_gen_toks}" for c in contexts]
+    return [f"{c}|{','.join(u)}|{n}" for c, u, n in zip(contexts, until, max_gen_toks)]
 
   fake = types.ModuleType("doremi_jax.tasks.decode")
   fake.generate_until = fake_generate_until
@@ -249,7 +257,8 @@ def test_generation_requests_are_grouped_by_their_settings(run, monkeypatch):
               _Request("c", {"until": ["|"]}),
               _Request("d", {"until": [";"], "max_gen_toks": 4, "temperature": 0.0})]
   assert lm.generate_until(requests) == ["a|;|4", "b|;|4", "c|||256", "d|;|4"]
-  assert calls == [(["a", "b", "d"], [";"], 4, SEQ_LEN, 2), (["c"], ["|"], 256, SEQ_LEN, 2)]
+  assert calls == [(["a", "b", "c", "d"], [[";"], [";"], ["|"], [";"]], [4, 4, 256, 4],
+                    SEQ_LEN, 2)]
   with pytest.raises(ConfigError, match="max_gen_toks"):
     lm.generate_until([_Request("e", {"until": [";"], "max_gen_toks": 0})])
 
@@ -257,11 +266,7 @@ def test_generation_requests_are_grouped_by_their_settings(run, monkeypatch):
 def test_generate_until_through_lm_eval(run_dir, run, tmp_path, task_manager_for):
   """A generative task through lm-eval: every response is what our decoder
   gives for that context."""
-  try:
-    from doremi_jax.tasks import decode
-  except ImportError:
-    pytest.skip("doremi_jax.tasks.decode (the KV-cached greedy decoder) is not on this "
-                "branch yet; un-skip once it is merged")
+  from doremi_jax.tasks import decode
   rng = np.random.default_rng(1)
   docs = [{"context": f"{_digits(a)} + {_digits(b)} =", "target": " " + _digits(a + b)}
           for a, b in rng.integers(1, 99, (5, 2)).tolist()]
@@ -284,6 +289,7 @@ def test_generate_until_through_lm_eval(run_dir, run, tmp_path, task_manager_for
       log_samples=True)
   got = {s["doc"]["context"]: s["resps"][0][0] for s in out["samples"]["dj_gen"]}
   contexts = [d["context"] for d in docs]
-  want = decode.generate_until(run.model, run.params, run.vocabulary, contexts, [";"], 4,
+  want = decode.generate_until(run.model, run.params, run.vocabulary, contexts,
+                               [[";"]] * len(contexts), 4,
                                max_len=SEQ_LEN, batch_size=8)
   assert [got[c] for c in contexts] == list(want)
