@@ -89,6 +89,25 @@ def run_stage(stage, workdir, bindings=(), gin_files=(), devices=1, **kwargs):
     return registry.get(stage)(str(workdir), **kwargs)
 
 
+# A tiny Step 1 on one device (sequences of 32 tokens, a checkpoint every 3
+# steps, an output layer that does not start at 0, so its logits are not
+# near-uniform): a trained run to read back (the model export).
+TINY_REFERENCE = [
+    "include 'gin/cpu.gin'", "SEQ_LEN = 32", "BATCH = 8",
+    "TrainConfig.checkpoint_every = 3", "TrainConfig.log_every = 3",
+    "TrainConfig.eval_examples_per_domain = 8", "TrainConfig.eval_batch_size = 8",
+    "TrainConfig.tensorboard = False", "TrainConfig.async_checkpointing = False",
+    "ModelConfig.unembed_init_scale = 1.0",
+]
+
+
+def tiny_trained_run(workdir, steps: int = 6):
+  """Runs the `reference` stage TINY_REFERENCE for `steps` steps in
+  `workdir` (in this process); returns `workdir`."""
+  run_stage("reference", workdir, TINY_REFERENCE + [f"STEPS = {steps}"])
+  return workdir
+
+
 # Golden values (tests/golden/*.json): a number that must not drift silently.
 GOLDEN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 HOW = ("If the change is intended, run `DOREMI_UPDATE_GOLDEN=1 python -m pytest "
