@@ -97,16 +97,21 @@ def restore_params(directory, abstract_params, what: str,
                    step: Optional[int] = None) -> tuple[Any, int]:
   """Only the parameters (`state.params`) of another run's checkpoint, read
   only, into the shardings of `abstract_params`; the newest step unless
-  `step`. Returns (params, step). `what` names the run in errors."""
+  `step` (ConfigError naming the saved steps when it has none there).
+  Returns (params, step). `what` names the run in errors."""
   if not files.exists(directory):
     raise ConfigError(f"{what} has no checkpoint directory ({directory}); run it to "
                       "completion first.")
   mngr = _manager(directory, read_only=True, save_interval_steps=0, create=False)
   try:
-    step = mngr.latest_step() if step is None else step
-    if step is None:
+    saved = sorted(mngr.all_steps())
+    if not saved:
       raise ConfigError(f"{what} has no checkpoint yet ({directory}); run it to completion "
                         "first.")
+    step = saved[-1] if step is None else step
+    if step not in saved:
+      raise ConfigError(f"{what} has no checkpoint at step {step} ({directory}); it saved "
+                        f"steps {', '.join(map(str, saved))}.")
     item = {"params": abstract_params}
     try:
       restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
