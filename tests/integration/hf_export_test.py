@@ -17,6 +17,7 @@ from flax import linen as nn
 from doremi_jax import export_model
 from doremi_jax.data import vocab as vocab_lib
 from doremi_jax.model import ModelConfig, Transformer
+from doremi_jax.tasks import decode
 from doremi_jax.tasks import trained as trained_lib
 
 from helpers import tiny_trained_run
@@ -86,11 +87,19 @@ def greedy(t: trained_lib.Trained, prompt, new_tokens: int) -> list:
 
 
 def assert_greedy_equal(t: trained_lib.Trained, hf, prompts, new_tokens=12):
+  """transformers' greedy generation from the export equals the plain
+  argmax loop and our key/value-cached decoder (`tasks.decode`, which
+  prepends the document-start 0 itself and leaves the EOS it stops at out)."""
+  eos = t.vocabulary.eos_id
   for prompt in prompts:
     with torch.no_grad():
       got = hf.generate(torch.as_tensor([prompt]), do_sample=False,
                         max_new_tokens=new_tokens)[0].tolist()
     assert got == greedy(t, prompt, new_tokens), prompt
+    (cached,) = decode.greedy_generate(t.model, t.params, [prompt[1:]], new_tokens,
+                                       max_len=len(prompt) + new_tokens, stop_ids=(eos,))
+    new = got[len(prompt):]
+    assert cached == (new[:-1] if new and new[-1] == eos else new), prompt
 
 
 @pytest.mark.parametrize("overrides", [
