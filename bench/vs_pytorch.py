@@ -1,6 +1,8 @@
-r"""Our LM train step against the PyTorch peer a researcher would otherwise
-run: Hugging Face `GPT2LMHeadModel` + `torch.optim.AdamW`, at equal shape and
-parameter count, alternating in one run.
+r"""Our LM train step against the PyTorch peers a researcher would otherwise
+run, at equal shape and parameter count, alternating in one run: Hugging
+Face `GPT2LMHeadModel` + `torch.optim.AdamW`, and `LlamaForCausalLM` + AdamW
+with our own architecture (RMSNorm, rotary, SwiGLU, untied embeddings, no
+biases, our MLP width: the same parameters as ours, exactly).
 
     pip install -e ".[bench]"     # torch and transformers (never package deps)
     python bench/vs_pytorch.py [--shapes small medium] [--json_out FILE]
@@ -24,9 +26,10 @@ embeddings and no biases. Our MLP width is chosen so that the parameter
 counts match (both are printed). Both steps are a full training step: forward,
 backward, gradient clipping at global norm 1.0 and the AdamW update, dropout
 off. Each round times `--steps` steps
-of ours, then of theirs, after warm-up; the figure is the median over rounds
-of tokens/s, and the ratio is taken within each round (ours / theirs) so
-that machine noise hits both sides alike.
+of ours, then of each peer's, after warm-up; the figure is the median over
+rounds of tokens/s, and each ratio is taken within each round (ours /
+theirs) so that machine noise hits both sides alike. The JSON names the
+CPU model (`/proc/cpuinfo`): figures from different hosts differ.
 """
 
 from __future__ import annotations
@@ -102,19 +105,13 @@ def jax_step(shape: dict, model_overrides: dict):
   return step, setup.model_cfg.num_params()
 
 
-def torch_step(shape: dict, threads: int, device: str, dtype: str):
-  """(step(), num_params) for GPT2LMHeadModel + AdamW at `shape` on `device`
-  ('cpu' or 'cuda'); bf16 through autocast (fp32 master weights, as ours)."""
+def torch_train_step(model, shape: dict, device: str, dtype: str):
+  """(step(), num_params) of a full AdamW training step of a `transformers`
+  causal LM on random ids of `shape` on `device` ('cpu' or 'cuda'); bf16
+  through autocast (fp32 master weights, as ours)."""
   import contextlib
   import torch
-  from transformers import GPT2Config, GPT2LMHeadModel
-  torch.set_num_threads(threads)
-  torch.manual_seed(0)
-  cfg = GPT2Config(vocab_size=vocab(shape), n_positions=shape["seq_len"],
-                   n_embd=shape["d_model"], n_layer=shape["num_layers"],
-                   n_head=shape["num_heads"], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                   attn_implementation="sdpa")
-  model = GPT2LMHeadModel(cfg).to(device).train()
+  model = model.to(device).train()
   opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1,
                           fused=device == "cuda")
   ids = torch.randint(1, vocab(shape), (shape["batch"], shape["seq_len"]), device=device)
@@ -135,6 +132,60 @@ def torch_step(shape: dict, threads: int, device: str, dtype: str):
   return step, sum(p.numel() for p in model.parameters())
 
 
+def torch_step(shape: dict, threads: int, device: str, dtype: str):
+  """(step(), num_params) for GPT2LMHeadModel + AdamW at `shape`."""
+  import torch
+  from transformers import GPT2Config, GPT2LMHeadModel
+  torch.set_num_threads(threads)
+  torch.manual_seed(0)
+  cfg = GPT2Config(vocab_size=vocab(shape), n_positions=shape["seq_len"],
+                   n_embd=shape["d_model"], n_layer=shape["num_layers"],
+                   n_head=shape["num_heads"], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                   attn_implementation="sdpa")
+  return torch_train_step(GPT2LMHeadModel(cfg), shape, device, dtype)
+
+
+def llama_step(shape: dict, threads: int, device: str, dtype: str):
+  """(step(), num_params) for LlamaForCausalLM + AdamW with our block at
+  `shape` (our MLP width, untied, no biases): the peer with our own
+  architecture."""
+  import torch
+  from transformers import LlamaConfig, LlamaForCausalLM
+  torch.set_num_threads(threads)
+  torch.manual_seed(0)
+  cfg = LlamaConfig(vocab_size=vocab(shape), hidden_size=shape["d_model"],
+                    intermediate_size=matched_mlp_dim(shape),
+                    num_hidden_layers=shape["num_layers"],
+                    num_attention_heads=shape["num_heads"],
+                    num_key_value_heads=shape["num_heads"], head_dim=shape["head_dim"],
+                    max_position_embeddings=shape["seq_len"], tie_word_embeddings=False,
+                    attention_bias=False, mlp_bias=False, attn_implementation="sdpa")
+  return torch_train_step(LlamaForCausalLM(cfg), shape, device, dtype)
+
+
+def require_torch():
+  """(torch, transformers), or exit 2 naming the bench extra."""
+  try:
+    import torch
+    import transformers
+  except ImportError as e:
+    print(f"error: {e}; install the bench extra: pip install -e \".[bench]\"", file=sys.stderr)
+    sys.exit(2)
+  return torch, transformers
+
+
+def cpu_model() -> str:
+  """The CPU's model name (/proc/cpuinfo), or the platform's processor."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor()
+
+
 def time_steps(step, n: int) -> float:
   t = time.perf_counter()
   for _ in range(n):
@@ -142,30 +193,40 @@ def time_steps(step, n: int) -> float:
   return (time.perf_counter() - t) / n
 
 
+PEERS = {"gpt2": torch_step, "llama": llama_step}
+
+
 def compare(name: str, shape: dict, args, model_overrides: dict) -> dict:
+  """Ours against every peer at `shape`: each round times ours, then each
+  peer; a ratio (ours' tokens/s over the peer's) is taken within a round."""
   ours, ours_params = jax_step(shape, model_overrides)
-  theirs, their_params = torch_step(shape, args.threads, args.torch_device, args.dtype)
+  peers = {p: PEERS[p](shape, args.threads, args.torch_device, args.dtype) for p in args.peers}
   for _ in range(args.warmup):
     ours()
-    theirs()
+    for step, _ in peers.values():
+      step()
   tokens = shape["batch"] * shape["seq_len"]
   rounds = []
   for _ in range(args.rounds):
-    a = time_steps(ours, args.steps)
-    b = time_steps(theirs, args.steps)
-    rounds.append({"ours_s": a, "theirs_s": b, "ratio": b / a})
-  ratios = [r["ratio"] for r in rounds]
-  return {
+    r = {"ours_s": time_steps(ours, args.steps)}
+    for p, (step, _) in peers.items():
+      r[f"{p}_s"] = time_steps(step, args.steps)
+      r[f"ratio_{p}"] = r[f"{p}_s"] / r["ours_s"]
+    rounds.append(r)
+  out = {
       "shape": shape | {"vocab": vocab(shape), "mlp_dim_ours": matched_mlp_dim(shape),
                         "mlp_dim_gpt2": 4 * shape["d_model"]},
-      "params": {"ours": ours_params, "gpt2": their_params},
+      "params": {"ours": ours_params, **{p: n for p, (_, n) in peers.items()}},
       "tokens_per_step": tokens,
       "ours_tokens_per_s": tokens / float(np.median([r["ours_s"] for r in rounds])),
-      "gpt2_tokens_per_s": tokens / float(np.median([r["theirs_s"] for r in rounds])),
-      "ratio_median": float(np.median(ratios)),
-      "ratio_range": [float(min(ratios)), float(max(ratios))],
       "rounds": rounds,
   }
+  for p in peers:
+    ratios = [r[f"ratio_{p}"] for r in rounds]
+    out[f"{p}_tokens_per_s"] = tokens / float(np.median([r[f"{p}_s"] for r in rounds]))
+    out[f"ratio_{p}_median"] = float(np.median(ratios))
+    out[f"ratio_{p}_range"] = [float(min(ratios)), float(max(ratios))]
+  return out
 
 
 def main():
@@ -182,14 +243,11 @@ def main():
                       "autocast); parameters and optimizer state stay fp32 on both sides")
   p.add_argument("--torch_device", default=None, choices=["cpu", "cuda"],
                  help="default: cuda when JAX's backend is a GPU, else cpu")
+  p.add_argument("--peers", nargs="+", default=list(PEERS), choices=list(PEERS),
+                 help="gpt2: GPT2LMHeadModel; llama: LlamaForCausalLM with our architecture")
   p.add_argument("--json_out", default=None)
   args = p.parse_args()
-  try:
-    import torch
-    import transformers
-  except ImportError as e:
-    print(f"error: {e}; install the bench extra: pip install -e \".[bench]\"", file=sys.stderr)
-    sys.exit(2)
+  torch, transformers = require_torch()
   if args.torch_device is None:
     args.torch_device = "cuda" if jax.default_backend() == "gpu" else "cpu"
   overrides = {"compute_dtype": args.dtype}
@@ -198,6 +256,7 @@ def main():
   results = {name: compare(name, SHAPES[name], args, overrides) for name in args.shapes}
   result = {
       "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                  "cpu_model": cpu_model(),
                   "cpu_count": os.cpu_count(), "backend": jax.default_backend(),
                   "jax": jax.__version__, "torch": torch.__version__,
                   "transformers": transformers.__version__, "torch_threads": args.threads},
@@ -207,14 +266,15 @@ def main():
   rows = []
   for name, r in results.items():
     s = r["shape"]
-    rows.append((f"{name}: d {s['d_model']}, {s['num_layers']} layers, {s['num_heads']}x"
-                 f"{s['head_dim']}, seq {s['seq_len']}, batch {s['batch']}",
-                 f"{r['params']['ours'] / 1e6:.2f}M / {r['params']['gpt2'] / 1e6:.2f}M",
-                 f"{r['ours_tokens_per_s'] / 1e3:.2f}k", f"{r['gpt2_tokens_per_s'] / 1e3:.2f}k",
-                 f"**{r['ratio_median']:.2f}x** ({r['ratio_range'][0]:.2f}-"
-                 f"{r['ratio_range'][1]:.2f})"))
-  emit(result, ["shape", "params (ours / GPT-2)", "ours tok/s", "GPT-2 + AdamW tok/s",
-                "ours / theirs (range over rounds)"], rows, args.json_out)
+    for peer in args.peers:
+      rows.append((f"{name}: d {s['d_model']}, {s['num_layers']} layers, {s['num_heads']}x"
+                   f"{s['head_dim']}, seq {s['seq_len']}, batch {s['batch']}", peer,
+                   f"{r['params']['ours'] / 1e6:.2f}M / {r['params'][peer] / 1e6:.2f}M",
+                   f"{r['ours_tokens_per_s'] / 1e3:.2f}k", f"{r[f'{peer}_tokens_per_s'] / 1e3:.2f}k",
+                   f"**{r[f'ratio_{peer}_median']:.2f}x** ({r[f'ratio_{peer}_range'][0]:.2f}-"
+                   f"{r[f'ratio_{peer}_range'][1]:.2f})"))
+  emit(result, ["shape", "peer", "params (ours / peer)", "ours tok/s", "peer + AdamW tok/s",
+                "ours / peer (range over rounds)"], rows, args.json_out)
 
 
 if __name__ == "__main__":

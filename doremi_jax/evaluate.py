@@ -72,6 +72,13 @@ class Evaluator:
     return dataclasses.replace(self, batches=split_batches(self.corpus, self.cfg, split),
                                split=split, tasks=task_suite(self.corpus, self.cfg, split))
 
+  def tasks_due(self, step: int) -> bool:
+    """Whether the evaluation at `step` scores the tasks: at step 0, every
+    `TrainConfig.eval_tasks_every` steps (0: at every evaluation) and at the end."""
+    every = self.cfg.eval_tasks_every if self.cfg is not None else 0
+    return self.tasks is not None and (not every or step % every == 0
+                                       or step == self.cfg.num_steps)
+
   def losses(self, params) -> np.ndarray:
     """Each domain's mean token loss on this evaluator's split, [K] float32
     (what Aioli's LearnParams measures, on `tune`)."""
@@ -84,7 +91,7 @@ class Evaluator:
     with self.setup.scope():
       sums, counts = run_eval(self.step_fn, params, self.batches,
                               lambda b: to_global(b, self.setup.batch_shardings))
-      tasks = None if self.tasks is None else self.tasks(self.setup.model, params)
+      tasks = self.tasks(self.setup.model, params) if self.tasks_due(step) else None
     summary = summarize(self.corpus.domains, sums, counts, step,
                         self.corpus.entropy_floors, reference, self.split)
     if tasks is not None:

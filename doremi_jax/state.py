@@ -53,6 +53,9 @@ class TrainConfig:
   # on its first `eval_task_examples` items of the split evaluated.
   eval_tasks: tuple = ()
   eval_task_examples: int = 256
+  # Score the tasks only at step 0, every `eval_tasks_every` steps and at
+  # the end (they cost more than the losses); 0: at every evaluation.
+  eval_tasks_every: int = 0
   tensorboard: bool = True
 
   def __post_init__(self):
@@ -62,7 +65,7 @@ class TrainConfig:
     for name in positive:
       check_number(f"TrainConfig.{name}", getattr(self, name), integer=True, low=0,
                    low_open=True)
-    for name in ("seed", "checkpoint_every", "eval_every"):
+    for name in ("seed", "checkpoint_every", "eval_every", "eval_tasks_every"):
       check_number(f"TrainConfig.{name}", getattr(self, name), integer=True, low=0)
     for name in ("async_checkpointing", "tensorboard"):
       if not isinstance(getattr(self, name), bool):

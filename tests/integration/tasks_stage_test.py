@@ -78,3 +78,13 @@ def test_a_model_trained_on_arithmetic_wins_the_arithmetic_task(tmp_path):
   assert tasks["arithmetic_sum/bpb"]["arith"]["speedup"]["reached"] == 3
   md = (tmp_path / "study" / "study.md").read_text()
   assert "## Primary metric: arithmetic_sum/bpb" in md and "## Downstream tasks" in md
+
+
+def test_tasks_can_be_scored_less_often_than_the_losses(tmp_path):
+  run_stage("reference", tmp_path / "run", SMALL + [
+      "STEPS = 8", "TrainConfig.eval_every = 2", "TrainConfig.eval_tasks_every = 4",
+      "TrainConfig.eval_tasks = ['markov_next']"])
+  rows = files.read_jsonl(tmp_path / "run" / "eval.jsonl")
+  assert [r["step"] for r in rows] == [0, 2, 4, 6, 8]
+  assert [r["step"] for r in rows if "tasks" in r] == [0, 4, 8]
+  assert "tasks" in json.loads((tmp_path / "run" / "eval.json").read_text())
