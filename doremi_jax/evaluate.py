@@ -91,7 +91,8 @@ class Evaluator:
     with self.setup.scope():
       sums, counts = run_eval(self.step_fn, params, self.batches,
                               lambda b: to_global(b, self.setup.batch_shardings))
-      tasks = self.tasks(self.setup.model, params) if self.tasks_due(step) else None
+      tasks = (self.tasks(self.setup.model, params, self.setup) if self.tasks_due(step)
+               else None)
     summary = summarize(self.corpus.domains, sums, counts, step,
                         self.corpus.entropy_floors, reference, self.split)
     if tasks is not None:

@@ -41,6 +41,7 @@ from typing import Callable, Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from doremi_jax.config import check, check_number
 
@@ -132,7 +133,10 @@ def _generate_batch(progs, params, prompts, limits, stop_fns, stop_ids, batch_si
   next_B, cache = progs.prefill(params, tokens_BxM, last_B)
   slots_B = last_B + 1
   while True:
-    ids_B = np.asarray(next_B)
+    # with parameters spread over several processes every process takes
+    # the whole batch's tokens (each decodes the same prompts)
+    ids_B = np.asarray(next_B if next_B.is_fully_addressable else
+                       multihost_utils.process_allgather(next_B, tiled=True))
     for b in np.flatnonzero(~done):
       token = int(ids_B[b])
       if token in stop_ids:

@@ -19,6 +19,7 @@ reads `test`. The built-in tasks are made from the synthetic corpus's own
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional, Sequence
 
 import gin
@@ -62,9 +63,11 @@ def on_split(task: requests.Task, split: str) -> requests.Task:
   return dataclasses.replace(task, items=keep)
 
 
+@functools.lru_cache(maxsize=64)
 def _olmo(entry: str):
-  """An OLMo task; where `entry` is none, the error also names the other
-  kinds of entry."""
+  """An OLMo task (read once per process: every stage of a study checks its
+  tasks when it starts); where `entry` is none, the error also names the
+  other kinds of entry."""
   from doremi_jax.tasks import olmo   # pylint: disable=import-outside-toplevel
   try:
     return olmo.load(entry)

@@ -115,18 +115,21 @@ class TaskSuite:
   def names(self) -> list:
     return [p.task.name for p in self.prepared]
 
-  def __call__(self, model, params) -> dict:
-    """`{task: metrics}` of `params` under `model`."""
+  def __call__(self, model, params, setup=None) -> dict:
+    """`{task: metrics}` of `params` under `model`; with `setup` (the
+    stage's `state.ModelSetup`) the scored rows are spread over its mesh
+    and every process gets every score (`scoring`)."""
     out = {}
     for p in self.prepared:
       kind = p.task.kind
       if kind == requests.ROLLING:
         loglik = scoring.rolling_loglikelihoods(model, params, [c for _, c in p.pairs],
-                                                self.seq_len, self.batch_rows)
+                                                self.seq_len, self.batch_rows, setup=setup)
         metrics = {"bpb": _bpb(loglik, [it["text"] for it in p.task.items]),
                    "documents": len(p.task.items)}
       else:
-        loglik = scoring.loglikelihoods(model, params, p.pairs, self.seq_len, self.batch_rows)
+        loglik = scoring.loglikelihoods(model, params, p.pairs, self.seq_len, self.batch_rows,
+                                        setup=setup)
         metrics = (_choice(p, loglik) if kind == requests.CHOICE else
                    _generate(p, model, params, self.vocabulary, self.seq_len, self.batch_rows,
                              loglik))

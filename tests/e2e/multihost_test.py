@@ -63,7 +63,10 @@ def runs(tmp_path_factory):
   # reference): its rates come from the replicated mixer state.
   mixer_args = ["--gin_file=gin/main.gin", *STAGE_ARGS, "--gin.train_main_model.weights='uniform'",
                 "--gin.train_main_model.mixer='doremi_online'",
-                f"--gin.train_main_model.reference_dir='{ref2}'"]
+                f"--gin.train_main_model.reference_dir='{ref2}'",
+                # downstream tasks, scored and decoded over both processes
+                "--gin.TrainConfig.eval_tasks=['markov_next', 'repeat_cycle']",
+                "--gin.TrainConfig.eval_task_examples=8"]
   out["mixer2"] = _run(mixer_args, tmp / "mixer2", 2, 2)
   out["mixer1"] = _run(mixer_args, tmp / "mixer1", 1, 4)
   return tmp, out
@@ -108,6 +111,13 @@ def test_two_process_mixer_has_the_same_rates_everywhere_and_equals_one_process(
   e1 = json.loads((tmp / "mixer1" / "eval.json").read_text())["per_domain"]
   for d in e1:
     assert e2[d]["loss"] == pytest.approx(e1[d]["loss"], rel=1e-4), d
+  t2 = json.loads((tmp / "mixer2" / "eval.json").read_text())["tasks"]
+  t1 = json.loads((tmp / "mixer1" / "eval.json").read_text())["tasks"]
+  assert set(t2) == {"markov_next", "repeat_cycle"} and t2["markov_next"]["questions"] == 8
+  for task, metrics in t1.items():
+    for m in ("bpb", "prob_correct", "exact_match"):
+      if m in metrics:
+        assert t2[task][m] == pytest.approx(metrics[m], rel=1e-4, abs=1e-6), (task, m)
 
 
 def test_two_process_study_writes_one_report(tmp_path):
