@@ -13,6 +13,7 @@ from doremi_jax.analysis import pipeline_report
 from doremi_jax.analysis import stats
 from doremi_jax.analysis import study_report
 from doremi_jax.analysis import swarm_report
+from doremi_jax.analysis import task_stats
 
 DOMAINS = ["a", "b"]
 INFO = {"stage": "main", "domains": DOMAINS, "num_steps": 10, "tokens_per_step": 64,
@@ -304,3 +305,36 @@ def test_a_comparison_names_its_split_and_refuses_two():
     assert "different splits" in str(e)
   else:
     raise AssertionError("a test and a tune evaluation were compared")
+
+
+def test_pipeline_report_shows_doremi_against_the_baseline_per_task(tmp_path):
+  report = pipeline_dict()
+  doremi, base = _eval(2.0, 3.0), _eval(2.1, 2.9)
+  doremi["tasks"] = {"qa": {"kind": "choice", "primary": "bpb", "bpb": 1.25, "acc": 0.5}}
+  base["tasks"] = {"qa": {"kind": "choice", "primary": "bpb", "bpb": 1.5, "acc": 0.25}}
+  report["comparison"] = compare.compare(doremi, base)
+  text = pipeline_report.render(_json(report), tmp_path)
+  assert "| qa | bpb (primary) | 1.2500 | 1.5000 | -0.2500 |" in text
+  assert "| qa | acc | 0.5000 | 0.2500 | +0.2500 |" in text
+  assert "task qa (bpb): DoReMi 1.2500, baseline 1.5000, delta -0.2500" in text
+
+
+def test_study_report_leads_with_the_primary_metric_and_lists_every_task(tmp_path):
+  study = study_dict()
+  finals, logs = {}, {}
+  for arm, accs in (("stratified", [0.30, 0.32, 0.31]), ("x", [0.50, 0.52, 0.55])):
+    finals[arm] = [{"uniform_average": 1.0, "worst_case": {"loss": 1.0}, "tasks": {"qa": {
+        "kind": "choice", "primary": "bpb", "acc": a, "bpb": 2.0 - a}}} for a in accs]
+    logs[arm] = [[dict(f, step=s) for s in (0, 10)] for f in finals[arm]]
+  study["tasks"] = task_stats.analyse(finals, logs, "stratified", 0.95, 1)
+  study["primary"] = "qa/acc"
+  head = task_stats.analyse_metric("qa/acc", finals, logs, "stratified", 0.95, 1)
+  for arm in study["results"]:
+    study["results"][arm]["primary"] = head[arm]
+  text = study_report.render(_json(study), tmp_path)
+  assert "## Primary metric: qa/acc" in text and "(higher is better)" in text
+  assert head["x"]["vs_baseline"]["verdict"] == "wins"
+  assert f"| x | {head['x']['mean']:.4f} [" in text and "**wins**" in text
+  assert "## Downstream tasks" in text and "| qa/bpb |" in text and "| qa/acc |" in text
+  console = study_report.format_verdicts(_json(study))
+  assert "qa/acc" in console.splitlines()[0] and "wins" in console
