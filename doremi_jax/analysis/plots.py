@@ -200,26 +200,47 @@ def plot_forest(study: dict, path) -> bool:
   return True
 
 
-def plot_study_curves(study: dict, path) -> bool:
-  """Each arm's uniform-average eval loss over steps: mean and the range over
-  seeds."""
+def _seed_curves(ax, curves: dict, colors: dict, ylabel: str):
+  """{arm: [[steps, values] per seed]}: each arm's mean over seeds and
+  their range."""
   import numpy as np
-  curves = study.get("curves", {})
-  if not curves:
-    return False
-  plt = _plt()
-  colors = _colors(list(curves))
-  fig, ax = plt.subplots(figsize=(6.5, 4))
   for arm, seeds in curves.items():
     steps = seeds[0][0]
     if not all(s[0] == steps for s in seeds):
       continue
-    loss = np.array([s[1] for s in seeds])
-    ax.plot(steps, loss.mean(0), color=colors[arm], label=arm)
-    ax.fill_between(steps, loss.min(0), loss.max(0), color=colors[arm], alpha=0.2)
+    values = np.array([s[1] for s in seeds])
+    ax.plot(steps, values.mean(0), color=colors[arm], label=arm)
+    ax.fill_between(steps, values.min(0), values.max(0), color=colors[arm], alpha=0.2)
   ax.set_xlabel("step")
-  ax.set_ylabel("uniform-average test loss (nats)")
+  ax.set_ylabel(ylabel)
+
+
+def plot_study_curves(study: dict, path) -> bool:
+  """Each arm's uniform-average eval loss over steps: mean and the range over
+  seeds."""
+  curves = study.get("curves", {})
+  if not curves:
+    return False
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(6.5, 4))
+  _seed_curves(ax, curves, _colors(list(curves)), "uniform-average test loss (nats)")
   ax.legend(fontsize=8)
+  _save(fig, path)
+  return True
+
+
+def plot_task_curves(study: dict, path) -> bool:
+  """One panel per task: each arm's primary metric of the task over steps
+  (study.json's `task_curves`), mean and range over seeds."""
+  panels = study.get("task_curves") or {}
+  if not panels:
+    return False
+  plt = _plt()
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+  for ax, (key, curves) in zip(axes.flat, panels.items()):
+    _seed_curves(ax, curves, _colors(list(curves)), key)
+    ax.set_title(key, fontsize=9)
+  axes.flat[0].legend(fontsize=8)
   _save(fig, path)
   return True
 

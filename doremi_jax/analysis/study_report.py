@@ -206,6 +206,9 @@ def render(study: dict, out_dir) -> str:
   if plots.plot_study_curves(study, plot_dir / "study_curves.png"):
     figs.append(("Uniform-average test loss, mean and range over seeds",
                  "study_curves.png"))
+  if plots.plot_task_curves(study, plot_dir / "study_task_curves.png"):
+    figs.append(("Downstream tasks' primary metric (test half), mean and range over seeds",
+                 "study_task_curves.png"))
   if plots.plot_mixer_rates(study.get("schedules", {}), plot_dir / "study_mixer_rates.png"):
     figs.append(("Online mixers' rates over training (the weights above are their time "
                  "averages, mean over seeds)", "study_mixer_rates.png"))

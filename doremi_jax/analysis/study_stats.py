@@ -179,6 +179,7 @@ def analyse(root, arms: list, seeds: int, baseline: str, corpus, rates: dict,
   key, tasks = _tasks_and_primary(per, arms, baseline, level, m, primary, results)
   return {
       "primary": key, "tasks": tasks,
+      "task_curves": task_stats.primary_curves({arm: per[arm]["logs"] for arm in arms}),
       "baseline": baseline, "arms": list(arms), "seeds": seeds, "domains": domains,
       "level": level, "comparisons": m, "split": eval_split(root),
       "method_seeds": method_seeds,

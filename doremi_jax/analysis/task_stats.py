@@ -90,6 +90,16 @@ def analyse_metric(key: str, finals: dict, logs: dict, baseline: str, level: flo
   return out
 
 
+def primary_curves(logs: dict) -> dict:
+  """{"TASK/PRIMARY": {arm: [[steps, values] per seed]}} for every task of
+  the first arm's first evaluation (what the study's task plot draws)."""
+  first = next(iter(logs.values()))[0]
+  keys = [f"{t}/{row['primary']}" for t, row in (first[-1] if first else {}).get("tasks",
+                                                                                  {}).items()]
+  return {k: {arm: [list(map(list, curve(rows, k))) for rows in seeds]
+              for arm, seeds in logs.items()} for k in keys}
+
+
 def analyse(finals: dict, logs: dict, baseline: str, level: float, comparisons: int) -> dict:
   """{key: analyse_metric(key)} for every task metric of the baseline's
   seed-0 evaluation (every arm evaluates the same tasks)."""

@@ -78,6 +78,9 @@ def test_a_model_trained_on_arithmetic_wins_the_arithmetic_task(tmp_path):
   assert tasks["arithmetic_sum/bpb"]["arith"]["speedup"]["reached"] == 3
   md = (tmp_path / "study" / "study.md").read_text()
   assert "## Primary metric: arithmetic_sum/bpb" in md and "## Downstream tasks" in md
+  assert set(result["task_curves"]) == {"arithmetic_sum/bpb", "markov_next/bpb"}
+  assert [len(c[0]) for c in result["task_curves"]["markov_next/bpb"]["arith"]] == [4, 4, 4]
+  assert (tmp_path / "study" / "plots" / "study_task_curves.png").stat().st_size > 10_000
 
 
 def test_tasks_can_be_scored_less_often_than_the_losses(tmp_path):

@@ -327,6 +327,8 @@ def test_study_report_leads_with_the_primary_metric_and_lists_every_task(tmp_pat
         "kind": "choice", "primary": "bpb", "acc": a, "bpb": 2.0 - a}}} for a in accs]
     logs[arm] = [[dict(f, step=s) for s in (0, 10)] for f in finals[arm]]
   study["tasks"] = task_stats.analyse(finals, logs, "stratified", 0.95, 1)
+  study["task_curves"] = task_stats.primary_curves(logs)
+  assert study["task_curves"]["qa/bpb"]["x"][0] == [[0, 10], [1.5, 1.5]]
   study["primary"] = "qa/acc"
   head = task_stats.analyse_metric("qa/acc", finals, logs, "stratified", 0.95, 1)
   for arm in study["results"]:
@@ -336,5 +338,6 @@ def test_study_report_leads_with_the_primary_metric_and_lists_every_task(tmp_pat
   assert head["x"]["vs_baseline"]["verdict"] == "wins"
   assert f"| x | {head['x']['mean']:.4f} [" in text and "**wins**" in text
   assert "## Downstream tasks" in text and "| qa/bpb |" in text and "| qa/acc |" in text
+  assert (tmp_path / "plots" / "study_task_curves.png").stat().st_size > 10_000
   console = study_report.format_verdicts(_json(study))
   assert "qa/acc" in console.splitlines()[0] and "wins" in console
