@@ -3,8 +3,10 @@ plain forward pass in NumPy (log-likelihoods, is_greedy, whole documents
 in rolling windows, rows spread over a mesh, a chunked output layer); the
 multiple-choice metrics against a NumPy implementation written here."""
 
+import functools
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,16 +15,33 @@ from doremi_jax.config import ConfigError
 from doremi_jax.tasks import scoring
 
 
+PLAIN_LEN = 48      # every sequence these tests score fits
+
+
+@functools.lru_cache(maxsize=None)
+def _plain_forward(model):
+  return jax.jit(lambda p, x: model.apply({"params": p}, x))
+
+
+def plain_logits(model, params, tokens) -> np.ndarray:
+  """float64 [n, V]: one plain forward pass of the model over
+  [0, t_0, ..., t_{n-2}] (the shift a segment's start gets), positions
+  0..n-1, no segment ids; padded with zeros to PLAIN_LEN after the
+  sequence (the model is causal: the real positions never see the
+  padding), so one compile serves every length."""
+  n = len(tokens)
+  inputs = np.zeros((1, PLAIN_LEN), np.int32)
+  inputs[0, :n] = [0] + list(tokens[:-1])
+  return np.asarray(_plain_forward(model)(params, jnp.asarray(inputs)), np.float64)[0, :n]
+
+
 def np_loglik(model, params, context, continuation):
   """The continuation's log-likelihood from the request alone in one row:
-  the model reads [0, t_0, ..., t_{n-2}] (the shift a segment's start gets)
-  and log-softmax of its logits scores every continuation token."""
+  log-softmax of the plain forward pass's logits scores every continuation
+  token."""
   tokens = list(context) + list(continuation)
   n = len(tokens)
-  inputs = np.array([[0] + tokens[:-1]], np.int32)
-  logits = np.asarray(model.apply({"params": params}, jnp.asarray(inputs),
-                                  jnp.arange(n, dtype=jnp.int32)[None],
-                                  jnp.ones((1, n), jnp.int32)), np.float64)[0]
+  logits = plain_logits(model, params, tokens)
   logp = logits - logits.max(-1, keepdims=True)
   logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
   return sum(logp[t, tokens[t]] for t in range(len(context), n))
@@ -60,10 +79,7 @@ def np_logp(model, params, tokens):
   the argmax of each position's distribution: one plain forward pass over
   [0, t_0, ..., t_{n-2}]."""
   n = len(tokens)
-  inputs = np.array([[0] + list(tokens[:-1])], np.int32)
-  logits = np.asarray(model.apply({"params": params}, jnp.asarray(inputs),
-                                  jnp.arange(n, dtype=jnp.int32)[None],
-                                  jnp.ones((1, n), jnp.int32)), np.float64)[0]
+  logits = plain_logits(model, params, tokens)
   logp = logits - logits.max(-1, keepdims=True)
   logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
   return np.array([logp[t, tokens[t]] for t in range(n)]), logits.argmax(-1)

@@ -153,10 +153,14 @@ def test_tune_and_test_halves_of_a_task_are_disjoint_and_cover_it(tmp_path, corp
 
 
 def _plain_loglik(model, params, context, continuation):
-  """The continuation's log-likelihood by one plain forward pass."""
+  """The continuation's log-likelihood by one plain forward pass (padded to
+  32 positions after the sequence, which a causal model's earlier
+  positions never see, so one compile serves every request)."""
   seq = list(context) + list(continuation)
-  inputs = np.array([[0] + seq[:-1]], np.int32)
-  logp = np.asarray(jax.nn.log_softmax(model.apply({"params": params}, inputs)[0]), np.float64)
+  inputs = np.zeros((1, 32), np.int32)
+  inputs[0, :len(seq)] = [0] + seq[:-1]
+  logits = jax.jit(model.apply)({"params": params}, inputs)[0, :len(seq)]
+  logp = np.asarray(jax.nn.log_softmax(logits), np.float64)
   return sum(logp[len(context) + j, t] for j, t in enumerate(continuation))
 
 
