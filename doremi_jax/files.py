@@ -3,6 +3,13 @@
 Only process 0 writes shared files; callers check `jax.process_index()`.
 Writes go through a temporary file and a rename, so a killed run never
 leaves a half-written JSON behind.
+
+`read_json` and `read_jsonl` are the one reader of what an earlier run
+wrote: a damaged file is a `ConfigError` naming it and what to do (re-run
+the stage that writes it, or delete it), never a traceback. The one
+damage a JSONL log may carry without being broken is a cut last line (a
+run killed while appending); `read_jsonl` leaves it out, and a resume
+drops it (`keep_jsonl_through`).
 """
 
 from __future__ import annotations
@@ -11,6 +18,11 @@ import json
 from typing import Any
 
 from etils import epath
+
+from doremi_jax.config import ConfigError
+
+DAMAGED = ("re-run the stage that writes it (a finished stage's files are rewritten when "
+           "it is run again), or delete the file")
 
 
 def path(p) -> epath.Path:
@@ -38,7 +50,16 @@ def write_json(p, obj: Any) -> None:
 
 
 def read_json(p) -> Any:
-  return json.loads(read_text(p))
+  """The JSON file `p`; ConfigError naming it when it is damaged."""
+  try:
+    text = read_text(p)
+  except UnicodeDecodeError as e:
+    raise ConfigError(f"{p} is damaged (not UTF-8 text: {e}); {DAMAGED}.") from e
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ConfigError(f"{p} is damaged (not valid JSON: {e.msg} at line {e.lineno}); "
+                      f"{DAMAGED}.") from e
 
 
 def append_jsonl(p, obj: Any) -> None:
@@ -74,7 +95,27 @@ def keep_jsonl_through(p, last_step: int) -> None:
 
 
 def read_jsonl(p) -> list:
+  """The rows of the JSONL log `p` ([] when there is none). A cut last
+  line (no newline after it: a run killed while appending) is left out;
+  any other line that is not JSON is a ConfigError naming the file and
+  the line."""
   p = epath.Path(p)
   if not p.exists():
     return []
-  return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+  try:
+    text = p.read_text()
+  except UnicodeDecodeError as e:
+    raise ConfigError(f"{p} is damaged (not UTF-8 text: {e}); {DAMAGED}.") from e
+  lines = text.split("\n")
+  rows = []
+  for n, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if n == len(lines):      # the last line, with no newline after it: cut short
+        break
+      raise ConfigError(f"{p} is damaged (line {n} is not valid JSON: {e.msg}); "
+                        f"{DAMAGED}.") from e
+  return rows

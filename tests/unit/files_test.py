@@ -1,0 +1,42 @@
+"""What an earlier run wrote, read back: a damaged JSON file or JSONL log is
+an error naming it and what to do, a log's cut last line (a run killed
+while appending) is left out, and a tool's output directory is made."""
+
+import pytest
+
+from doremi_jax import export_mixture
+from doremi_jax import files
+from doremi_jax.config import ConfigError
+
+
+def test_a_damaged_json_file_is_an_error_naming_it(tmp_path):
+  path = tmp_path / "eval.json"
+  path.write_text('{"step": 3, "uniform_av')
+  with pytest.raises(ConfigError, match=r"eval.json is damaged \(not valid JSON.*delete"):
+    files.read_json(path)
+  path.write_bytes(b"\xff\xfe{}")
+  with pytest.raises(ConfigError, match="not UTF-8"):
+    files.read_json(path)
+  files.write_json(path, {"step": 3})
+  assert files.read_json(path) == {"step": 3} and not (tmp_path / "eval.json.tmp").exists()
+
+
+def test_a_logs_cut_last_line_is_left_out_and_any_other_bad_line_is_an_error(tmp_path):
+  log = tmp_path / "metrics.jsonl"
+  log.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
+  assert files.read_jsonl(log) == [{"step": 1}, {"step": 2}]
+  files.keep_jsonl_through(log, 5)                     # a resume drops it for good
+  assert log.read_text() == '{"step": 1}\n{"step": 2}\n'
+  log.write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')
+  with pytest.raises(ConfigError, match=r"metrics.jsonl is damaged \(line 2"):
+    files.read_jsonl(log)
+  assert files.read_jsonl(tmp_path / "none.jsonl") == []
+
+
+def test_export_output_makes_its_directory_or_says_it_cannot(tmp_path):
+  out = tmp_path / "new" / "dir" / "mix.json"
+  export_mixture.write_output(str(out), "{}\n")
+  assert out.read_text() == "{}\n"
+  (tmp_path / "a_file").write_text("x")
+  with pytest.raises(ConfigError, match="cannot write --output"):
+    export_mixture.write_output(str(tmp_path / "a_file" / "mix.json"), "{}\n")
