@@ -33,6 +33,7 @@ import dataclasses
 import glob
 import json
 import os
+import pprint
 import re
 import sys
 from typing import Any
@@ -189,16 +190,26 @@ def _json(x: _Export) -> str:
                      "token_budget": x.budget, "source": x.source}, indent=2) + "\n"
 
 
+def literal(value) -> str:
+  """`value` (strings, numbers, None, lists and dicts of them) as a Python
+  literal: every user-given string (a domain name, a path, the source)
+  goes into generated code escaped this way, never into a docstring or
+  the code around it."""
+  return pprint.pformat(value, indent=4, width=100, sort_dicts=False)
+
+
 def _seqio(x: _Export) -> str:
   corpus = (x.info or {}).get("corpus")
   tasks = ({d: f"doremi_{corpus}_{re.sub(r'[^a-z0-9_]+', '_', d.lower()).strip('_')}"
             for d in x.weights} if corpus else {})
-  return (f'"""{x.header}.\n\nCall register() after the Tasks exist (doremi_jax registers '
-          'its own when a stage\ntrains, or on doremi_jax.data.corpus.register_tasks(corpus); '
-          'give yours as\ntasks={domain: task_name})."""\n\n'
-          f"import seqio\n\nNAME = {x.name!r}\nWEIGHTS = {json.dumps(x.weights, indent=4)}\n"
-          f"EXPECTED_EPOCHS = {json.dumps(x.epochs, indent=4)}\n"
-          f"TASKS = {json.dumps(tasks, indent=4)}\n\n\n"
+  return ('"""A seqio Mixture exported by doremi_jax (where from: DESCRIPTION).\n\n'
+          'Call register() after the Tasks exist (doremi_jax registers its own when a stage\n'
+          'trains, or on doremi_jax.data.corpus.register_tasks(corpus); give yours as\n'
+          'tasks={domain: task_name})."""\n\n'
+          f"import seqio\n\nDESCRIPTION = {literal(x.header)}\nNAME = {literal(x.name)}\n"
+          f"WEIGHTS = {literal(x.weights)}\n"
+          f"EXPECTED_EPOCHS = {literal(x.epochs)}\n"
+          f"TASKS = {literal(tasks)}\n\n\n"
           "def register(name=NAME, tasks=None):\n"
           "  tasks = tasks or TASKS\n"
           "  missing = sorted(set(WEIGHTS) - set(tasks))\n"
@@ -215,7 +226,7 @@ def _grain_decoder(x: _Export) -> str:
   row = next(iter(x.packed.values()))[2] if x.packed else None
   if row is None or x.paths:
     return ""
-  return (f"\nSEQ_LEN = {row['seq_len']}\nTOKEN_DTYPE = {row['token_dtype']!r}\n\n\n"
+  return (f"\nSEQ_LEN = {int(row['seq_len'])}\nTOKEN_DTYPE = {literal(str(row['token_dtype']))}\n\n\n"
           "def decode(record):\n"
           "  \"\"\"A doremi_jax packed row: targets and segment ids (0: padding).\"\"\"\n"
           "  n = SEQ_LEN * np.dtype(TOKEN_DTYPE).itemsize\n"
@@ -233,8 +244,10 @@ def _grain(x: _Export) -> str:
     raise ConfigError(f"no files for domains {missing}: the run's corpus has no packed "
                       "shards here; give --paths DOMAIN=GLOB for each.")
   decoder = _grain_decoder(x)
-  return (f'"""{x.header}.{note}"""\n\nimport glob\n\nimport grain\nimport numpy as np\n\n'
-          f"WEIGHTS = {json.dumps(kept, indent=4)}\nFILES = {json.dumps(files, indent=4)}\n"
+  return ('"""A Grain mixture exported by doremi_jax (where from: DESCRIPTION)."""\n\n'
+          "import glob\n\nimport grain\nimport numpy as np\n\n"
+          f"DESCRIPTION = {literal(x.header + '.' + note)}\n"
+          f"WEIGHTS = {literal(kept)}\nFILES = {literal(files)}\n"
           f"{decoder}\n\n"
           "def mixture(seed=0):\n"
           "  \"\"\"One shuffled, repeated dataset per domain, mixed with WEIGHTS.\"\"\"\n"
@@ -258,9 +271,10 @@ def _maxtext(x: _Export) -> str:
     raise ConfigError(f"MaxText's mixture string cannot hold ',' ';' or surrounding spaces "
                       f"in a path: {bad}.")
   mix = ";".join(f"{x.paths[d]},{w:.6g}" for d, w in kept.items())
-  lines = [f"# {x.header}.{note}", "# Weights are relative; MaxText normalises them.",
+  lines = [f"# {json.dumps(x.header + '.' + note)}",
+           "# Weights are relative; MaxText normalises them.",
            "dataset_type: grain", "grain_file_type: arrayrecord",
-           f'grain_train_files: "{mix}"']
+           f"grain_train_files: {json.dumps(mix)}"]
   return "\n".join(lines) + "\n"
 
 
@@ -269,8 +283,8 @@ def _levanter(x: _Export) -> str:
   if missing:
     raise ConfigError(f"give --paths DOMAIN=GLOB (the train files Levanter tokenizes) for "
                       f"domains {missing}.")
-  out = [f"# {x.header}.", "# Weights are relative; Levanter normalises them.", "data:",
-         "  components:"]
+  out = [f"# {json.dumps(x.header + '.')}", "# Weights are relative; Levanter normalises them.",
+         "data:", "  components:"]
   for d in x.weights:
     out += [f"    {json.dumps(d)}:", "      source:", "        type: url",
             f"        train_urls: [{json.dumps(x.paths[d])}]"]
@@ -332,13 +346,24 @@ def main(argv):
   text = render(FLAGS.format, weights, expected_epochs(weights, info, budget), budget, source,
                 info, paths, packed, FLAGS.name)
   if FLAGS.output:
-    tmp = FLAGS.output + ".tmp"
-    with open(tmp, "w") as f:
-      f.write(text)
-    os.replace(tmp, FLAGS.output)
+    write_output(FLAGS.output, text)
     print(f"[export_mixture] {FLAGS.format}: {FLAGS.output}")
   else:
     sys.stdout.write(text)
+
+
+def write_output(path: str, text: str) -> None:
+  """Writes `text` to `path` through a temporary name, creating its
+  directory; ConfigError when it cannot."""
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except OSError as e:
+    raise ConfigError(f"cannot write --output {path!r}: {e.strerror or e}. Give a path "
+                      "in a directory you can write to.") from e
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 from absl import flags
 
@@ -57,6 +58,20 @@ flags.DEFINE_string("beam_options", None, "Prepare the text and pack with Apache
                     "process.")
 
 
+# Corpus and domain names become directory and file names: letters, digits,
+# '_', '-' and '.', starting with a letter or digit (so never '..').
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_safe_name(what: str, name: str) -> None:
+  """ConfigError unless `name` has the safe form (SAFE_NAME)."""
+  from doremi_jax.config import ConfigError
+  if not SAFE_NAME.fullmatch(name) or ".." in name:
+    raise ConfigError(f"{what} {name!r} is not a safe name: it becomes a directory name, so "
+                      "use letters, digits, '_', '-' and '.', starting with a letter or digit "
+                      "(no path separators, spaces, quotes or '..').")
+
+
 def main(argv):
   del argv
   load_tensorflow_quietly()
@@ -70,6 +85,7 @@ def main(argv):
   vocab = local_tasks.make_vocabulary(FLAGS.vocabulary) if FLAGS.seq_len else None
   if not FLAGS.corpus or not FLAGS.data_dir:
     raise ConfigError("--corpus and --data_dir must be non-empty.")
+  check_safe_name("--corpus", FLAGS.corpus)
   if not FLAGS.domain:
     raise ConfigError("give at least one --domain NAME=GLOB.")
   specs = []
@@ -78,6 +94,7 @@ def main(argv):
     if not sep or not name or not pattern:
       raise ConfigError(f"--domain {d!r}: use NAME=GLOB, NAME=tfds:DATASET or "
                         "NAME=tfrecord:TRAIN_GLOB[|VAL_GLOB].")
+    check_safe_name(f"--domain {d!r}: the domain name", name)
     specs.append((name, pattern))
   names = [n for n, _ in specs]
   if len(set(names)) != len(names):

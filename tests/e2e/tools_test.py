@@ -29,6 +29,9 @@ def _cases(tmp_path):
       "model": dataclasses.asdict(ModelConfig(
           vocab_size=128, d_model=128, num_layers=2, num_heads=4, head_dim=16, mlp_dim=256,
           max_len=1024))}))
+  damaged = tmp_path / "damaged_run"          # a run whose run_info.json was cut short
+  damaged.mkdir()
+  (damaged / "run_info.json").write_text('{"stage": "refer')
   wd = lambda name: f"--workdir={tmp_path / name}"
   return [
       ("main", REF + ["--bogus_flag=1", wd("m1")], "Unknown command line flag 'bogus_flag'"),
@@ -49,6 +52,11 @@ def _cases(tmp_path):
        "no files match"),
       ("prepare", ["--domain=x=/etc/hostname", "--validation_fraction=1.5",
                    f"--data_dir={tmp_path / 'd'}"], "--validation_fraction must be in (0, 1)"),
+      ("prepare", ["--domain=../x=/etc/hostname", f"--data_dir={tmp_path / 'd'}"],
+       "the domain name '../x' is not a safe name"),
+      ("prepare", ["--domain=x=/etc/hostname", "--corpus=a/b", f"--data_dir={tmp_path / 'd'}"],
+       "--corpus 'a/b' is not a safe name"),
+      ("report", [str(damaged)], "run_info.json is damaged (not valid JSON"),
       ("tokenizer", ["--corpus=c", f"--data_dir={tmp_path}"], "--output is required"),
       ("tokenizer", ["--vocab_size=0", f"--output={tmp_path / 'spm'}"], "--vocab_size must be"),
       ("report", [str(tmp_path / "nope")], "does not exist"),
