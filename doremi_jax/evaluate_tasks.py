@@ -27,7 +27,7 @@ from doremi_jax import rundir
 from doremi_jax.cli import run_tool
 from doremi_jax.config import ConfigError
 from doremi_jax.data import packing
-from doremi_jax.tasks import builtin, registry, suite, trained
+from doremi_jax.tasks import builtin, suite, trained
 
 FLAGS = flags.FLAGS
 
@@ -70,10 +70,8 @@ def evaluate(run_dir: str, tasks, split: str = packing.TEST, limit=None, step=No
     raise ConfigError(f"--batch_size must be positive, got {batch_size}.")
   run = trained.load(run_dir, step)
   corpus = run_corpus(run) if any(t in builtin.NAMES for t in tasks) else None
-  loaded = [registry.load(t, corpus, split, limit) for t in tasks]
-  prepared = tuple(suite.prepare(t, run.vocabulary) for t in loaded)
-  scores = suite.TaskSuite(prepared, run.vocabulary, run.seq_len, batch_size, split)(
-      run.model, run.params)
+  scores = suite.TaskSuite.create(tasks, corpus, split, run.seq_len, batch_size, limit,
+                                 run.vocabulary)(run.model, run.params)
   return {"run_dir": run.run_dir, "step": run.step, "split": split, "tasks": scores}
 
 

@@ -58,9 +58,7 @@ def check_compatible(info: dict, corpus, consumer_cfg: model_lib.ModelConfig,
         f"the reference run {reference_dir!r} used tokenizer {info.get('tokenizer')} but this "
         f"run uses {tok}. The reference and this model must share the tokenizer: retrain the "
         "reference with this run's vocabulary.")
-  ref_cfg = model_lib.ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                     for k, v in info["model"].items()})
-  ref_cfg = ref_cfg.with_execution_of(consumer_cfg)
+  ref_cfg = rundir.recorded_model(info).with_execution_of(consumer_cfg)
   if ref_cfg.vocab_size != consumer_cfg.vocab_size:
     raise ConfigError(
         f"reference model vocab_size {ref_cfg.vocab_size} != this model's vocab_size "

@@ -26,7 +26,7 @@ import jax
 
 from doremi_jax import files
 from doremi_jax.config import ConfigError
-from doremi_jax.model import EXECUTION_FIELDS
+from doremi_jax.model import EXECUTION_FIELDS, ModelConfig
 
 # Every file and directory name a run writes or reads is spelled here and
 # nowhere else (tests/unit/structure_test.py checks).
@@ -161,6 +161,12 @@ def check_resumable(workdir: str, stage: str, model_cfg, domains):
     raise ConfigError(f"{workdir} was trained with another model: "
                       + ", ".join(f"ModelConfig.{k} {a!r} then, {b!r} now"
                                   for k, (a, b) in changed.items()) + f". {redo}")
+
+
+def recorded_model(info: dict):
+  """The ModelConfig a run recorded in its run_info."""
+  return ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in info["model"].items()})
 
 
 def write_config(workdir: str, text: str, start_step: int) -> str:

@@ -4,6 +4,8 @@ baseline's, from their final evaluations (eval.json summaries, see
 
 from __future__ import annotations
 
+from doremi_jax.analysis import task_stats
+
 
 def compare(doremi_summary: dict, baseline_summary: dict) -> dict:
   """Per-domain test loss of two main models (DoReMi vs baseline);
@@ -51,8 +53,9 @@ def compare_tasks(doremi_tasks: dict, baseline_tasks: dict) -> dict:
   return out
 
 
-# The task metrics an evaluation summary can carry (evaluate.Evaluator, tasks.suite).
-METRICS = ("bpb", "acc", "acc_per_char", "acc_per_token", "prob_correct", "exact_match")
+# The task metrics an evaluation summary can carry (evaluate.Evaluator,
+# tasks.suite), BPB first.
+METRICS = ("bpb", *[m for m in task_stats.HIGHER_IS_BETTER if m != "bpb"])
 
 
 def format_tasks(tasks: dict) -> list:

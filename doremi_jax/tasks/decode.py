@@ -41,9 +41,9 @@ from typing import Callable, Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
 from doremi_jax.config import check, check_number
+from doremi_jax.tasks import scoring
 
 
 def greedy_ids(logits_BxV):
@@ -135,8 +135,7 @@ def _generate_batch(progs, params, prompts, limits, stop_fns, stop_ids, batch_si
   while True:
     # with parameters spread over several processes every process takes
     # the whole batch's tokens (each decodes the same prompts)
-    ids_B = np.asarray(next_B if next_B.is_fully_addressable else
-                       multihost_utils.process_allgather(next_B, tiled=True))
+    ids_B = scoring.host_array(next_B)
     for b in np.flatnonzero(~done):
       token = int(ids_B[b])
       if token in stop_ids:

@@ -38,11 +38,7 @@ def is_file_name(entry: str) -> bool:
 def task_name(entry: str) -> str:
   """The name the task of an `eval_tasks` entry reports under: a request
   file's stem, else the entry itself."""
-  if not is_file_name(entry):
-    return entry
-  base = entry.replace("\\", "/").rsplit("/", 1)[-1]
-  return base[:-len(".gz")].removesuffix(".jsonl") if base.endswith(".gz") else \
-      base.removesuffix(".jsonl")
+  return requests.file_stem(entry) if is_file_name(entry) else entry
 
 
 def swarm_target(entry: str) -> str:

@@ -49,8 +49,6 @@ _OPTIONAL = {CHOICE: ("id", "context", "contexts"), GENERATE: ("id", "stop", "ma
              ROLLING: ("id",)}
 # The metric each kind's headline is (lower is better for bpb).
 PRIMARY_METRIC = {CHOICE: "bpb", GENERATE: "bpb", ROLLING: "bpb"}
-LOWER_IS_BETTER = {"bpb": True, "acc": False, "acc_per_char": False, "acc_per_token": False,
-                   "prob_correct": False, "exact_match": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,14 +178,20 @@ def read_lines(path: str) -> list:
   return out
 
 
-def load_file(path: str, name: Optional[str] = None) -> Task:
-  """The task in one of our request files (see the module docstring)."""
-  stem = os.path.basename(str(path))
+def file_stem(path: str) -> str:
+  """A request file's name without its directory and its .gz, .jsonl or
+  .json suffixes: the name its task reports under."""
+  stem = os.path.basename(str(path).replace("\\", "/"))
   for suffix in (".gz", ".jsonl", ".json"):
     stem = stem[:-len(suffix)] if stem.endswith(suffix) else stem
+  return stem
+
+
+def load_file(path: str, name: Optional[str] = None) -> Task:
+  """The task in one of our request files (see the module docstring)."""
   lines = read_lines(path)
-  return from_items(name or stem, [dict(x) if isinstance(x, dict) else x for x in lines],
-                    str(path))
+  return from_items(name or file_stem(path),
+                    [dict(x) if isinstance(x, dict) else x for x in lines], str(path))
 
 
 def write_file(path: str, items: Sequence[dict]) -> str:

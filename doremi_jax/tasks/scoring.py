@@ -142,7 +142,7 @@ def _token_scores(model, params, targets_BxL, segment_ids_BxL):
 _STEP = jax.jit(_token_scores, static_argnums=0)
 
 
-def _host(a) -> np.ndarray:
+def host_array(a) -> np.ndarray:
   """A step output on this host, whole (gathered from every process when
   its rows are spread over them)."""
   if not a.is_fully_addressable:
@@ -193,7 +193,7 @@ def _score(model, params, requests: Sequence[tuple], seq_len: int, batch_rows: i
     else:
       with setup.scope():
         logp, greedy = _STEP(model, params, _device_rows(t, setup), _device_rows(s, setup))
-    logp, greedy = _host(logp)[:len(t) - pad], _host(greedy)[:len(t) - pad]
+    logp, greedy = host_array(logp)[:len(t) - pad], host_array(greedy)[:len(t) - pad]
     scored, req = packed.scored[sl] > 0, owner[sl]
     np.add.at(loglik, req[scored], logp[scored].astype(np.float64))
     np.add.at(misses, req[scored], ~greedy[scored])

@@ -103,13 +103,17 @@ class TaskSuite:
 
   @classmethod
   def create(cls, entries: Sequence[str], corpus, split: str, seq_len: int,
-             batch_rows: int = 16, limit: Optional[int] = None) -> Optional["TaskSuite"]:
-    """The suite of `entries` (None when there are none)."""
+             batch_rows: int = 16, limit: Optional[int] = None,
+             vocabulary=None) -> Optional["TaskSuite"]:
+    """The suite of `entries` (None when there are none), tokenised with
+    `vocabulary` (default the corpus's; `corpus` may then be None when no
+    entry is a built-in task)."""
     if not entries:
       return None
+    vocabulary = vocabulary or corpus.vocabulary
     tasks = registry.load_all(entries, corpus, split, limit)
-    return cls(tuple(prepare(t, corpus.vocabulary) for t in tasks), corpus.vocabulary,
-               seq_len, batch_rows, split)
+    return cls(tuple(prepare(t, vocabulary) for t in tasks), vocabulary, seq_len, batch_rows,
+               split)
 
   @property
   def names(self) -> list:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -67,24 +68,16 @@ def run_directory(run_dir: str) -> str:
                     "workdir of a finished stage, or of a pipeline (its DoReMi main model).")
 
 
-def model_config_of(info: dict) -> model_lib.ModelConfig:
-  """The ModelConfig a run recorded."""
-  return model_lib.ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                  for k, v in info["model"].items()})
-
-
 def load(run_dir: str, step: Optional[int] = None) -> Trained:
   """The run's parameters at `step` (newest when None), on this host's
   default device, with its model and vocabulary (see the module docstring)."""
   where = run_directory(run_dir)
   info = files.read_json(files.path(where) / rundir.RUN_INFO)
-  cfg = model_config_of(info)
+  cfg = rundir.recorded_model(info)
   model = model_lib.Transformer(cfg)
   seq_len = int(info.get("seq_len", cfg.max_len))
-  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                               np.zeros((1, seq_len), np.int32)))["params"]
-  abstract = jax.tree.map(lambda a: a.value if hasattr(a, "value") else a, abstract,
-                          is_leaf=lambda a: hasattr(a, "value"))
+  abstract = nn.meta.unbox(jax.eval_shape(
+      lambda: model.init(jax.random.key(0), np.zeros((1, seq_len), np.int32))))["params"]
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
                           abstract)
