@@ -163,6 +163,19 @@ def check_resumable(workdir: str, stage: str, model_cfg, domains):
                                   for k, (a, b) in changed.items()) + f". {redo}")
 
 
+def trim_logs(workdir, start_step: int) -> None:
+  """Before a run (re)starts at `start_step` (0: afresh), process 0 cuts
+  the runner's logs (metrics.jsonl, eval.jsonl) back to the rows of steps
+  <= start_step (none for a fresh start, which evaluates step 0 again):
+  the rows a killed run wrote past its last checkpoint, and a line it cut
+  short, go, so the resumed run's logs equal an uninterrupted run's
+  (wall-clock `timestamp` fields aside)."""
+  if not is_writer():
+    return
+  for name in (METRICS_LOG, EVAL_LOG):
+    files.keep_jsonl_through(files.path(workdir) / name, start_step if start_step else -1)
+
+
 def recorded_model(info: dict):
   """The ModelConfig a run recorded in its run_info."""
   return ModelConfig(**{k: tuple(v) if isinstance(v, list) else v

@@ -293,6 +293,7 @@ def run_stage(*, workdir: str, stage: str, corpus, cfg: TrainConfig, program: St
   batches = None
   try:
     start_step, state, data_state = _restore(run)
+    rundir.trim_logs(workdir, start_step)
     for hook in hooks:
       hook.start(workdir, start_step, data_state)
     _write_run_info(run, start_step)

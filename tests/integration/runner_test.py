@@ -41,6 +41,12 @@ def uninterrupted(tmp_path_factory):
   return wd, _reference(wd)
 
 
+def _log_rows(path):
+  """A JSONL log's rows without their wall-clock timestamps."""
+  rows = [json.loads(line) for line in path.read_text().splitlines()]
+  return [{k: v for k, v in r.items() if k != "timestamp"} for r in rows]
+
+
 def _interrupted_copy(src, dst, keep_through: int):
   """`src` as a run killed after its checkpoint `keep_through` would leave it."""
   shutil.copytree(src, dst)
@@ -55,8 +61,12 @@ def test_resume_ends_bitwise_where_the_uninterrupted_run_ends(uninterrupted, tmp
   full, final = uninterrupted
   wd = tmp_path / "resumed"
   _interrupted_copy(full, wd, keep_through=10)
+  with (wd / "metrics.jsonl").open("a") as f:   # killed while appending
+    f.write('{"step": 25, "timest')
   again = _reference(wd)
   assert again["per_domain"] == final["per_domain"]
+  for log in ("metrics.jsonl", "eval.jsonl"):   # the rows past step 10 once, as uninterrupted
+    assert _log_rows(wd / log) == _log_rows(full / log), log
   for a, b in zip(_params(full, 20), _params(wd, 20)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   info = json.loads((wd / "run_info.resumed_at_10.json").read_text())
