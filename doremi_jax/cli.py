@@ -5,6 +5,10 @@
 * What a user can fix (a `ConfigError`, gin's own complaints about unknown
   or missing bindings, a bad flag) ends with `error: ...` on stderr and exit
   status 2, with no traceback; a bug still shows its traceback.
+* A run stopped on request (`preemption.Stopped`: SIGTERM, the first
+  Ctrl-C) says where its checkpoint is and exits 75; a Ctrl-C that aborts
+  (the second, or one in a tool without a training loop) exits 130 with one
+  line, no traceback.
 * Start-up is quiet on a machine without accelerators: native libraries
   (TensorFlow's CUDA probe, libtpu's topology probe) write straight to file
   descriptor 2 while they load; that output is dropped unless this is a
@@ -23,6 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
+from doremi_jax import preemption  # noqa: E402
 from doremi_jax.config import ConfigError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -110,6 +115,11 @@ def run_tool(main_fn: Callable[[list], None], gin_args: bool = False) -> None:
       main_fn(argv)
     except ConfigError as e:
       fail(str(e))
+    except preemption.Stopped as e:
+      print(str(e), file=sys.stderr, flush=True)
+      sys.exit(preemption.EXIT_STATUS)
+    except KeyboardInterrupt:
+      preemption.abort()
     except app.UsageError as e:
       fail(str(e))
     except (ValueError, TypeError, RuntimeError) as e:

@@ -74,9 +74,9 @@ def append_jsonl_rows(p, rows) -> None:
     f.write("".join(json.dumps(obj) + "\n" for obj in rows))
 
 
-def keep_jsonl_through(p, last_step: int) -> None:
-  """Rewrites the JSONL log `p` (rows with a "step") keeping the rows of
-  steps <= `last_step`, in order: what a run resumed after `last_step`
+def keep_jsonl_through(p, last_step: int, key: str = "step") -> None:
+  """Rewrites the JSONL log `p` (rows with a `key`, "step" unless told)
+  keeping the rows of steps <= `last_step`, in order: what a run resumed after `last_step`
   steps continues, so the log ends as an uninterrupted run's. The rows a
   killed run wrote past its checkpoint, and a line it cut short, are
   dropped. Nothing happens when there is no file."""
@@ -89,7 +89,7 @@ def keep_jsonl_through(p, last_step: int) -> None:
       row = json.loads(line)
     except json.JSONDecodeError:
       continue
-    if isinstance(row, dict) and int(row["step"]) <= last_step:
+    if isinstance(row, dict) and int(row[key]) <= last_step:
       kept.append(line + "\n")
   write_text(p, "".join(kept))
 

@@ -4,7 +4,8 @@ The gin files say which stage runs (`run.stage`, a name in
 `doremi_jax.stages.registry`) and where (`run.workdir`, or `--workdir`).
 Errors a user can fix exit with status 2 and a message that says what to
 change; nothing already in the run directory is touched before the
-configuration has been validated.
+configuration has been validated. SIGTERM or Ctrl-C stops the run with a
+checkpoint of the step in flight and exit status 75 (`preemption`).
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ def register_configurables():
 @gin.configurable
 def run(stage: str = gin.REQUIRED, workdir: str = gin.REQUIRED):
   """Runs the stage `stage` in `workdir`."""
+  from doremi_jax import preemption  # pylint: disable=import-outside-toplevel
   from doremi_jax.stages import registry  # pylint: disable=import-outside-toplevel
-  return registry.get(stage)(workdir)
+  with preemption.handlers():
+    return registry.get(stage)(workdir)
 
 
 def main(argv):

@@ -23,6 +23,7 @@ from typing import Optional
 
 import gin
 import jax
+import numpy as np
 
 from doremi_jax import files
 from doremi_jax.config import ConfigError
@@ -174,6 +175,17 @@ def trim_logs(workdir, start_step: int) -> None:
     return
   for name in (METRICS_LOG, EVAL_LOG):
     files.keep_jsonl_through(files.path(workdir) / name, start_step if start_step else -1)
+
+
+def logged_eval(workdir, step: int) -> bool:
+  """Whether eval.jsonl holds the evaluation of `step` (process 0 reads it
+  and every process gets its answer, so all evaluate or none does)."""
+  logged = is_writer() and any(
+      row.get("step") == step for row in files.read_jsonl(files.path(workdir) / EVAL_LOG))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    logged = bool(multihost_utils.broadcast_one_to_all(np.int32(logged)))
+  return logged
 
 
 def recorded_model(info: dict):

@@ -16,19 +16,20 @@ callbacks, host-side events between steps, extra data state in the
 checkpoint, its result files at the end. A mixture whose rates change
 during training is a hook too (`Publisher`).
 
-The runner guards the run: every step's loss, per-domain losses and
-gradient norm are checked (fetched one step late, so the device never
-waits on the host), and before any checkpoint is written the steps it
-covers are checked. A non-finite value stops the stage with
+The loop (`doremi_jax.loop`) guards the run: every step's loss,
+per-domain losses and gradient norm are checked (fetched one step late, so
+the device never waits on the host), and before any checkpoint is written
+the steps it covers are checked. A non-finite value stops the stage with
 `TrainingDiverged` naming the step and the domains, and no checkpoint
-holding it is written: the last good one stays resumable.
+holding it is written: the last good one stays resumable. A stop request
+(SIGTERM, Ctrl-C: `doremi_jax.preemption`) ends the stage with a checkpoint
+of the step in flight; a run resumed after it ends bitwise where an
+uninterrupted run ends.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
-import math
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -39,18 +40,14 @@ from doremi_jax import checkpoint as ckpt_lib
 from doremi_jax import context
 from doremi_jax import evaluate
 from doremi_jax import files
-from doremi_jax import metrics as metrics_lib
+from doremi_jax import preemption
 from doremi_jax import rundir
 from doremi_jax.analysis import compare
-from doremi_jax.config import ConfigError
 from doremi_jax.data import loader as loader_lib
 from doremi_jax.data import packing
+from doremi_jax.loop import TrainingDiverged, train_loop  # noqa: F401  (TrainingDiverged: public)
 from doremi_jax.state import TrainConfig
 from doremi_jax.steps import StepProgram
-
-
-class TrainingDiverged(ConfigError):
-  """A non-finite loss or gradient: the settings need changing (exit 2)."""
 
 
 class Hook:
@@ -167,28 +164,6 @@ def summary_line(final: dict) -> str:
           f"{final['worst_case']['loss']:.4f} ({final['worst_case']['domain']})")
 
 
-def check_finite(step: int, num_steps: int, host: dict, domain_loss_key: str, domains,
-                 checkpointer: ckpt_lib.Checkpointer):
-  """Raises TrainingDiverged unless step `step`'s loss, per-domain losses
-  and gradient norm are finite."""
-  loss, grad_norm = float(host["loss"]), float(host["grad_norm"])
-  dom = np.asarray(host[domain_loss_key], np.float64)
-  if math.isfinite(loss) and math.isfinite(grad_norm) and np.all(np.isfinite(dom)):
-    return
-  bad = [d for d, x in zip(domains, dom) if not np.isfinite(x)]
-  what = (f"the loss is not finite on domains {bad}" if bad else
-          "the loss is not finite" if not math.isfinite(loss) else
-          "the gradient is not finite")
-  last = checkpointer.latest_step()
-  where = (f"the last good checkpoint is step {last} in {checkpointer.directory}"
-           if last is not None else "no checkpoint was written yet")
-  raise TrainingDiverged(
-      f"training diverged at step {step} of {num_steps}: loss {loss}, gradient norm "
-      f"{grad_norm}; {what}. Nothing from this step on was saved; {where}. Lower "
-      "OptimizerConfig.learning_rate (or keep OptimizerConfig.grad_clip_norm > 0), then "
-      f"re-run the same command to resume from step {last or 0}.")
-
-
 def check_same_rates(step: int, publisher) -> None:
   """Every process must have published the same rates (each computes them
   from the same replicated state); checked with one all-gather of a CRC."""
@@ -279,6 +254,8 @@ def run_stage(*, workdir: str, stage: str, corpus, cfg: TrainConfig, program: St
   files, and complete.json last."""
   if context.current().build_only:
     raise context.ProgramBuilt(program)
+  if preemption.requested() and jax.process_count() == 1:   # between a study's runs
+    raise preemption.Stopped(stage, None, preemption.requested())
   t0 = time.time()
   workdir = str(workdir)
   rundir.check_resumable(workdir, stage, program.setup.model_cfg, corpus.domains)
@@ -307,6 +284,9 @@ def run_stage(*, workdir: str, stage: str, corpus, cfg: TrainConfig, program: St
       state = run.after_step(0, state)
     else:
       rundir.announce(stage, f"resuming from step {start_step}")
+      if cfg.eval_every and start_step % cfg.eval_every == 0 and start_step < cfg.num_steps \
+          and not rundir.logged_eval(workdir, start_step):   # killed before it ran
+        run.evaluate(state, start_step)
     state = train_loop(run, state, batches, start_step)
     summary, final = _finish(run, state)
   finally:
@@ -318,75 +298,3 @@ def run_stage(*, workdir: str, stage: str, corpus, cfg: TrainConfig, program: St
   rundir.mark_complete(workdir, stage, cfg.num_steps, time.time() - t0, summary,
                        dict(run.timing, tokens_per_step=run.tokens_per_step))
   return final
-
-
-class _Checks:
-  """Step metrics still on the device, fetched one step late: checked
-  finite, handed to the hooks, written at log steps."""
-
-  def __init__(self, run: _Run, start_step: int):
-    self.run, self.unchecked = run, []   # [(step, device metrics)], oldest first
-    self.writer = metrics_lib.MetricsWriter(run.workdir, run.corpus.domains, run.stage,
-                                            run.cfg.tensorboard)
-    self.progress = metrics_lib.Progress(run.stage, start_step, run.cfg.num_steps,
-                                         run.tokens_per_step)
-
-  def settle(self, keep: int):
-    run, cfg = self.run, self.run.cfg
-    while len(self.unchecked) > keep:
-      step, m = self.unchecked.pop(0)
-      host = jax.device_get(m)
-      check_finite(step, cfg.num_steps, host, run.program.domain_loss_key, run.corpus.domains,
-                   run.checkpointer)
-      for hook in run.hooks:
-        hook.on_step(step, host)
-      if step % cfg.log_every == 0 or step == cfg.num_steps:
-        for hook in run.hooks:
-          hook.on_log(step, host)
-        self.writer.write(step, host)
-        self.progress.update(step, float(host["loss"]))
-
-
-def train_loop(run: _Run, state, batches, start_step: int):
-  """Runs steps start_step..num_steps-1 and returns the final state.
-
-  Each step's metrics are fetched after the next step is dispatched (nanodo
-  style) and checked (`_Checks`). Before a checkpoint is saved every step
-  up to it is checked. The run evaluates every `eval_every` steps.
-  `run.timing` receives the first step's seconds (compile + run) and the
-  seconds of the loop after it."""
-  cfg, program, checkpointer = run.cfg, run.program, run.checkpointer
-  checks = _Checks(run, start_step)
-  compile_start = time.perf_counter()
-  loop_start = None
-  for step in range(start_step, cfg.num_steps):
-    local, data_state = batches.next()
-    state, metrics = program(state, program.global_batch(local))
-    if step == start_step:
-      jax.block_until_ready(metrics)
-      first = time.perf_counter() - compile_start
-      if rundir.is_writer():
-        logging.info("%s: first step (compile + run) took %.1fs", run.stage, first)
-      run.timing["first_step_seconds"] = round(first, 3)
-      loop_start = time.perf_counter()
-      checks.progress.start_timing(step + 1)
-    done = step + 1
-    state = run.after_step(done, state)
-    checks.unchecked.append((done, metrics))
-    last = done == cfg.num_steps
-    if last or checkpointer.due(done):
-      checks.settle(keep=0)
-      for hook in run.hooks:
-        data_state = hook.data_state(done, data_state)
-      checkpointer.maybe_save(done, state, data_state, force=last)
-    else:
-      checks.settle(keep=1)
-    if cfg.eval_every and done % cfg.eval_every == 0 and not last:
-      run.evaluate(state, done)
-  checks.settle(keep=0)
-  checks.writer.flush()
-  if loop_start is not None:
-    jax.block_until_ready(state)
-    run.timing["later_steps"] = cfg.num_steps - start_step - 1
-    run.timing["later_steps_seconds"] = round(time.perf_counter() - loop_start, 3)
-  return state

@@ -89,6 +89,7 @@ done
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REMOTE_DIR="doremi_jax"
 LOG_FILE="doremi_run.log"
+STATUS_FILE="doremi_run.status"
 GCLOUD_TPU=(gcloud compute tpus tpu-vm)
 WHERE=(--project="$PROJECT" --zone="$ZONE")
 
@@ -135,12 +136,16 @@ cmd_setup() {
 }
 
 # The command line run on every worker.
+# The run, in the background; when it ends its exit status is written to
+# ~/doremi_run.status (0: finished, 75: stopped on SIGTERM/Ctrl-C with a
+# checkpoint, 2: bad input, other: a failure), which `babysit` reads.
 remote_main() {
   local args=(python3 -m doremi_jax.main --gin_file "$GIN_FILE" --workdir "$WORKDIR")
   args+=("${EXTRA[@]}")
   local quoted
   quoted="$(printf ' %q' "${args[@]}")"
-  echo "cd ~/$REMOTE_DIR && nohup${quoted} > ~/$LOG_FILE 2>&1 &"
+  # shellcheck disable=SC2016  # $@ and $? are the remote shell's
+  echo "cd ~/$REMOTE_DIR && rm -f ~/$STATUS_FILE && nohup sh -c '\"\$@\"; echo \$? > ~/$STATUS_FILE' doremi${quoted} > ~/$LOG_FILE 2>&1 &"
 }
 
 cmd_run() {
@@ -180,6 +185,13 @@ run_finished() {
   gcloud storage ls "$WORKDIR/complete.json" >/dev/null 2>&1
 }
 
+# The exit status of the last run on worker 0 ("" while it runs, or when
+# no run was started on this VM).
+run_status() {
+  "${GCLOUD_TPU[@]}" ssh "$NAME" "${WHERE[@]}" --worker=0 --command \
+    "cat ~/$STATUS_FILE 2>/dev/null || true" 2>/dev/null | tr -d '[:space:]'
+}
+
 vm_state() {
   "${GCLOUD_TPU[@]}" describe "$NAME" "${WHERE[@]}" --format='value(state)' 2>/dev/null || echo MISSING
 }
@@ -191,15 +203,17 @@ cmd_babysit() {
   need "$WORKDIR" --workdir
   [[ "$WORKDIR" == gs://* ]] || die "babysit needs a gs:// --workdir: a recreated VM starts with an empty disk"
   if [[ "$DRY_RUN" == 1 ]]; then
-    echo "# babysit: every ${POLL}s, if the run has not finished and the VM is PREEMPTED," \
-      "TERMINATED or missing (at most $MAX_RESTARTS times):"
+    echo "# babysit: every ${POLL}s, if the run has not finished and the VM is READY but" \
+      "the run exited 75 (stopped on SIGTERM with a checkpoint), run it again:"
+    cmd_run
+    echo "# and if the VM is PREEMPTED, TERMINATED or missing (at most $MAX_RESTARTS times):"
     cmd_delete
     cmd_create
     cmd_setup
     cmd_run
     return 0
   fi
-  local restarts=0 state
+  local restarts=0 state status
   while true; do
     if run_finished; then
       echo "$(date -u +%FT%TZ) run in $WORKDIR has finished" >&2
@@ -207,7 +221,18 @@ cmd_babysit() {
     fi
     state="$(vm_state)"
     case "$state" in
-      READY | CREATING | STARTING | RESTARTING | REPAIRING) ;;
+      READY)
+        status="$(run_status)"
+        case "$status" in
+          "" | 0) ;;
+          75)
+            echo "$(date -u +%FT%TZ) the run stopped with a checkpoint (exit 75); re-running" >&2
+            cmd_run
+            ;;
+          *) die "the run exited with status $status: see \`$0 logs\`; fix it, then babysit again" ;;
+        esac
+        ;;
+      CREATING | STARTING | RESTARTING | REPAIRING) ;;
       *)
         if [[ "$restarts" -ge "$MAX_RESTARTS" ]]; then
           die "the VM is $state and $MAX_RESTARTS restarts are used up"

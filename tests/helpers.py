@@ -150,3 +150,55 @@ def weights_log_rows(workdir):
   with open(path) as f:
     return [{k: v for k, v in json.loads(l).items() if k != "timestamp"}
             for l in f.read().splitlines()]
+
+
+def sigterm_at(step: int):
+  """A context in which a real SIGTERM reaches this process while the loop
+  runs step `step` (when it asks whether to stop after it), with the stop
+  handlers of `python -m doremi_jax.main` installed."""
+  import contextlib
+  import signal
+  from unittest import mock
+  from doremi_jax import preemption
+  real = preemption.should_stop
+
+  def should_stop(done, logged):
+    if done == step:
+      signal.raise_signal(signal.SIGTERM)
+    return real(done, logged)
+
+  stack = contextlib.ExitStack()
+  stack.enter_context(mock.patch.object(preemption, "should_stop", should_stop))
+  stack.enter_context(preemption.handlers())
+  return stack
+
+
+def stopped_run(fn, step: int):
+  """Runs `fn()` with a SIGTERM at step `step` (`sigterm_at`); returns the
+  `preemption.Stopped` it must end in."""
+  import pytest
+  from doremi_jax import preemption
+  with sigterm_at(step), pytest.raises(preemption.Stopped) as e:
+    fn()
+  return e.value
+
+
+def run_cli_signalled(args, workdir, marker, signals, timeout=400):
+  """Starts `python -m doremi_jax.main ARGS --workdir=WORKDIR`, and once the
+  path `marker` exists sends it `signals` (e.g. [signal.SIGTERM]), 0.2 s
+  apart; returns the CompletedProcess when it exits."""
+  import subprocess
+  import time
+  cmd = [sys.executable, "-m", "doremi_jax.main", *args, f"--workdir={workdir}"]
+  proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, XLA_FLAGS=""),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + timeout
+  while not os.path.exists(marker) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  assert proc.poll() is None, "run finished before it could be signalled"
+  for n, signum in enumerate(signals):
+    if n:
+      time.sleep(0.2)
+    proc.send_signal(signum)
+  out, err = proc.communicate(timeout=timeout)
+  return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

@@ -171,7 +171,13 @@ class RatesPublisher:
   def restore(self, start_step: int, data_state: Optional[dict]) -> None:
     """Publishes the blocks the checkpoint's data state holds, then every
     block the run's log holds up to the restored step (the history a replay
-    of the data position needs, e.g. after a change of process count)."""
+    of the data position needs, e.g. after a change of process count).
+    Process 0 first cuts the log back to the rows published by step
+    `start_step` (their `source_step`; none for a fresh start): a killed
+    run's rows past its checkpoint go, so the resumed log equals an
+    uninterrupted run's."""
+    if self.writer:
+      files.keep_jsonl_through(self.log_path, start_step if start_step else -1, "source_step")
     saved = (data_state or {}).get("mixture", {})
     for block, rates in saved.get("blocks", {}).items():
       self.assignment.publish(int(block), rates)
@@ -200,7 +206,7 @@ class RatesPublisher:
       return
     b = start_step // self.every
     while b * self.every - 1 - self.delay < 0 and b * self.every < self.num_steps + self.every:
-      if not self.assignment.known(b) or b == 0:  # block 0: logged, already known
+      if not self.assignment.known(b) or b == start_step == 0:  # known, not yet logged
         self._publish(b, self.assignment.initial_rates, None)
       b += 1
 

@@ -4,11 +4,13 @@ reference stage's kill and resume, and bad input."""
 import json
 import math
 import os
+import re
+import signal
 
 import numpy as np
 import pytest
 
-from helpers import run_cli, run_cli_many, run_cli_until
+from helpers import run_cli, run_cli_many, run_cli_signalled, run_cli_until
 
 
 SMALL = ["--gin_file=gin/reference.gin",
@@ -100,10 +102,17 @@ def test_quickstart_reference_stage(quickstart_run):
   assert last["worst_case"]["domain"] == "noise"
 
 
-def test_kill_and_resume_is_bitwise_identical(tmp_path):
-  ref = run_cli(SMALL, workdir=tmp_path / "full")
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+  """SMALL run uninterrupted: what a killed or stopped run must end as."""
+  full = tmp_path_factory.mktemp("cli") / "full"
+  ref = run_cli(SMALL, workdir=full)
   assert ref.returncode == 0, ref.stderr[-3000:]
+  return full
 
+
+def test_kill_and_resume_is_bitwise_identical(full_run, tmp_path):
+  (tmp_path / "full").symlink_to(full_run)
   wd = tmp_path / "killed"
   run_cli_until(SMALL, wd, wd / "checkpoints" / "20", timeout=300)
   assert not (wd / "checkpoints" / "60").exists()
@@ -115,6 +124,49 @@ def test_kill_and_resume_is_bitwise_identical(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert json.loads((wd / "eval.json").read_text())["per_domain"] == \
       json.loads((tmp_path / "full" / "eval.json").read_text())["per_domain"]
+
+
+def _stopped_step(stderr):
+  m = re.search(r"\[reference\] stopped on (SIGTERM|SIGINT) at step (\d+), with a checkpoint of "
+                r"that step in (\S+); re-run the same command to resume", stderr)
+  assert m, stderr[-3000:]
+  return m.group(1), int(m.group(2))
+
+
+def test_sigterm_saves_the_step_in_flight_and_the_rerun_is_bitwise_identical(full_run,
+                                                                              tmp_path):
+  """SIGTERM once checkpoint 20 is being written: exit 75 with a checkpoint
+  of the step it stopped at, no traceback; the re-run ends as the
+  uninterrupted run."""
+  full = full_run
+  wd = tmp_path / "stopped"
+  got = run_cli_signalled(SMALL, wd, wd / "checkpoints" / "20", [signal.SIGTERM])
+  assert got.returncode == 75, got.stderr[-3000:]
+  reason, step = _stopped_step(got.stderr)
+  assert reason == "SIGTERM" and 20 <= step < 60 and "Traceback" not in got.stderr
+  assert (wd / "checkpoints" / str(step)).is_dir() and not (wd / "complete.json").exists()
+  resumed = run_cli(SMALL, workdir=wd)
+  assert resumed.returncode == 0 and f"resuming from step {step}" in resumed.stdout
+  for a, b in zip(_final_params(full, 60), _final_params(wd, 60)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  rows = [[{k: v for k, v in json.loads(l).items() if k != "timestamp"}
+           for l in (d / "metrics.jsonl").read_text().splitlines()] for d in (full, wd)]
+  assert rows[0] == rows[1]
+
+
+def test_ctrl_c_stops_like_sigterm_and_a_second_one_aborts_without_a_traceback(tmp_path):
+  once = tmp_path / "once"
+  got = run_cli_signalled(SMALL, once, once / "checkpoints" / "10", [signal.SIGINT])
+  assert got.returncode == 75 and _stopped_step(got.stderr)[0] == "SIGINT", got.stderr[-3000:]
+  twice = tmp_path / "twice"
+  got = run_cli_signalled(SMALL, twice, twice / "checkpoints" / "10",
+                          [signal.SIGINT, signal.SIGINT])
+  if got.returncode == 75:   # the run stopped within the 0.2 s before the second
+    return
+  assert got.returncode == 130, got.stderr[-3000:]
+  assert "Traceback" not in got.stderr and "KeyboardInterrupt" not in got.stderr
+  assert "error: interrupted (Ctrl-C)" in got.stderr
+  assert run_cli(SMALL, workdir=twice).returncode == 0   # and it resumes
 
 
 BAD = [

@@ -6,6 +6,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -66,15 +67,33 @@ def test_setup_installs_on_every_worker():
   assert "pip install -e '.[tpu]'" in remote
 
 
-def test_run_starts_the_gin_file_on_all_workers_with_a_gcs_workdir():
+def test_run_starts_the_gin_file_on_all_workers_with_a_gcs_workdir(tmp_path):
+  """The remote command, run here by bash with a stand-in `python3` that
+  records its arguments and exits 75 (a run stopped with a checkpoint):
+  the exact arguments arrive, and the exit status lands in
+  ~/doremi_run.status for `babysit`."""
   (ssh,) = _dry("run", *WHERE, "--gin-file", "gin/pod/v5p-64_pipeline.gin", "--workdir",
                 "gs://bucket/doremi/run 1", "--", "--gin.TrainConfig.num_steps=1000")
   assert "--worker=all" in ssh and "--project=my-proj" in ssh and "--zone=us-east5-a" in ssh
   remote = ssh[ssh.index("--command") + 1]
-  inner = shlex.split(remote.split("&&", 1)[1].split(">", 1)[0])
-  assert inner == ["nohup", "python3", "-m", "doremi_jax.main", "--gin_file",
-                   "gin/pod/v5p-64_pipeline.gin", "--workdir", "gs://bucket/doremi/run 1",
-                   "--gin.TrainConfig.num_steps=1000"]
+  home, bin_dir = tmp_path / "home", tmp_path / "bin"
+  (home / "doremi_jax").mkdir(parents=True)
+  bin_dir.mkdir()
+  (home / "doremi_run.status").write_text("0\n")   # an earlier run's: removed first
+  fake = bin_dir / "python3"
+  fake.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > "$HOME/argv"\n'
+                  "exit 75\n")
+  fake.chmod(0o755)
+  env = dict(os.environ, HOME=str(home), PATH=f"{bin_dir}:{os.environ['PATH']}")
+  subprocess.run(["bash", "-c", remote], env=env, check=True, timeout=30)
+  status = home / "doremi_run.status"
+  deadline = time.time() + 30
+  while not (status.exists() and status.read_text().strip() == "75") and time.time() < deadline:
+    time.sleep(0.05)
+  assert status.read_text().strip() == "75"
+  assert (home / "argv").read_text().splitlines() == [
+      "-m", "doremi_jax.main", "--gin_file", "gin/pod/v5p-64_pipeline.gin", "--workdir",
+      "gs://bucket/doremi/run 1", "--gin.TrainConfig.num_steps=1000"]
 
 
 def test_logs_stop_delete_babysit():
@@ -90,8 +109,9 @@ def test_logs_stop_delete_babysit():
               "v2-alpha-tpuv5", "--spot", "--gin-file", "gin/quickstart.gin", "--workdir",
               "gs://b/run")
   verbs = [c[4] if c[0] == "gcloud" else c[0] for c in cmds]
-  assert verbs == ["delete", "create", "tar", "scp", "ssh", "ssh"], verbs
-  assert "--spot" in cmds[1]
+  # READY but stopped (exit 75): run again; preempted: recreate, set up, run
+  assert verbs == ["ssh", "delete", "create", "tar", "scp", "ssh", "ssh"], verbs
+  assert "--spot" in cmds[2]
 
 
 @pytest.mark.parametrize("args,message", [

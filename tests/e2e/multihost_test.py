@@ -6,9 +6,12 @@ a checkpoint written by 2 processes restores in 1 process."""
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -29,8 +32,8 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _run(args, workdir, nproc, devices_per_process):
-  """Runs the CLI in `nproc` processes (jax.distributed when nproc > 1)."""
+def _start(args, workdir, nproc, devices_per_process):
+  """Starts the CLI in `nproc` processes (jax.distributed when nproc > 1)."""
   port = _free_port()
   procs = []
   for pid in range(nproc):
@@ -42,6 +45,12 @@ def _run(args, workdir, nproc, devices_per_process):
     procs.append(subprocess.Popen(
         [sys.executable, "-m", "doremi_jax.main", *args, f"--workdir={workdir}"], cwd=REPO,
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  return procs
+
+
+def _run(args, workdir, nproc, devices_per_process):
+  """Runs the CLI in `nproc` processes; returns their stdouts."""
+  procs = _start(args, workdir, nproc, devices_per_process)
   outs = [p.communicate(timeout=600) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-4000:]
@@ -138,3 +147,37 @@ def test_two_process_study_writes_one_report(tmp_path):
       info = json.loads((wd / "arms" / arm / f"seed_{s}" / "run_info.json").read_text())
       assert info["process_count"] == 2 and info["seed"] == s
   assert "verdict" in outs[0] and "verdict" not in outs[1]
+
+
+def test_sigterm_on_one_process_stops_both_at_the_same_step(tmp_path):
+  """SIGTERM to process 1 of 2 (as a preempted host gets it): JAX's
+  preemption service makes both stop at the same step, each with exit 75,
+  and the checkpoint of that step is whole; the 2-process re-run ends
+  bitwise where an uninterrupted 2-process run ends."""
+  args = ["--gin_file=gin/reference.gin", *[a for a in STAGE_ARGS if "num_steps" not in a],
+          "--gin.TrainConfig.num_steps=40", "--gin.TrainConfig.checkpoint_every=10"]
+  full, wd = tmp_path / "full", tmp_path / "stopped"
+  _run(args, full, 2, 2)
+  procs = _start(args, wd, 2, 2)
+  deadline = time.time() + 300
+  while not (wd / "checkpoints" / "10").exists() and time.time() < deadline:
+    assert all(p.poll() is None for p in procs), "finished before it could be signalled"
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)
+  outs = [p.communicate(timeout=300) for p in procs]
+  steps = []
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 75, err[-3000:]
+    m = re.search(r"stopped on SIGTERM at step (\d+), with a checkpoint", err)
+    assert m, err[-3000:]
+    steps.append(int(m.group(1)))
+  assert steps[0] == steps[1] and 10 <= steps[0] < 40, steps
+  assert (wd / "checkpoints" / str(steps[0])).is_dir() and not (wd / "complete.json").exists()
+  _run(args, wd, 2, 2)
+  # The same final evaluation and every logged step's metrics, to the bit
+  # (the checkpoint's 2-process layout does not restore in this process).
+  evals = [json.loads((d / "eval.json").read_text())["per_domain"] for d in (full, wd)]
+  assert evals[0] == evals[1]
+  rows = [[{k: v for k, v in json.loads(l).items() if k != "timestamp"}
+           for l in (d / "metrics.jsonl").read_text().splitlines()] for d in (full, wd)]
+  assert rows[0] == rows[1] and [r["step"] for r in rows[0]] == list(range(3, 40, 3)) + [40]

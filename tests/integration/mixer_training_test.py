@@ -16,7 +16,7 @@ from doremi_jax import mixers
 from doremi_jax.config import ConfigError
 from doremi_jax.data import scheduled
 
-from helpers import run_stage, weights_log_rows
+from helpers import run_stage, stopped_run, weights_log_rows
 
 
 STEPS = 30
@@ -68,6 +68,12 @@ def runs(tmp_path_factory):
 def _resample(workdir, reference):
   return _stage("proxy", workdir, "train_proxy.mode = 'resample'",
                 f"train_proxy.reference_dir = '{reference}'")
+
+
+def _log(workdir, name="mixture_weights.jsonl"):
+  """A JSONL log's rows, as written, without their wall-clock timestamps."""
+  return [{k: v for k, v in json.loads(line).items() if k != "timestamp"}
+          for line in (workdir / name).read_text().splitlines()]
 
 
 def _rates(workdir):
@@ -184,12 +190,32 @@ def test_killed_run_resumes_to_identical_rates_and_parameters(runs, method, tmp_
   else:
     _main(wd, method, tmp / "reference" if method == "doremi_online" else None)
   np.testing.assert_array_equal(_rates(wd), _rates(full))
+  assert _log(wd) == _log(full)   # every block once, in order, as written uninterrupted
   if method == "resample":   # Step 2's weights log: every step once, as the full run's
     assert weights_log_rows(wd) == weights_log_rows(full)
   a, b = _state(full, STEPS), _state(wd, STEPS)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   assert (json.loads((wd / result).read_text()) == json.loads((full / result).read_text()))
+
+
+def test_sigterm_stops_a_mixer_run_that_resumes_bitwise(runs, tmp_path):
+  """ODM stopped by SIGTERM at step 17 (a checkpoint every 10): a
+  checkpoint of step 17 holds the mixer state; the re-run's rates log,
+  metrics, mixer state, parameters and averaged rates equal the
+  uninterrupted run's."""
+  _, out = runs
+  full = out["odm"][0]
+  wd = tmp_path / "stopped"
+  assert stopped_run(lambda: _main(wd, "odm"), 17).step == 17
+  assert (wd / "checkpoints" / "17").is_dir()
+  _main(wd, "odm")
+  for name in ("mixture_weights.jsonl", "metrics.jsonl"):
+    assert _log(wd, name) == _log(full, name), name
+  for x, y in zip(jax.tree.leaves(_state(full, STEPS)), jax.tree.leaves(_state(wd, STEPS))):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  name = "average_mixture_weights.json"
+  assert (wd / name).read_bytes() == (full / name).read_bytes()
 
 
 def test_resume_without_the_log_keeps_the_checkpointed_blocks(runs, tmp_path):

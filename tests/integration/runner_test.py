@@ -12,9 +12,10 @@ import pytest
 from doremi_jax import checkpoint as ckpt_lib
 from doremi_jax import config as config_lib
 from doremi_jax import runner
+from doremi_jax import loop
 from doremi_jax.runner import TrainingDiverged
 
-from helpers import run_stage, weights_log_rows
+from helpers import run_stage, stopped_run, weights_log_rows
 
 # A tiny Step 1 on one device: 20 steps, a checkpoint every 5.
 SMALL = [
@@ -73,6 +74,39 @@ def test_resume_ends_bitwise_where_the_uninterrupted_run_ends(uninterrupted, tmp
   assert info["num_steps"] == 20
 
 
+def test_sigterm_stops_with_a_checkpoint_of_that_step_and_resumes_bitwise(uninterrupted,
+                                                                         tmp_path):
+  """SIGTERM at step 7 (between checkpoints 5 and 10, on an evaluation step
+  here): the run stops at 7 with a checkpoint of step 7 and its evaluation
+  logged; the re-run's parameters and logs equal the uninterrupted run's."""
+  full, final = uninterrupted
+  wd = tmp_path / "stopped"
+  stopped = stopped_run(lambda: _reference(wd, "TrainConfig.eval_every = 7"), 7)
+  assert (stopped.stage, stopped.step, stopped.reason) == ("reference", 7, "SIGTERM")
+  assert sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit()) \
+      == [5, 7]
+  assert [r["step"] for r in _log_rows(wd / "eval.jsonl")] == [0, 7]
+  assert not (wd / "complete.json").exists()
+  again = _reference(wd, "TrainConfig.eval_every = 7")
+  assert again["per_domain"] == final["per_domain"]
+  assert _log_rows(wd / "metrics.jsonl") == _log_rows(full / "metrics.jsonl")
+  assert [r["step"] for r in _log_rows(wd / "eval.jsonl")] == [0, 7, 14, 20]
+  for a, b in zip(_params(full, 20), _params(wd, 20)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_resume_runs_the_evaluation_a_kill_skipped(uninterrupted, tmp_path):
+  """Killed after checkpoint 10 was written but before step 10's evaluation
+  (eval_every 5): the resumed run evaluates step 10 first."""
+  full, _ = uninterrupted
+  wd = tmp_path / "no_eval"
+  _interrupted_copy(full, wd, keep_through=10)
+  rows = _log_rows(full / "eval.jsonl")   # steps 0 and 20 (eval_every 0)
+  (wd / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] < 10))
+  _reference(wd, "TrainConfig.eval_every = 5")
+  assert [r["step"] for r in _log_rows(wd / "eval.jsonl")] == [0, 10, 15, 20]
+
+
 def test_non_finite_loss_stops_and_leaves_a_resumable_run(uninterrupted, tmp_path, capsys):
   full, final = uninterrupted
   wd = tmp_path / "diverged"
@@ -102,11 +136,11 @@ def test_check_finite_names_the_domains(tmp_path):
   ckpt = ckpt_lib.Checkpointer(tmp_path / "checkpoints", 5, 3, async_save=False)
   host = {"loss": 1.0, "grad_norm": 0.5, "domain_loss": np.array([1.0, np.nan, 2.0, np.inf])}
   with pytest.raises(TrainingDiverged) as e:
-    runner.check_finite(7, 10, host, "domain_loss", ["a", "b", "c", "d"], ckpt)
+    loop.check_finite(7, 10, host, "domain_loss", ["a", "b", "c", "d"], ckpt)
   assert "at step 7 of 10" in str(e.value)
   assert "the loss is not finite on domains ['b', 'd']" in str(e.value)
   assert "no checkpoint was written yet" in str(e.value)
-  runner.check_finite(7, 10, dict(host, domain_loss=np.ones(4)), "domain_loss", "abcd", ckpt)
+  loop.check_finite(7, 10, dict(host, domain_loss=np.ones(4)), "domain_loss", "abcd", ckpt)
   ckpt.close()
 
 
@@ -158,3 +192,13 @@ def test_proxy_killed_and_resumed_logs_every_steps_weights_once(uninterrupted, t
     f.write('{"step": 21, "timest')
   run_stage("proxy", wd, proxy)
   assert weights_log_rows(wd) == rows
+  # SIGTERM at step 13: a checkpoint of step 13 (with the DRO state), then
+  # the same weights at every step and the same averaged weights.
+  stopped = tmp_path / "stopped"
+  assert stopped_run(lambda: run_stage("proxy", stopped, proxy), 13).step == 13
+  assert (stopped / "checkpoints" / "13").is_dir()
+  assert [r["step"] for r in weights_log_rows(stopped)] == list(range(1, 14))
+  run_stage("proxy", stopped, proxy)
+  assert weights_log_rows(stopped) == rows
+  for name in ("average_domain_weights.json", "eval.json"):
+    assert (stopped / name).read_bytes() == (full / name).read_bytes(), name

@@ -13,7 +13,7 @@ from doremi_jax.stages import study
 from doremi_jax import arms as arms_lib
 from doremi_jax.arms import static as static_arms
 
-from helpers import run_stage
+from helpers import run_stage, stopped_run
 
 TINY = [
     "include 'gin/cpu.gin'", "run.stage = 'study'",
@@ -191,6 +191,28 @@ def test_killed_study_resumes_to_identical_numbers(tiny_study, tmp_path):
   (copy / "study.json").unlink()
   again = _study(copy, ARMS, *TINY_STUDY)
   assert json.dumps(again["results"]) == json.dumps(result["results"])
+
+
+def test_sigterm_stops_a_study_inside_a_run_and_it_resumes_to_identical_numbers(tiny_study,
+                                                                                tmp_path):
+  """One arm's run not started yet (the others complete): SIGTERM at its
+  step 13 stops the study with a checkpoint of step 13; the re-run ends
+  with that run's metrics and the study's numbers as uninterrupted."""
+  wd, result = tiny_study
+  copy = tmp_path / "run"
+  shutil.copytree(wd, copy)
+  run = copy / "arms" / "no_repeat" / "seed_2"
+  shutil.rmtree(run)
+  (copy / "study.json").unlink()
+  stopped = stopped_run(lambda: _study(copy, ARMS, *TINY_STUDY), 13)
+  assert stopped.step == 13 and (run / "checkpoints" / "13").is_dir()
+  assert not (run / "complete.json").exists() and not (copy / "study.json").exists()
+  again = _study(copy, ARMS, *TINY_STUDY)
+  assert json.dumps(again["results"]) == json.dumps(result["results"])
+  rows = [[{k: v for k, v in json.loads(l).items() if k != "timestamp"}
+           for l in (d / "metrics.jsonl").read_text().splitlines()]
+          for d in (wd / "arms" / "no_repeat" / "seed_2", run)]
+  assert rows[0] == rows[1]
 
 
 class Noisy(arms_lib.Arm):

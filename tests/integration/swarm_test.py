@@ -22,7 +22,7 @@ from doremi_jax.sharding import MeshConfig
 from doremi_jax.state import TrainConfig, build_setup
 from doremi_jax.swarm import program as swarm_lib
 
-from helpers import run_stage, configure
+from helpers import run_stage, configure, stopped_run
 
 MODEL = model_lib.ModelConfig(d_model=32, num_layers=2, num_heads=2, head_dim=16, mlp_dim=64,
                               max_len=64)
@@ -166,6 +166,24 @@ def test_killed_swarm_resumes_bitwise(tiny_swarm, tmp_path):
   b = ocp.StandardCheckpointer().restore(copy / "checkpoints" / "12" / "state")
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert json.dumps(again) == json.dumps(result)
+
+
+def test_sigterm_stops_a_swarm_that_resumes_bitwise(tiny_swarm, tmp_path):
+  """SIGTERM at step 8 (checkpoints every 6): a checkpoint of step 8; the
+  re-run's state, metrics and swarm.json equal the uninterrupted run's."""
+  wd, result = tiny_swarm
+  copy = tmp_path / "stopped"
+  assert stopped_run(lambda: _swarm(copy, devices=2), 8).step == 8
+  assert (copy / "checkpoints" / "8").is_dir() and not (copy / "swarm.json").exists()
+  again = _swarm(copy, devices=2)
+  a = ocp.StandardCheckpointer().restore(wd / "checkpoints" / "12" / "state")
+  b = ocp.StandardCheckpointer().restore(copy / "checkpoints" / "12" / "state")
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  rows = [[{k: v for k, v in json.loads(l).items() if k != "timestamp"}
+           for l in (d / "metrics.jsonl").read_text().splitlines()] for d in (wd, copy)]
+  assert rows[0] == rows[1]
   assert json.dumps(again) == json.dumps(result)
 
 

@@ -108,7 +108,7 @@ def test_no_module_over_400_lines():
 TRAINING = ("doremi_jax.stages", "doremi_jax.runner", "doremi_jax.steps", "doremi_jax.state",
             "doremi_jax.evaluate", "doremi_jax.swarm", "doremi_jax.mixers", "doremi_jax.doremi",
             "doremi_jax.main", "doremi_jax.sharding", "doremi_jax.checkpoint",
-            "doremi_jax.optimizer", "doremi_jax.data.loader")
+            "doremi_jax.optimizer", "doremi_jax.data.loader", "doremi_jax.loop")
 
 
 def test_analysis_imports_no_training_code():
