@@ -15,6 +15,8 @@ drops it (`keep_jsonl_through`).
 from __future__ import annotations
 
 import json
+import os
+import threading
 from typing import Any
 
 from etils import epath
@@ -38,11 +40,22 @@ def read_text(p) -> str:
 
 
 def write_text(p, text: str) -> None:
+  """Writes `p` whole or not at all: a local file goes to a temporary name
+  of this process and thread beside it and is renamed into place (a crash
+  leaves the old file or the new one); an object store's object (gs://) is
+  published whole when its upload ends, so it is written directly."""
   p = epath.Path(p)
   p.parent.mkdir(parents=True, exist_ok=True)
-  tmp = p.parent / (p.name + ".tmp")
-  tmp.write_text(text)
-  tmp.replace(p)
+  if "://" in str(p):
+    p.write_text(text)
+    return
+  tmp = p.parent / f".{p.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+  try:
+    tmp.write_text(text)
+    tmp.replace(p)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
 
 
 def write_json(p, obj: Any) -> None:

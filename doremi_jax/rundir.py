@@ -40,6 +40,7 @@ METRICS_LOG = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
 EVAL = "eval.json"                                # the final evaluation
 EVAL_LOG = "eval.jsonl"                           # every evaluation during training
+LOCK = "lock.json"                                # the lease of the process writing the run
 # Step 1 and Step 3: the rates a static run trains with (`weights_file`)
 REFERENCE_WEIGHTS = "reference_weights.json"
 MAIN_WEIGHTS = "main_weights.json"

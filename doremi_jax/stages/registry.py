@@ -9,6 +9,7 @@ train (`context.build_program`) and compiles it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, Callable
 
@@ -36,11 +37,22 @@ class Stage:
     return self.runs or ((self.name, {}),)
 
   def __call__(self, workdir: str, **kwargs):
+    """Runs the stage holding its run directory's lease (`doremi_jax.lease`;
+    a composite's lease covers its stages), except in build-only mode,
+    which writes nothing."""
+    # pylint: disable=import-outside-toplevel
+    from doremi_jax import context, lease, rundir
     check_tasks()
-    if self.runs:
-      return self.fn(workdir, **kwargs)
-    with gin.config_scope(self.name):
-      return self.fn(workdir, **kwargs)
+    if context.current().build_only:
+      held = contextlib.nullcontext()
+    else:
+      rundir.check_writable(workdir)   # before the lease makes the directory
+      held = lease.hold(workdir, rundir.LOCK)
+    with held:
+      if self.runs:
+        return self.fn(workdir, **kwargs)
+      with gin.config_scope(self.name):
+        return self.fn(workdir, **kwargs)
 
 
 def check_tasks() -> None:

@@ -169,6 +169,32 @@ def test_ctrl_c_stops_like_sigterm_and_a_second_one_aborts_without_a_traceback(t
   assert run_cli(SMALL, workdir=twice).returncode == 0   # and it resumes
 
 
+def test_one_writer_per_run_directory_and_a_killed_holder_is_taken_over(full_run, tmp_path):
+  """Two processes started at once on one workdir: one trains, the other
+  exits 2 naming the holder. A holder killed with SIGKILL leaves its lease:
+  the next run finds its process gone, takes the lease over and resumes."""
+  wd = tmp_path / "run"
+  both = run_cli_many([(SMALL, wd), (SMALL, wd)])
+  codes = sorted(r.returncode for r in both)
+  assert codes == [0, 2], [r.stderr[-2000:] for r in both]
+  refused = next(r for r in both if r.returncode == 2)
+  assert re.search(r"error: \S+ is in use by process \d+ on host ", refused.stderr), \
+      refused.stderr[-2000:]
+  assert "Traceback" not in refused.stderr and not (wd / "lock.json").exists()
+  rows = [json.loads(l)["step"] for l in (wd / "metrics.jsonl").read_text().splitlines()]
+  assert rows == sorted(set(rows))   # one writer: every step once
+
+  killed = tmp_path / "killed"
+  run_cli_until(SMALL, killed, killed / "checkpoints" / "20", timeout=300)
+  holder = json.loads((killed / "lock.json").read_text())
+  resumed = run_cli(SMALL, workdir=killed)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"warning: taking over {killed / 'lock.json'} from process {holder['pid']}" \
+      in resumed.stdout and "resuming from step" in resumed.stdout
+  for a, b in zip(_final_params(full_run, 60), _final_params(killed, 60)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 BAD = [
     (["--gin.TrainConfig.num_stepz=5"], "num_stepz"),
     (["--gin.MeshConfig.data=3"], "needs 3 devices but 1"),

@@ -6,6 +6,7 @@ import pytest
 
 from doremi_jax import export_mixture
 from doremi_jax import files
+from doremi_jax import rundir
 from doremi_jax.config import ConfigError
 
 
@@ -18,7 +19,36 @@ def test_a_damaged_json_file_is_an_error_naming_it(tmp_path):
   with pytest.raises(ConfigError, match="not UTF-8"):
     files.read_json(path)
   files.write_json(path, {"step": 3})
-  assert files.read_json(path) == {"step": 3} and not (tmp_path / "eval.json.tmp").exists()
+  assert files.read_json(path) == {"step": 3} and sorted(tmp_path.iterdir()) == [path]
+
+
+class _Crash(BaseException):
+  pass
+
+
+# Every JSON and Markdown file a run directory holds, by its name in rundir.
+RUN_FILES = sorted(v for k, v in vars(rundir).items()
+                   if k.isupper() and isinstance(v, str) and v.endswith((".json", ".md")))
+
+
+@pytest.mark.parametrize("name", RUN_FILES)
+def test_a_crash_between_write_and_rename_leaves_the_old_file(tmp_path, monkeypatch, name):
+  """The process dies after the new text is written to its temporary name,
+  before the rename: the old file is still there, whole; the temporary one
+  is gone with it (here: removed on the way out), and the next write lands."""
+  path = tmp_path / name
+  files.write_json(path, {"old": True})
+
+  def crash(self, target):
+    raise _Crash
+
+  monkeypatch.setattr(type(files.path(path)), "replace", crash)
+  with pytest.raises(_Crash):
+    files.write_json(path, {"new": True})
+  assert files.read_json(path) == {"old": True} and sorted(tmp_path.iterdir()) == [path]
+  monkeypatch.undo()
+  files.write_json(path, {"new": True})
+  assert files.read_json(path) == {"new": True}
 
 
 def test_a_logs_cut_last_line_is_left_out_and_any_other_bad_line_is_an_error(tmp_path):
