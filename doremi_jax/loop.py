@@ -47,8 +47,9 @@ def check_finite(step: int, num_steps: int, host: dict, domain_loss_key: str, do
   raise TrainingDiverged(
       f"training diverged at step {step} of {num_steps}: loss {loss}, gradient norm "
       f"{grad_norm}; {what}. Nothing from this step on was saved; {where}. Lower "
-      "OptimizerConfig.learning_rate (or keep OptimizerConfig.grad_clip_norm > 0), then "
-      f"re-run the same command to resume from step {last or 0}.")
+      "OptimizerConfig.learning_rate (or keep OptimizerConfig.grad_clip_norm > 0) and run "
+      "in a new --workdir: a resume must be the same run, so this directory resumes "
+      f"from step {last or 0} only with the settings it was started with.")
 
 
 class Checks:

@@ -41,6 +41,7 @@ TENSORBOARD = "tensorboard"
 EVAL = "eval.json"                                # the final evaluation
 EVAL_LOG = "eval.jsonl"                           # every evaluation during training
 LOCK = "lock.json"                                # the lease of the process writing the run
+IDENTITY = "identity.json"                        # what decides the run's result
 # Step 1 and Step 3: the rates a static run trains with (`weights_file`)
 REFERENCE_WEIGHTS = "reference_weights.json"
 MAIN_WEIGHTS = "main_weights.json"
@@ -163,6 +164,101 @@ def check_resumable(workdir: str, stage: str, model_cfg, domains):
     raise ConfigError(f"{workdir} was trained with another model: "
                       + ", ".join(f"ModelConfig.{k} {a!r} then, {b!r} now"
                                   for k, (a, b) in changed.items()) + f". {redo}")
+
+
+# What decides a run's result, recorded in identity.json (see check_identity).
+# TrainConfig fields that only say how often or how it computes are free.
+FREE_TRAIN_FIELDS = ("grad_accum_steps", "log_every", "checkpoint_every", "keep_checkpoints",
+                     "async_checkpointing", "eval_every", "eval_batch_size", "eval_tasks_every",
+                     "tensorboard")
+
+
+def run_identity(stage: str, cfg, setup, corpus, method: dict) -> dict:
+  """Everything that decides a stage's result: the stage; the TrainConfig
+  fields that are not free (seed, batch, sequence length, steps, what is
+  evaluated); the optimizer; the model (its execution fields aside); the
+  data (corpus, domains, tokenizer, train tokens); the stage's mixture or
+  method settings (`method`, the hooks' `identity()`)."""
+  train = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in FREE_TRAIN_FIELDS}
+  return json.loads(json.dumps({
+      "stage": stage, "train": train,
+      "optimizer": None if setup.opt_cfg is None else dataclasses.asdict(setup.opt_cfg),
+      "model": {k: v for k, v in dataclasses.asdict(setup.model_cfg).items()
+                if k not in EXECUTION_FIELDS},
+      "data": {"corpus": corpus.name, "domains": list(corpus.domains),
+               "tokenizer": describe_vocabulary(corpus.vocabulary),
+               "train_tokens": [int(t) for t in corpus.train_tokens]},
+      "method": method}))
+
+
+def _flat(obj, prefix=""):
+  if isinstance(obj, dict) and obj:
+    out = {}
+    for k, v in obj.items():
+      out.update(_flat(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: obj}
+
+
+_SECTION = {"train": "TrainConfig", "optimizer": "OptimizerConfig", "model": "ModelConfig"}
+
+
+def _spelled(key: str) -> str:
+  section, _, rest = key.partition(".")
+  return f"{_SECTION[section]}.{rest}" if section in _SECTION else key
+
+
+def check_identity(workdir, identity: dict) -> Optional[dict]:
+  """Before anything is written: the run recorded in `workdir` (identity.json)
+  must be this run. Every difference is a ConfigError naming it, except a
+  longer TrainConfig.num_steps, which is allowed (returned as
+  {"from", "to"} so that it is recorded)."""
+  path = files.path(workdir) / IDENTITY
+  if not files.exists(path):
+    return None
+  was, now = _flat(files.read_json(path).get("run", {})), _flat(identity)
+  extended = None
+  steps_then, steps_now = was.get("train.num_steps"), now.get("train.num_steps")
+  if isinstance(steps_then, int) and isinstance(steps_now, int) and steps_now > steps_then:
+    extended = {"from": steps_then, "to": steps_now}
+  changed = [k for k in sorted(set(was) | set(now))
+             if was.get(k) != now.get(k) and not (k == "train.num_steps" and extended)]
+  if changed:
+    listed = "; ".join(f"{_spelled(k)} {was.get(k)!r} then, {now.get(k)!r} now"
+                       for k in changed[:8])
+    more = f" (and {len(changed) - 8} more)" if len(changed) > 8 else ""
+    raise ConfigError(
+        f"{workdir} holds another run: {listed}{more}. A resume must be the same run "
+        "(only a longer TrainConfig.num_steps and settings of how it computes may change). "
+        "Use a new --workdir for these settings, or resume with the recorded ones "
+        f"({path}).")
+  return extended
+
+
+def write_identity(workdir, identity: dict, start_step: int, extended: Optional[dict]) -> None:
+  """Records the run's identity (process 0): at its start, and again when a
+  resume at `start_step` extends num_steps (listed under "extended")."""
+  if not is_writer():
+    return
+  path = files.path(workdir) / IDENTITY
+  if files.exists(path) and extended is None:
+    return
+  record = files.read_json(path) if files.exists(path) else {"extended": []}
+  record["run"] = identity
+  if extended is not None:
+    record["extended"] = record.get("extended", []) + [dict(extended, at_step=start_step)]
+  files.write_json(path, record)
+
+
+def identity_digest(workdir) -> Optional[str]:
+  """SHA-256 of the run in `workdir` as its identity.json records it (None
+  when it records none): how a run names another run it reads, e.g. its
+  reference, independent of where that directory now lies."""
+  path = files.path(workdir) / IDENTITY
+  if not files.exists(path):
+    return None
+  run = files.read_json(path).get("run")
+  return hashlib.sha256(json.dumps(run, sort_keys=True).encode()).hexdigest()
 
 
 def trim_logs(workdir, start_step: int) -> None:

@@ -58,6 +58,11 @@ class Hook:
     """Entries for run_info.json (they override the runner's own)."""
     return {}
 
+  def identity(self) -> dict:
+    """What of the stage's own settings decides its result (a mixture, a
+    method's settings), for identity.json: a resume must match it."""
+    return {}
+
   def start(self, workdir: str, start_step: int, data_state: Optional[dict]) -> None:
     """After the checkpoint is restored, before the loader is made."""
 
@@ -100,6 +105,13 @@ class Record(Hook):
 
   def run_info(self):
     return self.info
+
+  def identity(self):
+    """The stage's recorded settings and start files; another run it reads
+    (`*reference_dir`) by that run's identity, not by its path."""
+    info = {k: (rundir.identity_digest(v) if k.endswith("reference_dir") else v)
+            for k, v in self.info.items()}
+    return {"info": info, "start_files": self.start_files}
 
   def start(self, workdir, start_step, data_state):
     if rundir.is_writer():
@@ -242,6 +254,18 @@ def _finish(run: _Run, state) -> tuple:
   return summary, final
 
 
+def _check_same_run(workdir, stage, corpus, cfg, program, hooks) -> tuple:
+  """Before anything is written: the run directory holds no run, or this
+  one (its stage, domains, model and every setting that decides the
+  result). Returns (this run's identity, a num_steps extension or None)."""
+  rundir.check_resumable(workdir, stage, program.setup.model_cfg, corpus.domains)
+  method = {}
+  for hook in hooks:
+    method.update(hook.identity())
+  identity = rundir.run_identity(stage, cfg, program.setup, corpus, method)
+  return identity, rundir.check_identity(workdir, identity)
+
+
 def run_stage(*, workdir: str, stage: str, corpus, cfg: TrainConfig, program: StepProgram,
               loader: Callable[[int, Optional[dict]], Any],
               hooks: Sequence[Hook] = ()) -> dict:
@@ -258,7 +282,7 @@ def run_stage(*, workdir: str, stage: str, corpus, cfg: TrainConfig, program: St
     raise preemption.Stopped(stage, None, preemption.requested())
   t0 = time.time()
   workdir = str(workdir)
-  rundir.check_resumable(workdir, stage, program.setup.model_cfg, corpus.domains)
+  identity, extended = _check_same_run(workdir, stage, corpus, cfg, program, hooks)
   for split in packing.SPLITS:   # packed data for this vocabulary and length?
     loader_lib.open_sources(corpus, split, cfg.seq_len)
   info = {}
@@ -270,6 +294,7 @@ def run_stage(*, workdir: str, stage: str, corpus, cfg: TrainConfig, program: St
   batches = None
   try:
     start_step, state, data_state = _restore(run)
+    rundir.write_identity(workdir, identity, start_step, extended)
     rundir.trim_logs(workdir, start_step)
     for hook in hooks:
       hook.start(workdir, start_step, data_state)

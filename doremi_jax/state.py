@@ -131,6 +131,7 @@ class ModelSetup:
   abstract_state: Any           # unboxed ShapeDtypeStructs with shardings
   state_shardings: Any
   batch_shardings: dict
+  opt_cfg: Any = None           # the OptimizerConfig `tx` was made from
 
   @contextlib.contextmanager
   def scope(self):
@@ -207,7 +208,7 @@ def build_setup(vocab_size: int, train_cfg: TrainConfig, model_cfg=None, mesh_cf
                      "domain_ids": sharding_lib.batch_sharding(mesh, rules, 1)}
   return ModelSetup(model_cfg, model, mesh, rules, tx,
                     opt_lib.learning_rate_schedule(opt_cfg, train_cfg.num_steps), init_fn,
-                    abstract, shardings, batch_shardings)
+                    abstract, shardings, batch_shardings, opt_cfg)
 
 
 def init_state(setup: ModelSetup, seed: int) -> TrainState:

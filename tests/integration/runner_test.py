@@ -111,21 +111,28 @@ def test_non_finite_loss_stops_and_leaves_a_resumable_run(uninterrupted, tmp_pat
   full, final = uninterrupted
   wd = tmp_path / "diverged"
   _interrupted_copy(full, wd, keep_through=10)
-  # From step 10 on, a learning rate of 1e30: step 11's update is finite
-  # but enormous, and step 12's gradient overflows.
+  # From step 10 on, a learning rate of 1e30 (identity.json set aside: a
+  # resume with another learning rate is refused): step 11's update is
+  # finite but enormous, and step 12's gradient overflows.
+  (wd / "identity.json").unlink()
   with pytest.raises(TrainingDiverged) as e:
     _reference(wd, "OptimizerConfig.learning_rate = 1e30", "OptimizerConfig.warmup_steps = 0",
                "OptimizerConfig.schedule = 'constant'")
   msg = str(e.value)
   assert "training diverged at step 12 of 20" in msg, msg
   assert "gradient norm nan; the gradient is not finite" in msg, msg
-  assert "the last good checkpoint is step 10" in msg and "resume from step 10" in msg, msg
+  assert "the last good checkpoint is step 10" in msg and "resumes from step 10" in msg, msg
+  assert "new --workdir" in msg
   assert not (wd / "complete.json").exists()
   steps = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
   assert steps == [10]     # (5 was rotated out by keep_checkpoints = 3)
   for s in steps:
     assert all(np.all(np.isfinite(np.asarray(x))) for x in _params(wd, s))
-  # Fixed settings: the same command resumes from the last good checkpoint.
+  # Its settings are recorded: the fixed learning rate is another run, refused.
+  with pytest.raises(config_lib.ConfigError, match="OptimizerConfig.learning_rate 1e"):
+    _reference(wd)
+  # With the recorded settings set aside once more, the last good checkpoint resumes.
+  (wd / "identity.json").unlink()
   capsys.readouterr()
   again = _reference(wd)
   assert "resuming from step 10" in capsys.readouterr().out
@@ -173,6 +180,38 @@ def test_run_directory_of_another_model_is_refused_before_writing(uninterrupted,
                      match="was trained with another model: ModelConfig.d_model 64 then, 32 now"):
     _reference(wd, "ModelConfig.d_model = 32")
   assert sorted(p.relative_to(wd) for p in wd.rglob("*")) == before
+
+
+@pytest.mark.parametrize("binding, named", [
+    ("TrainConfig.seed = 1", "TrainConfig.seed 0 then, 1 now"),
+    ("BATCH = 16", "TrainConfig.global_batch_size 8 then, 16 now"),
+    ("OptimizerConfig.learning_rate = 0.01", "OptimizerConfig.learning_rate 0.003 then, 0.01 now"),
+    ("train_reference.weights = {'noise': 2, 'repeat': 1, 'markov': 1, 'arithmetic': 1, "
+     "'sort': 1}", "method.start_files.reference_weights.json.noise"),
+    ("STEPS = 8", "TrainConfig.num_steps 20 then, 8 now"),
+])
+def test_a_resume_with_other_settings_is_refused_naming_them(uninterrupted, tmp_path, binding,
+                                                             named):
+  full, _ = uninterrupted
+  wd = tmp_path / "other"
+  _interrupted_copy(full, wd, keep_through=10)
+  before = {p: p.read_bytes() for p in wd.rglob("*") if p.is_file()}
+  with pytest.raises(config_lib.ConfigError, match="holds another run: ") as e:
+    _reference(wd, binding)
+  assert named in str(e.value) and "Use a new --workdir" in str(e.value)
+  assert {p: p.read_bytes() for p in wd.rglob("*") if p.is_file()} == before
+
+
+def test_a_longer_run_or_another_attention_kernel_resumes(uninterrupted, tmp_path):
+  """Settings of how it computes stay free; a longer num_steps is recorded."""
+  full, _ = uninterrupted
+  wd = tmp_path / "longer"
+  _interrupted_copy(full, wd, keep_through=10)
+  _reference(wd, "STEPS = 25", "ModelConfig.attention = 'xla'", "TrainConfig.log_every = 3")
+  record = json.loads((wd / "identity.json").read_text())
+  assert record["extended"] == [{"from": 20, "to": 25, "at_step": 10}]
+  assert record["run"]["train"]["num_steps"] == 25
+  assert (wd / "checkpoints" / "25").is_dir()
 
 
 def test_proxy_killed_and_resumed_logs_every_steps_weights_once(uninterrupted, tmp_path):
