@@ -89,13 +89,11 @@ def _on_sigint(signum, frame):
   del signum, frame
   if _requested["reason"] is not None:
     abort()
+  request("SIGINT")
   if _installed["sync_manager"]:
     # The preemption service owns SIGTERM: hand the request to it, so that
     # every process agrees on the step (the message still says Ctrl-C).
-    request("SIGINT")
     os.kill(os.getpid(), signal.SIGTERM)
-  else:
-    request("SIGINT")
 
 
 def _on_sigterm(signum, frame):
