@@ -86,11 +86,7 @@ def find_weights(run_dir: str) -> tuple:
     raise ConfigError(f"{run_dir!r} does not exist; give a run directory or a weights file.")
   for path in candidates:
     if path and os.path.isfile(path):
-      try:
-        with open(path) as f:
-          weights = json.load(f)
-      except (OSError, ValueError) as e:
-        raise ConfigError(f"{path} is not readable JSON ({e}).") from e
+      weights = rundir.read_result(path)
       weights = weights.get("weights", weights) if isinstance(weights, dict) else weights
       ok = (isinstance(weights, dict) and weights and
             all(isinstance(v, (int, float)) and v >= 0 for v in weights.values()) and

@@ -73,6 +73,10 @@ SWARM_MIXTURES = "swarm_mixtures.json"
 SWARM_JSON = "swarm.json"
 SWARM_MD = "swarm.md"
 SWARM_WEIGHTS = "swarm_weights.json"
+# What a later stage reads from a finished one: complete.json records their
+# SHA-256 and `read_result` refuses a file changed since.
+CONSUMED = (REFERENCE_WEIGHTS, MAIN_WEIGHTS, AVERAGE_WEIGHTS, AVERAGE_MIXTURE_WEIGHTS,
+            SWARM_WEIGHTS, SWARM_JSON)
 
 
 def method_dir(root, name: str, seed=None):
@@ -313,7 +317,7 @@ def describe_vocabulary(vocab) -> dict:
   if path:
     d["sentencepiece_model_file"] = str(path)
     # Identity by content: the same model copied elsewhere is the same tokenizer.
-    d["sentencepiece_sha256"] = hashlib.sha256(files.path(path).read_bytes()).hexdigest()
+    d["sentencepiece_sha256"] = _sha256(path)
   return d
 
 
@@ -353,12 +357,36 @@ def mark_complete(workdir: str, stage: str, num_steps: int, seconds: float, summ
   The pipeline skips stages that have it. `timing` (this invocation's first
   step and later steps) is recorded with it."""
   if is_writer():
-    files.write_json(files.path(workdir) / COMPLETE, {
+    root = files.path(workdir)
+    files.write_json(root / COMPLETE, {
         "stage": stage, "num_steps": int(num_steps), "seconds": round(seconds, 2),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "summary": summary, "timing": timing or {}})
+        "summary": summary, "timing": timing or {},
+        "sha256": {n: _sha256(root / n) for n in CONSUMED if files.exists(root / n)}})
     print(f"[{stage}] done in {seconds:.0f}s: {summary}", flush=True)
 
 
 def is_complete(workdir: str) -> bool:
   return files.exists(files.path(workdir) / COMPLETE)
+
+
+def _sha256(p) -> str:
+  return hashlib.sha256(files.path(p).read_bytes()).hexdigest()
+
+
+def read_result(p):
+  """A file a later stage consumes (CONSUMED), read and checked against the
+  SHA-256 its stage recorded in complete.json: ConfigError when it was
+  changed after the stage completed. A file outside a completed run (a
+  user's weights file) is only read."""
+  p = files.path(p)
+  obj = files.read_json(p)
+  done = p.parent / COMPLETE
+  recorded = files.read_json(done).get("sha256", {}) if files.exists(done) else {}
+  want = recorded.get(p.name) if isinstance(recorded, dict) else None
+  if want is not None and _sha256(p) != want:
+    raise ConfigError(
+        f"{p} was changed after its stage completed: its SHA-256 is not the one recorded in "
+        f"{done}. Restore the file (or re-run the stage in a new --workdir); to train on "
+        "edited weights, copy them to a file outside the run directory and name that file.")
+  return obj

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from doremi_jax import files
 from doremi_jax import mixers
 from doremi_jax import rundir
 from doremi_jax.arms import base
@@ -55,6 +54,6 @@ class Mixer(base.Arm):
                        reference_dir=self.reference_dirs.get(self.study.method_seed(seed)))
 
   def rates(self, seeds):
-    avg = [files.read_json(rundir.arm_dir(self.study.root, self.name, s) /
-                           rundir.AVERAGE_MIXTURE_WEIGHTS) for s in range(seeds)]
+    avg = [rundir.read_result(rundir.arm_dir(self.study.root, self.name, s) /
+                              rundir.AVERAGE_MIXTURE_WEIGHTS) for s in range(seeds)]
     return np.mean([self.study.domain_rates(a) for a in avg], axis=0)

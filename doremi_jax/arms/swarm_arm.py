@@ -46,7 +46,7 @@ class Swarm(base.Arm):
       if not rundir.is_complete(run_dir):
         study.say(f"arms {', '.join(a.name for a in arms)}: the swarm in {run_dir}")
         stages.get("swarm")(str(run_dir), seed=seed)
-      swarm = files.read_json(run_dir / rundir.SWARM_JSON)
+      swarm = rundir.read_result(run_dir / rundir.SWARM_JSON)
       for arm in arms:
         law = swarm["laws"][arm.law() or swarm["law"]]
         arm.final[seed] = law["optimum"]

@@ -15,7 +15,6 @@ DoReMi found with a 280M proxy (Xie et al. 2023, Table 1/2).
 
 from __future__ import annotations
 
-import json
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -110,9 +109,9 @@ def _read_weights_file(spec: str, what: str) -> dict:
         f"nor an existing file: {path} does not exist. Point it at a Step 2 run directory or "
         "a {domain: weight} JSON file.")
   try:
-    obj = json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise ConfigError(f"{what}: {path} is not valid JSON ({e}).") from e
+    obj = rundir.read_result(path)
+  except ConfigError as e:
+    raise ConfigError(f"{what}: {e}") from e
   if not isinstance(obj, dict):
     raise ConfigError(f"{what}: {path} must hold a JSON object {{domain: weight}}.")
   return obj

@@ -106,7 +106,7 @@ def _rounds(log: _Log, workdir: str, w0: dict, rounds: int, tolerance: float,
                ref_dir, "reference", weights=dict(current), **seeded)
     _run_stage(log, f"round_{r}/proxy", f"round {r}/{rounds}, Step 2: Group-DRO proxy",
                proxy_dir, "proxy", reference_dir=str(ref_dir), **seeded)
-    new = files.read_json(files.path(proxy_dir) / rundir.AVERAGE_WEIGHTS)
+    new = rundir.read_result(files.path(proxy_dir) / rundir.AVERAGE_WEIGHTS)
     change = l1_change(new, current)
     log.data["rounds"].append({"round": r, "reference_weights": current, "weights": new,
                                "l1_change": change,

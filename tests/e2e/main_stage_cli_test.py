@@ -4,6 +4,9 @@ import json
 import pytest
 from helpers import run_cli, run_cli_many
 
+from doremi_jax import files
+from doremi_jax import rundir
+
 
 SHORT = ["--gin_file=gin/main.gin", "--gin.TrainConfig.num_steps=20",
          "--gin.TrainConfig.global_batch_size=16", "--gin.TrainConfig.seq_len=64",
@@ -22,7 +25,14 @@ def test_main_stage_cli(tmp_path):
 
   bad = tmp_path / "bad.json"
   bad.write_text(json.dumps({**weights, "wiki": 0.2}))
-  cases = ((bad, "unknown domains ['wiki']"), (tmp_path / "missing.json", "does not exist"))
+  # A Step 2 run whose averaged weights were edited after it completed.
+  edited = tmp_path / "proxy"
+  edited.mkdir()
+  files.write_json(edited / rundir.AVERAGE_WEIGHTS, weights)
+  rundir.mark_complete(str(edited), "proxy", 20, 1.0, "done")
+  files.write_json(edited / rundir.AVERAGE_WEIGHTS, {**weights, "noise": 0.5})
+  cases = ((bad, "unknown domains ['wiki']"), (tmp_path / "missing.json", "does not exist"),
+           (edited, "average_domain_weights.json was changed after its stage completed"))
   results = run_cli_many([(SHORT + [f"--gin.train_main_model.weights='{spec}'"], tmp_path / f"bad{i}")
                           for i, (spec, _) in enumerate(cases)])
   for i, ((_, msg), r) in enumerate(zip(cases, results)):

@@ -7,6 +7,8 @@ import gin
 import numpy as np
 import pytest
 
+from doremi_jax import files
+from doremi_jax import rundir
 from doremi_jax.config import ConfigError
 from doremi_jax.data import corpus as corpus_lib
 from doremi_jax.data import loader as loader_lib
@@ -361,3 +363,17 @@ def test_synthetic_generator_imports_neither_seqio_nor_tensorflow():
   names |= {n.module.split(".")[0] for n in ast.walk(tree)
             if isinstance(n, ast.ImportFrom) and n.module}
   assert not names & {"seqio", "tensorflow", "tensorflow_datasets"}, names
+
+
+def test_step3_refuses_weights_changed_after_step2_completed(corpus, tmp_path):
+  run = tmp_path / "proxy"
+  run.mkdir()
+  w = {d: 1.0 + i for i, d in enumerate(corpus.domains)}
+  files.write_json(run / rundir.AVERAGE_WEIGHTS, w)
+  rundir.mark_complete(str(run), "proxy", 10, 1.0, "done")
+  want = np.array(list(w.values())) / sum(w.values())
+  np.testing.assert_allclose(weights_lib.resolve_weights(str(run), corpus, "w"), want)
+  files.write_json(run / rundir.AVERAGE_WEIGHTS, {d: 1.0 for d in corpus.domains})
+  with pytest.raises(ConfigError, match="train_main_model.weights: .*average_domain_weights.json "
+                     "was changed after its stage completed"):
+    weights_lib.resolve_weights(str(run), corpus, "train_main_model.weights")

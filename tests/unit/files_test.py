@@ -70,3 +70,29 @@ def test_export_output_makes_its_directory_or_says_it_cannot(tmp_path):
   (tmp_path / "a_file").write_text("x")
   with pytest.raises(ConfigError, match="cannot write --output"):
     export_mixture.write_output(str(tmp_path / "a_file" / "mix.json"), "{}\n")
+
+
+def test_a_result_changed_after_its_stage_completed_is_refused(tmp_path, capsys):
+  """complete.json records the SHA-256 of what a later stage consumes; export
+  (here), Step 3 (data_test) and the study read it through rundir.read_result,
+  which refuses an edited file and still reads a user's own weights file."""
+  run = tmp_path / "proxy"
+  run.mkdir()
+  w = {"a": 0.25, "b": 0.75}
+  files.write_json(run / rundir.AVERAGE_WEIGHTS, w)
+  rundir.mark_complete(str(run), "proxy", 10, 1.0, "done")
+  recorded = files.read_json(run / rundir.COMPLETE)["sha256"]
+  assert list(recorded) == [rundir.AVERAGE_WEIGHTS]        # only what exists is recorded
+  assert rundir.read_result(run / rundir.AVERAGE_WEIGHTS) == w
+  assert export_mixture.find_weights(str(run))[1] == w
+  files.write_json(run / rundir.AVERAGE_WEIGHTS, {"a": 0.5, "b": 0.5})
+  changed = "average_domain_weights.json was changed after its stage completed"
+  with pytest.raises(ConfigError, match=changed + ".*outside the run directory"):
+    rundir.read_result(run / rundir.AVERAGE_WEIGHTS)
+  with pytest.raises(ConfigError, match=changed):
+    export_mixture.find_weights(str(run))
+  own = tmp_path / "my_weights.json"                       # not in a completed run: only read
+  files.write_json(own, {"a": 0.5, "b": 0.5})
+  assert rundir.read_result(own) == {"a": 0.5, "b": 0.5}
+  files.write_json(run / rundir.AVERAGE_WEIGHTS, w)        # restored: accepted again
+  assert rundir.read_result(run / rundir.AVERAGE_WEIGHTS) == w
