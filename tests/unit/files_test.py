@@ -96,3 +96,25 @@ def test_a_result_changed_after_its_stage_completed_is_refused(tmp_path, capsys)
   assert rundir.read_result(own) == {"a": 0.5, "b": 0.5}
   files.write_json(run / rundir.AVERAGE_WEIGHTS, w)        # restored: accepted again
   assert rundir.read_result(run / rundir.AVERAGE_WEIGHTS) == w
+
+
+def test_a_full_disk_is_recognised_and_a_log_write_says_which_file():
+  import errno
+  assert files.disk_full(OSError(errno.ENOSPC, "x")) == "No space left on device"
+  assert files.disk_full(OSError(errno.EDQUOT, "x")) == "Disk quota exceeded"
+  orbax = ValueError('RESOURCE_EXHAUSTED: Error writing "w/0.0" in OCDBT database ...: Failed to '
+                     "write 361413 bytes to file 18: No space left on device [os_error_code='28']")
+  assert files.disk_full(orbax) == "No space left on device"
+  try:
+    try:
+      raise orbax
+    except ValueError as e:
+      raise RuntimeError("save failed") from e
+  except RuntimeError as wrapped:
+    assert files.disk_full(wrapped) == "No space left on device"
+  assert files.disk_full(OSError(errno.EACCES, "denied")) is None
+  assert files.disk_full(ValueError("RESOURCE_EXHAUSTED: out of memory")) is None
+  # /dev/full: every write fails with ENOSPC, from the kernel.
+  with pytest.raises(ConfigError, match=r"the disk is full: writing /dev/full failed "
+                     r"\(No space left on device\); free space .* resumes from its last checkpoint"):
+    files.append_jsonl_rows("/dev/full", [{"step": 1}] * 2000)
