@@ -4,6 +4,9 @@ chatter."""
 
 import dataclasses
 import json
+import os
+import socket
+import time
 
 
 from doremi_jax.model import ModelConfig
@@ -32,6 +35,22 @@ def _cases(tmp_path):
   damaged = tmp_path / "damaged_run"          # a run whose run_info.json was cut short
   damaged.mkdir()
   (damaged / "run_info.json").write_text('{"stage": "refer')
+  held = tmp_path / "held"                  # a run another live process writes
+  held.mkdir()
+  now = time.time()
+  (held / "lock.json").write_text(json.dumps({
+      "host": socket.gethostname(), "pid": os.getpid(), "token": "t", "started_at": now,
+      "heartbeat": now}))
+  edited = tmp_path / "edited_proxy"        # Step 2's weights edited after it completed
+  edited.mkdir()
+  domains = ["noise", "repeat", "markov", "arithmetic", "sort"]
+  (edited / "average_domain_weights.json").write_text(json.dumps(dict.fromkeys(domains, 0.2)))
+  (edited / "complete.json").write_text(json.dumps(
+      {"stage": "proxy", "sha256": {"average_domain_weights.json": "0" * 64}}))
+  cut_log = tmp_path / "cut_log"            # metrics.jsonl damaged before its last line
+  cut_log.mkdir()
+  (cut_log / "run_info.json").write_text(json.dumps({"stage": "reference", "domains": domains}))
+  (cut_log / "metrics.jsonl").write_text('{"step": 1, "lo\n{"step": 2, "loss": 1.0}\n')
   wd = lambda name: f"--workdir={tmp_path / name}"
   return [
       ("main", REF + ["--bogus_flag=1", wd("m1")], "Unknown command line flag 'bogus_flag'"),
@@ -48,6 +67,9 @@ def _cases(tmp_path):
        "was trained with another model: ModelConfig.d_model 128 then, 64 now"),
       ("main", ["--gin_file=gin/proxy.gin", "--gin.train_proxy.smoothing=2.0", wd("m7")],
        "train_proxy.smoothing must be in [0, 1]"),
+      ("main", REF + [f"--workdir={held}"], "is in use by"),
+      ("main", ["--gin_file=gin/main.gin", "--gin.STEPS=4", f"--gin.train_main_model.weights="
+                f"'{edited}'", wd("m8")], "was changed after its stage completed"),
       ("prepare", ["--domain=x=/nonexistent/*.txt", f"--data_dir={tmp_path / 'd'}"],
        "no files match"),
       ("prepare", ["--domain=x=/etc/hostname", "--validation_fraction=1.5",
@@ -57,6 +79,7 @@ def _cases(tmp_path):
       ("prepare", ["--domain=x=/etc/hostname", "--corpus=a/b", f"--data_dir={tmp_path / 'd'}"],
        "--corpus 'a/b' is not a safe name"),
       ("report", [str(damaged)], "run_info.json is damaged (not valid JSON"),
+      ("report", [str(cut_log)], "metrics.jsonl is damaged (line 1 is not valid JSON"),
       ("tokenizer", ["--corpus=c", f"--data_dir={tmp_path}"], "--output is required"),
       ("tokenizer", ["--vocab_size=0", f"--output={tmp_path / 'spm'}"], "--vocab_size must be"),
       ("report", [str(tmp_path / "nope")], "does not exist"),
@@ -79,4 +102,4 @@ def test_every_tool_fails_clearly_on_bad_input(tmp_path):
       assert word not in r.stderr, (what, word, r.stderr[-2000:])
   after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
   assert after == before     # nothing written, nothing lost
-  assert not any((tmp_path / f"m{i}").exists() for i in range(1, 8))
+  assert not any((tmp_path / f"m{i}").exists() for i in range(1, 9))
