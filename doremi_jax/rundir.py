@@ -68,6 +68,7 @@ STUDY_MD = "study.md"
 STUDY_DOREMI = "doremi"        # RUN/doremi: a study's DoReMi pipeline (reference + proxy)
 STUDY_SWARM = "swarm"          # RUN/swarm: a study's swarm
 STUDY_REFERENCE = "reference"  # RUN/reference: online DoReMi's reference without DoReMi arms
+STUDY_RUNGS = "rungs"          # RUN/rungs/<rung>/: a ladder's arms at one model size
 # The swarm
 SWARM_MIXTURES = "swarm_mixtures.json"
 SWARM_JSON = "swarm.json"
@@ -85,6 +86,11 @@ def method_dir(root, name: str, seed=None):
   seed runs the method itself (`train_study.method_seeds='per_seed'`)."""
   base = files.path(root) / name
   return base if seed is None else base / f"seed_{seed}"
+
+
+def rung_dir(root, rung: str):
+  """A ladder study's rung `rung`: RUN/rungs/<rung> (its arms/, study.json, study.md)."""
+  return files.path(root) / STUDY_RUNGS / rung
 
 
 def arm_dir(root, arm: str, seed: int):

@@ -321,3 +321,42 @@ def plot_swarm_weights(result: dict, compare, path) -> bool:
   ax.set_title(f"Mixtures proposed by the swarm's laws (objective {result['objective']})")
   _save(fig, path)
   return True
+
+
+def _human(n: float) -> str:
+  for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+    if n >= div:
+      return f"{n / div:.3g}{unit}"
+  return f"{n:g}"
+
+
+def plot_ladder(ladder: dict, path) -> bool:
+  """Each arm's primary metric (mean and its interval over seeds) against
+  the main model's size, one line per arm over the rungs it reached."""
+  rungs = [r for r in ladder["rungs"] if r.get("num_params")]
+  if len(rungs) < 2:
+    return False
+  plt = _plt()
+  arms = list(dict.fromkeys(a for r in rungs for a in ladder["metrics"][r["name"]]))
+  colors = _colors(arms)
+  fig, ax = plt.subplots(figsize=(6.5, 4))
+  for arm in arms:
+    pts = [(r["num_params"], ladder["metrics"][r["name"]][arm]) for r in rungs
+           if arm in ladder["metrics"][r["name"]]]
+    xs = [p for p, _ in pts]
+    ys = [m["mean"] for _, m in pts]
+    err = [[m["mean"] - m["ci"][0] for _, m in pts], [m["ci"][1] - m["mean"] for _, m in pts]]
+    ax.errorbar(xs, ys, yerr=err, color=colors[arm], label=arm, marker="o", capsize=3)
+  ax.set_xscale("log")
+  ticks = [r["num_params"] for r in rungs]
+  ax.xaxis.set_minor_locator(plt.NullLocator())
+  ax.set_xticks(ticks)
+  ax.set_xticklabels([f"{r['name']}\n{_human(r['num_params'])}" for r in rungs], fontsize=8)
+  ax.set_xlabel("main model parameters")
+  ax.set_ylabel(ladder["primary"])
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  ax.set_title(f"{ladder['primary']} against model size (interval at level {ladder['level']})",
+               fontsize=10)
+  _save(fig, path)
+  return True

@@ -95,6 +95,29 @@ def render_primary(study: dict) -> list:
   return md
 
 
+def render_power(study: dict) -> list:
+  """How many seeds each arm's difference from the baseline would need
+  (`study_stats.power_of`), from the measured seed spread."""
+  rows = {arm: r["power"] for arm, r in study["results"].items() if "power" in r}
+  if not rows:
+    return []
+  p = next(iter(rows.values()))
+  key = study.get("primary", "uniform_avg")
+  md = ["", "## Seeds needed", "",
+        f"From the measured seed-to-seed spread of each arm's paired difference from the "
+        f"baseline in **{key}**: the seeds that would tell a difference of "
+        f"{p['difference']:g} from zero at confidence {p['level']:.4f} (the verdicts' "
+        f"adjusted level) with power {p['power']:g} (`train_study.power_difference`, "
+        "`train_study.power`), and those that would resolve the difference measured. '-': "
+        "more than 10000.", "",
+        f"| arm | sd of the paired difference | seeds for {p['difference']:g} | difference "
+        "measured | seeds for it |", "|---|---|---|---|---|"]
+  for arm, q in rows.items():
+    md.append(f"| {arm} | {q['sd_of_paired_difference']:.4f} | {q['seeds_needed'] or '-'} | "
+              f"{q['observed_difference']:+.4f} | {q['seeds_needed_for_observed'] or '-'} |")
+  return md
+
+
 def render_tasks(study: dict) -> list:
   """Every downstream-task metric: each arm's mean, and its difference
   from the baseline with the verdict."""
@@ -198,8 +221,8 @@ def render(study: dict, out_dir) -> str:
   """study.md's text for a `collect` dict; draws the plots into
   OUT_DIR/plots/ (the Markdown links them relative to OUT_DIR)."""
   plot_dir = files.path(out_dir) / rundir.PLOTS
-  md = render_verdicts(study) + render_primary(study) + render_tasks(study) + \
-      render_tables(study)
+  md = render_verdicts(study) + render_primary(study) + render_power(study) + \
+      render_tasks(study) + render_tables(study)
   figs = []
   if plots.plot_forest(study, plot_dir / "study_forest.png"):
     figs.append(("Paired differences against the baseline", "study_forest.png"))

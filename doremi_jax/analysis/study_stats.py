@@ -6,9 +6,12 @@ out."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from doremi_jax import files
 from doremi_jax import rundir
 from doremi_jax.analysis import health
+from doremi_jax.analysis import ladder_stats
 from doremi_jax.analysis import stats
 from doremi_jax.analysis import task_stats
 
@@ -134,14 +137,40 @@ def _tasks_and_primary(per: dict, arms: list, baseline: str, level: float, m: in
   return key, tasks
 
 
+def power_of(arm: list, baseline: list, level: float, power: float, difference: float) -> dict:
+  """How many paired seeds an arm's difference from the baseline (per-seed
+  values of one metric) would need at `level` and `power`: for
+  `difference`, and for the difference measured."""
+  d = np.asarray(arm, np.float64) - np.asarray(baseline, np.float64)
+  sd = float(np.std(d, ddof=1))
+  return {"sd_of_paired_difference": sd, "level": level, "power": power,
+          "difference": difference,
+          "seeds_needed": ladder_stats.seeds_needed(sd, difference, level, power),
+          "observed_difference": float(d.mean()),
+          "seeds_needed_for_observed": ladder_stats.seeds_needed(sd, d.mean(), level, power)}
+
+
+def _losses(p: dict, domains, level: float) -> dict:
+  """An arm's losses over seeds: means with intervals and the spread."""
+  r = {"uniform_avg": stats.summarize(p["uniform_avg"], level),
+       "worst_case": stats.summarize(p["worst_case"], level),
+       "domains": {d: stats.summarize(p["domains"][d], level) for d in domains}}
+  if p["excess_over_floor"] is not None:
+    r["excess_over_floor"] = stats.summarize(p["excess_over_floor"], level)
+  r["spread"] = {"uniform_avg_std": r["uniform_avg"]["std"],
+                 "worst_case_std": r["worst_case"]["std"]}
+  return r
+
+
 def analyse(root, arms: list, seeds: int, baseline: str, corpus, rates: dict,
             method_runs: dict, level: float = 0.95, method_seeds: str = "per_seed",
-            primary: str = "uniform_avg") -> dict:
+            primary: str = "uniform_avg", power: tuple = (0.8, 0.01)) -> dict:
   """study.json: per arm and domain, means with intervals over seeds, paired
   differences against the baseline with verdicts, the speed-up to the
   baseline's final loss, the seed-to-seed spread and the cost; the same
   for every downstream-task metric (`task_stats`), and for `primary`, the
-  metric the headline verdict uses."""
+  metric the headline verdict uses, with the seeds each arm would need
+  (`power`: (power, difference), `power_of`)."""
   domains = list(corpus.domains)
   floors = (dict(zip(domains, corpus.entropy_floors))
             if corpus.entropy_floors is not None else None)
@@ -156,19 +185,11 @@ def analyse(root, arms: list, seeds: int, baseline: str, corpus, rates: dict,
   results = {}
   for arm in arms:
     p = per[arm]
-    r = {
-        "uniform_avg": stats.summarize(p["uniform_avg"], level),
-        "worst_case": stats.summarize(p["worst_case"], level),
-        "domains": {d: stats.summarize(p["domains"][d], level) for d in domains},
-        "weights": {d: float(w) for d, w in zip(domains, rates[arm])},
-    }
+    r = _losses(p, domains, level)
+    r["weights"] = {d: float(w) for d, w in zip(domains, rates[arm])}
     r["shares"] = health.shares(domains, r["weights"], corpus.bytes_per_token,
                                 infos[arm].get("tokens_per_row"),
                                 bool(infos[arm].get("equal_rows")))
-    if p["excess_over_floor"] is not None:
-      r["excess_over_floor"] = stats.summarize(p["excess_over_floor"], level)
-    r["spread"] = {"uniform_avg_std": r["uniform_avg"]["std"],
-                   "worst_case_std": r["worst_case"]["std"]}
     r["cost"] = _cost(root, arm, seeds, method_runs, main_flops, method_seeds == "per_seed")
     if arm == baseline:
       r["speedup"] = {"mean": 1.0, "ci": [1.0, 1.0], "reached": seeds}
@@ -177,12 +198,20 @@ def analyse(root, arms: list, seeds: int, baseline: str, corpus, rates: dict,
       r["speedup"] = stats.speedup(p["curves"], per[baseline]["curves"], level, m)
     results[arm] = r
   key, tasks = _tasks_and_primary(per, arms, baseline, level, m, primary, results)
+  for arm in arms:
+    if arm != baseline:
+      results[arm]["power"] = power_of(results[arm]["primary"]["values"],
+                                       results[baseline]["primary"]["values"],
+                                       stats.adjusted_level(level, m), *power)
   return {
       "primary": key, "tasks": tasks,
       "task_curves": task_stats.primary_curves({arm: per[arm]["logs"] for arm in arms}),
       "baseline": baseline, "arms": list(arms), "seeds": seeds, "domains": domains,
       "level": level, "comparisons": m, "split": eval_split(root),
       "method_seeds": method_seeds,
+      "main_model": {"num_params": info.get("num_params"),
+                     "train_tokens": info["tokens_per_step"] * info["num_steps"],
+                     "flops_per_run": main_flops},
       "adjustment": f"Bonferroni over the {m} arm(s) compared with the baseline: each "
                     f"interval at confidence {stats.adjusted_level(level, m):.4f}",
       "curves": {arm: [[list(map(int, c[0])), list(map(float, c[1]))] for c in per[arm]["curves"]]

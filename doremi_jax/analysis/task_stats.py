@@ -81,7 +81,7 @@ def analyse_metric(key: str, finals: dict, logs: dict, baseline: str, level: flo
             for arm, seeds in logs.items()}
   out = {}
   for arm in finals:
-    row = dict(stats.summarize(values[arm], level), higher_is_better=up)
+    row = dict(stats.summarize(values[arm], level), higher_is_better=up, values=values[arm])
     if arm != baseline:
       row["vs_baseline"] = stats.paired_difference(values[arm], values[baseline], level,
                                                    comparisons, up)

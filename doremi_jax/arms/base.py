@@ -31,12 +31,23 @@ class Study:
   config, the study's own settings (`train_study`'s arguments that belong
   to a kind, e.g. `rounds`, `unimax_epochs`) and `shared`, where one kind's
   method runs leave what another kind reuses (DoReMi's round-1 reference
-  for online DoReMi)."""
+  for online DoReMi). `arms_root` holds the arms' main runs: the study's
+  directory, or a ladder rung's (`rundir.rung_dir`), whose `cfg` is that
+  rung's main-model config; the methods' own runs stay under `root`."""
   root: Any
   corpus: Any
   cfg: Any
   settings: dict
   shared: dict = dataclasses.field(default_factory=dict)
+  arms_root: Any = None
+
+  def __post_init__(self):
+    if self.arms_root is None:
+      self.arms_root = self.root
+
+  def arm_dir(self, arm: str, seed: int):
+    """Seed `seed`'s main run of `arm` (in this study or rung)."""
+    return rundir.arm_dir(self.arms_root, arm, seed)
 
   def say(self, msg: str):
     rundir.announce("study", msg)

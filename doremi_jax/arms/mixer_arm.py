@@ -54,6 +54,6 @@ class Mixer(base.Arm):
                        reference_dir=self.reference_dirs.get(self.study.method_seed(seed)))
 
   def rates(self, seeds):
-    avg = [rundir.read_result(rundir.arm_dir(self.study.root, self.name, s) /
+    avg = [rundir.read_result(self.study.arm_dir(self.name, s) /
                               rundir.AVERAGE_MIXTURE_WEIGHTS) for s in range(seeds)]
     return np.mean([self.study.domain_rates(a) for a in avg], axis=0)

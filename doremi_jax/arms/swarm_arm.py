@@ -67,7 +67,7 @@ class Swarm(base.Arm):
     to differ by its scale, not only by the law's error."""
     domains = list(self.study.corpus.domains)
     keys = [self.study.method_seed(s) for s in range(seeds)]
-    finals = [files.read_json(rundir.arm_dir(self.study.root, self.name, s) / rundir.EVAL)
+    finals = [files.read_json(self.study.arm_dir(self.name, s) / rundir.EVAL)
               for s in range(seeds)]
     measured = {d: sum(f["per_domain"][d]["loss"] for f in finals) / seeds for d in domains}
     measured["average"] = sum(f["uniform_average"] for f in finals) / seeds

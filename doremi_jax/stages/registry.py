@@ -18,6 +18,23 @@ import gin
 from doremi_jax.config import ConfigError
 
 
+# Gin scopes entered inside every single stage's own scope (`inner_scope`):
+# a study's rung binds `main/<rung scope>/ModelConfig.*`, which applies to
+# the main runs it trains (and to no other stage) without hiding the
+# user's own `main/` bindings.
+_INNER_SCOPES: list = []
+
+
+@contextlib.contextmanager
+def inner_scope(name: str):
+  """Runs every stage started in the block under `<stage>/<name>` (gin)."""
+  _INNER_SCOPES.append(name)
+  try:
+    yield
+  finally:
+    _INNER_SCOPES.pop()
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
   """`fn(workdir, **kwargs)` runs the stage. A composite stage (the pipeline,
@@ -51,7 +68,9 @@ class Stage:
     with held:
       if self.runs:
         return self.fn(workdir, **kwargs)
-      with gin.config_scope(self.name):
+      with contextlib.ExitStack() as scopes:
+        for name in [self.name, *_INNER_SCOPES]:
+          scopes.enter_context(gin.config_scope(name))
         return self.fn(workdir, **kwargs)
 
 

@@ -22,6 +22,7 @@ numbers: finished runs are skipped and the interrupted one resumes.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, Mapping
 
@@ -30,11 +31,14 @@ import gin
 from doremi_jax import arms as arms_lib
 from doremi_jax import files
 from doremi_jax import rundir
+from doremi_jax.analysis import ladder_report
+from doremi_jax.analysis import ladder_stats
 from doremi_jax.analysis import study_report
 from doremi_jax.analysis import study_stats
 from doremi_jax.analysis import task_stats
 from doremi_jax.config import ConfigError, check_number
 from doremi_jax.data.registry import get_corpus
+from doremi_jax.stages import ladder
 from doremi_jax.stages import registry
 from doremi_jax.state import TrainConfig
 from doremi_jax.tasks import registry as task_registry
@@ -108,12 +112,16 @@ def _check_settings(arms: dict, seeds, baseline, rounds, unimax_epochs, level, m
 
 
 def make_arms(arms: Any, workdir: str, rounds: int = 1, unimax_epochs: float = 1.0,
-              seeds: int = 3, method_seeds: str = "per_seed") -> list:
+              seeds: int = 3, method_seeds: str = "per_seed", rung=None) -> list:
   """The study's arms (`arms_lib.Arm`s) from `train_study.arms`, each
-  checked (ConfigError before anything trains)."""
-  study = arms_lib.Study(files.path(workdir), get_corpus(), main_config(),
+  checked (ConfigError before anything trains); at `rung` (a ladder's
+  `ladder.Rung`) their main runs are that rung's."""
+  root = files.path(workdir)
+  cfg = rung.configs()[0] if rung is not None else main_config()
+  study = arms_lib.Study(root, get_corpus(), cfg,
                          {"rounds": rounds, "unimax_epochs": unimax_epochs, "seeds": seeds,
-                          "method_seeds": method_seeds})
+                          "method_seeds": method_seeds},
+                         arms_root=rundir.rung_dir(root, rung.name) if rung is not None else root)
   made = [arms_lib.make(name, spec, study) for name, spec in parse_arms(arms).items()]
   for arm in made:
     arm.check()
@@ -123,7 +131,7 @@ def make_arms(arms: Any, workdir: str, rounds: int = 1, unimax_epochs: float = 1
 def _train_arms(made: list, seeds: int):
   for arm in made:
     for seed in range(seeds):
-      run_dir = rundir.arm_dir(arm.study.root, arm.name, seed)
+      run_dir = arm.study.arm_dir(arm.name, seed)
       if rundir.is_complete(run_dir):
         arm.study.say(f"arm {arm.name}, seed {seed}: already complete, skipping")
         continue
@@ -131,11 +139,43 @@ def _train_arms(made: list, seeds: int):
       arm.train(str(run_dir), seed)
 
 
+def study_at(workdir: str, arms: Any, s: dict, rung=None) -> dict:
+  """Every arm x seed at one size (the `main/` settings, or a ladder's
+  rung): the methods' own runs, the main runs, then study.json and
+  study.md in the study's (or the rung's) directory. `s`: train_study's
+  settings. Returns that study.json."""
+  made = make_arms(arms, workdir, s["rounds"], s["unimax_epochs"], s["seeds"],
+                   s["method_seeds"], rung)
+  study = made[0].study
+  where = f" at rung {rung.name}" if rung is not None else ""
+  study.say(f"{len(made)} arms x {s['seeds']} seeds{where} in {study.arms_root}: "
+            f"{', '.join(a.name for a in made)}; baseline {s['baseline']}.")
+  for kind, mine in arms_lib.by_kind(made):
+    kind.prepare_all(mine, study)
+  with rung.active() if rung is not None else contextlib.nullcontext():
+    _train_arms(made, s["seeds"])
+  seeds = s["seeds"]
+  rates = {arm.name: arm.rates(seeds) for arm in made}
+  method_runs = {arm.name: arm.method_runs for arm in made}
+  result = study_stats.analyse(study.arms_root, [a.name for a in made], seeds, s["baseline"],
+                               study.corpus, rates, method_runs, s["level"], s["method_seeds"],
+                               s["primary"], (s["power"], s["power_difference"]))
+  for arm in made:
+    result["results"][arm.name].update(arm.report(seeds))
+  if rundir.is_writer():
+    files.write_json(study.arms_root / rundir.STUDY_JSON, result)
+    path = study_report.write(study.arms_root)
+    print(study_report.format_verdicts(result), flush=True)
+    study.say(f"report: {path}")
+  return result
+
+
 @gin.configurable
 def train_study(workdir: str, arms: Any = gin.REQUIRED, seeds: int = 3,
                 baseline: str = "stratified", rounds: int = 1, unimax_epochs: float = 1.0,
                 level: float = 0.95, method_seeds: str = "per_seed",
-                primary: str = "uniform_avg") -> dict:
+                primary: str = "uniform_avg", rungs: Any = None, power: float = 0.8,
+                power_difference: float = 0.01) -> dict:
   """Trains every arm x seed and writes study.json and study.md (see the
   module docstring). `rounds`: DoReMi's rounds ('doremi' arms);
   `unimax_epochs`: UniMax's cap ('unimax' arms); `level` is the confidence
@@ -144,31 +184,36 @@ def train_study(workdir: str, arms: Any = gin.REQUIRED, seeds: int = 3,
   DoReMi's reference and proxy, the swarm, online DoReMi's reference, with
   seed s: the intervals include the whole method's randomness) or 'shared'
   (one run of each, shared by every seed). `primary`: the metric of the
-  headline verdict (`check_primary`). Returns study.json."""
+  headline verdict (`check_primary`). `rungs`: a ladder of main-model sizes
+  (`ladder`; None: one size). `power`, `power_difference`: the seeds each
+  arm would need to tell `power_difference` (in the primary metric's
+  units) from zero at `level` with that power (`ladder_stats.seeds_needed`).
+  Returns study.json."""
   names = parse_arms(arms)
   _check_settings(names, seeds, baseline, rounds, unimax_epochs, level, method_seeds)
-  check_primary(primary, main_config().eval_tasks)
+  check_number("train_study.power", power, low=0, high=1, low_open=True, high_open=True)
+  check_number("train_study.power_difference", power_difference, low=0, low_open=True)
+  steps = ladder.parse_rungs(rungs)
+  for cfg in [main_config()] + [r.configs()[0] for r in steps]:
+    check_primary(primary, cfg.eval_tasks)
   rundir.check_writable(workdir)
-  made = make_arms(arms, workdir, rounds, unimax_epochs, seeds, method_seeds)
-  study = made[0].study
+  s = dict(seeds=seeds, baseline=baseline, rounds=rounds, unimax_epochs=unimax_epochs,
+           level=level, method_seeds=method_seeds, primary=primary, power=power,
+           power_difference=power_difference)
   t_start = time.time()
-  study.say(f"{len(made)} arms x {seeds} seeds in {workdir}: {', '.join(names)}; baseline "
-            f"{baseline}.")
-  for kind, mine in arms_lib.by_kind(made):
-    kind.prepare_all(mine, study)
-  _train_arms(made, seeds)
-  rates = {arm.name: arm.rates(seeds) for arm in made}
-  method_runs = {arm.name: arm.method_runs for arm in made}
-  result = study_stats.analyse(study.root, list(names), seeds, baseline, study.corpus, rates,
-                               method_runs, level, method_seeds, primary)
-  for arm in made:
-    result["results"][arm.name].update(arm.report(seeds))
-  if rundir.is_writer():
-    files.write_json(study.root / rundir.STUDY_JSON, result)
-    path = study_report.write(study.root)
-    print(study_report.format_verdicts(result), flush=True)
-    study.say(f"report: {path}")
-  study.say(f"done in {time.time() - t_start:.0f}s")
+  if not steps:
+    result = study_at(workdir, arms, s)
+  else:
+    per_rung = [(r, study_at(workdir, arms, s, r)) for r in steps]
+    result = ladder_stats.summarise(
+        [(r.name, r.settings(), rundir.rung_dir(workdir, r.name).relative_to(
+            files.path(workdir)).as_posix(), res) for r, res in per_rung], level)
+    if rundir.is_writer():
+      files.write_json(files.path(workdir) / rundir.STUDY_JSON, result)
+      path = ladder_report.write(files.path(workdir))
+      print(ladder_report.format_summary(result), flush=True)
+      rundir.announce("study", f"ladder report: {path}")
+  rundir.announce("study", f"done in {time.time() - t_start:.0f}s")
   return result
 
 

@@ -1,0 +1,87 @@
+"""A study over a ladder of model sizes, in process: every arm x seed at
+each rung with the rung's model and budget, each rung's own study.json, the
+ladder's agreement recomputed from them, and a SIGTERM inside the largest
+rung's run resuming to identical numbers."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from doremi_jax import files
+from doremi_jax.analysis import ladder_stats
+from helpers import run_stage, stopped_run
+
+TINY = [
+    "include 'gin/cpu.gin'", "run.stage = 'study'",
+    "SEQ_LEN = 32", "STEPS = 16", "BATCH = 10",
+    "TrainConfig.checkpoint_every = 8", "TrainConfig.log_every = 8",
+    "main/TrainConfig.eval_every = 8", "TrainConfig.eval_examples_per_domain = 8",
+    "TrainConfig.eval_batch_size = 8", "TrainConfig.tensorboard = False",
+    "train_study.arms = {'stratified': 'stratified', 'proportional': 'proportional', "
+    "'unimax': 'unimax'}",
+    "train_study.seeds = 2",
+    "train_study.rungs = ['tiny', {'name': 'wide', 'ModelConfig.d_model': 96, "
+    "'ModelConfig.mlp_dim': 384, 'TrainConfig.num_steps': 24}]",
+]
+
+
+def _ladder(workdir):
+  return run_stage("study", workdir, TINY)
+
+
+@pytest.fixture(scope="module")
+def ladder(tmp_path_factory):
+  wd = tmp_path_factory.mktemp("ladder") / "run"
+  return wd, _ladder(wd)
+
+
+def test_every_rung_trains_its_own_size_and_the_ladder_compares_them(ladder):
+  wd, result = ladder
+  assert [r["name"] for r in result["rungs"]] == ["tiny", "wide"] and result["target"] == "wide"
+  for rung, d_model, steps in (("tiny", 64, 16), ("wide", 96, 24)):
+    for arm in ("stratified", "proportional", "unimax"):
+      for seed in range(2):
+        run = wd / "rungs" / rung / "arms" / arm / f"seed_{seed}"
+        info = json.loads((run / "run_info.json").read_text())
+        assert info["model"]["d_model"] == d_model and info["num_steps"] == steps
+        assert info["seed"] == seed
+    assert (wd / "rungs" / rung / "study.json").exists() and (wd / "rungs" / rung / "study.md").exists()
+  assert "main/rung_wide/ModelConfig.d_model = 96" in (
+      wd / "rungs" / "wide" / "arms" / "unimax" / "seed_0" / "config.gin").read_text()
+  assert not (wd / "arms").exists()
+  per = {r: files.read_json(wd / "rungs" / r / "study.json") for r in ("tiny", "wide")}
+  # UniMax's mixture follows each rung's token budget
+  assert per["tiny"]["main_model"]["train_tokens"] * 24 == per["wide"]["main_model"]["train_tokens"] * 16
+  want = ladder_stats.agreement(
+      {a: per["tiny"]["results"][a]["primary"]["values"] for a in per["tiny"]["arms"]},
+      {a: per["wide"]["results"][a]["primary"]["values"] for a in per["wide"]["arms"]}, 0.95)
+  assert result["agreement"]["tiny"] == want
+  wide = per["wide"]["results"]
+  best = min(wide, key=lambda a: wide[a]["primary"]["mean"])
+  assert result["choice"]["arm"] == best
+  assert result["power"]["wide"]["unimax"] == wide["unimax"]["power"]
+  d = np.subtract(wide["unimax"]["primary"]["values"], wide["stratified"]["primary"]["values"])
+  pw = wide["unimax"]["power"]
+  assert np.isclose(pw["sd_of_paired_difference"], np.std(d, ddof=1))
+  assert pw["level"] == 1 - 0.05 / 2 and pw["seeds_needed"] == ladder_stats.seeds_needed(
+      np.std(d, ddof=1), 0.01, 1 - 0.05 / 2, 0.8)
+  md = (wd / "study.md").read_text()
+  assert "## Does the ranking transfer?" in md and "plots/ladder.png" in md
+  assert (wd / "plots" / "ladder.png").stat().st_size > 0
+
+
+def test_sigterm_inside_the_largest_rung_resumes_to_identical_numbers(ladder, tmp_path):
+  wd, result = ladder
+  copy = tmp_path / "run"
+  shutil.copytree(wd, copy)
+  run = copy / "rungs" / "wide" / "arms" / "unimax" / "seed_1"
+  shutil.rmtree(run)
+  for p in (copy / "study.json", copy / "rungs" / "wide" / "study.json"):
+    p.unlink()
+  stopped = stopped_run(lambda: _ladder(copy), 13)
+  assert stopped.step == 13 and (run / "checkpoints" / "13").is_dir()
+  assert not (copy / "study.json").exists()
+  again = _ladder(copy)
+  assert json.dumps(again, sort_keys=True) == json.dumps(result, sort_keys=True)
