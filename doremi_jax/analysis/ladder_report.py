@@ -25,12 +25,16 @@ def _stat(x: dict) -> str:
 def format_summary(ladder: dict) -> str:
   """The console lines: the choice at the largest rung and each rung's agreement with it."""
   c = ladder["choice"]
-  lines = [f"ladder: best mean at {ladder['target']} by {ladder['primary']}: {c['arm']} "
+  sch = ladder.get("schedule") or {}
+  lines = [f"ladder ({sch.get('name', 'grid')}): best mean at {ladder['target']} by {ladder['primary']}: {c['arm']} "
            f"({c['verdict'] or 'the baseline'}); at the smallest rung: "
            f"{c['at_smallest_rung']}"]
   for rung, a in ladder["agreement"].items():
     lines.append(f"  {rung} vs {ladder['target']}: Spearman {_stat(a['spearman'])}, "
                  f"decision accuracy {_stat(a['decision_accuracy'])}")
+  if sch.get("name") == "halving":
+    lines.append(f"  main-run compute: {sch['compute']['fraction_of_grid']:.1%} of the full "
+                 "grid's")
   return "\n".join(lines)
 
 
@@ -60,7 +64,7 @@ def _arms_by_rung(ladder: dict, section: str, cell) -> list:
 
 def _metric_cell(m) -> str:
   if m is None:
-    return "(not trained)"
+    return "(stopped below)"
   return _ci(m) + (f" **{m['verdict']}**" if m["verdict"] else " (baseline)")
 
 
@@ -92,6 +96,35 @@ def _power_table(ladder: dict) -> list:
           f"{first['level']:.4f} with power {first['power']:g}, and (in brackets) the seeds "
           "that would resolve the difference measured. '-' : more than 10000.", ""] + \
       _arms_by_rung(ladder, "power", _power_cell)
+
+
+def _schedule_section(ladder: dict) -> list:
+  sch = ladder.get("schedule")
+  if not sch:
+    return []
+  c = sch["compute"]
+  if sch["name"] == "grid":
+    return ["", "## Schedule: grid", "", "Every arm trained at every rung "
+            f"({c['main_run_flops']:.3g} FLOPs of main runs)."]
+  md = ["", "## Schedule: successive halving", "",
+        f"After each rung, an arm goes up if the rung's best does not beat it (the paired "
+        f"interval of arm - best in {ladder['primary']}, Bonferroni-adjusted over the "
+        f"rung's other arms) or if it is among the rung's best fraction {sch['keep']:g} by "
+        "mean, whichever keeps more; the baseline always goes up (every verdict is "
+        "against it).", "", "| rung | trained | best | up | stopped, and why |",
+        "|---|---|---|---|---|"]
+  for d in sch["decisions"]:
+    trained = len(d["survivors"]) + len(d["stopped"])
+    why = "; ".join(f"**{a}**: {w}" for a, w in d["stopped"].items()) or "(none)"
+    up = ", ".join(f"{a} ({d['kept_by'][a]})" for a in d["survivors"])
+    md.append(f"| {d['rung']} | {trained} | {d['best']} | {up} | {why} |")
+  frac = c["fraction_of_grid"]
+  md += ["", f"Main runs cost {c['main_run_flops']:.3g} FLOPs against the full grid's "
+         f"{c['grid_main_run_flops']:.3g}"
+         + (f" ({frac:.1%} of it)." if frac is not None else ".")
+         + " An arm a rung did not train is charged the rung's baseline cost in the grid's "
+         "figure; the methods' own runs are the same under both and not counted."]
+  return md
 
 
 def _choice_line(ladder: dict) -> str:
@@ -127,7 +160,7 @@ def render(ladder: dict, root) -> str:
          "one half). Intervals by resampling each rung's seeds (the same draw for every arm "
          "of a rung); a resampling of a few seeds cannot vary more than those seeds do, so "
          "with fewer than about 5 seeds these intervals are too narrow.", ""] + _agreement_table(ladder)
-  md += _power_table(ladder)
+  md += _schedule_section(ladder) + _power_table(ladder)
   return "\n".join(md) + "\n"
 
 

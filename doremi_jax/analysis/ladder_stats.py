@@ -29,6 +29,8 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from scipy import stats as sps
 
+from doremi_jax.analysis import stats
+
 
 def ranks(x: Sequence[float]) -> np.ndarray:
   """Ranks 1..n of `x`, ties given their average rank."""
@@ -184,3 +186,53 @@ def agreement_of(metrics: dict, small: str, large: str, arms: list, level: float
                  resamples: int) -> dict:
   return agreement({a: metrics[small][a]["values"] for a in arms},
                    {a: metrics[large][a]["values"] for a in arms}, level, resamples)
+
+
+def halving_step(rung: dict, keep: float, level: float) -> dict:
+  """Successive halving's decision after one rung (its study.json): every
+  arm not beaten by the rung's best (the paired interval of arm - best in
+  the primary metric, at `level` Bonferroni-adjusted over the other arms,
+  entirely on the worse side), or among the best `ceil(keep * n)` by mean,
+  whichever keeps more, goes up; the baseline always does (every rung's
+  verdicts are against it). Returns {"best", "survivors", "stopped":
+  {arm: why}, "kept_by"}."""
+  res, arms, base = rung["results"], list(rung["arms"]), rung["baseline"]
+  higher = bool(res[base]["primary"].get("higher_is_better"))
+  means = {a: res[a]["primary"]["mean"] for a in arms}
+  order = sorted(arms, key=lambda a: -means[a] if higher else means[a])
+  best = order[0]
+  top = set(order[:max(1, math.ceil(keep * len(arms)))])
+  m = max(len(arms) - 1, 1)
+  adjusted = stats.adjusted_level(level, m)
+  survivors, stopped, kept_by = [], {}, {}
+  for a in arms:
+    d = None if a == best else stats.paired_difference(
+        res[a]["primary"]["values"], res[best]["primary"]["values"], level, m, higher)
+    beaten = d is not None and d["verdict"] == "loses"
+    if not beaten or a in top or a == base:
+      survivors.append(a)
+      kept_by[a] = ("the best" if a == best else "not beaten by the best" if not beaten else
+                    f"the best {len(top)} of {len(arms)}" if a in top else "the baseline")
+    else:
+      lo, hi = d["ci"]
+      stopped[a] = (f"beaten by {best}: {d['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}] at confidence "
+                    f"{adjusted:.4f}, and not among the best {len(top)} of {len(arms)}")
+  return {"best": best, "survivors": survivors, "stopped": stopped, "kept_by": kept_by}
+
+
+def compute(rungs: list, all_arms: list) -> dict:
+  """Main-run FLOPs the ladder spent against the full grid's (every arm at
+  every rung): `rungs` is [(name, rung study.json)]. An arm a rung did not
+  train is charged what the rung's baseline cost (the same model and
+  token budget; an online mixer's own evaluations aside). The methods' own
+  runs are the same under both schedules and left out."""
+  spent = grid = 0.0
+  for _, r in rungs:
+    seeds, res = r["seeds"], r["results"]
+    base = res[r["baseline"]]["cost"]["main_run_flops"]
+    for a in all_arms:
+      own = res[a]["cost"]["main_run_flops"] if a in res else None
+      spent += (own or 0.0) * seeds
+      grid += (own if own is not None else base) * seeds
+  return {"main_run_flops": spent, "grid_main_run_flops": grid,
+          "fraction_of_grid": spent / grid if grid else None}

@@ -33,6 +33,10 @@ from gin import config as gin_config
 from gin import config_parser
 
 from doremi_jax import config as config_lib
+from doremi_jax import files
+from doremi_jax import rundir
+from doremi_jax.analysis import ladder_report
+from doremi_jax.analysis import ladder_stats
 from doremi_jax.config import ConfigError
 from doremi_jax.model import ModelConfig
 from doremi_jax.optimizer import OptimizerConfig
@@ -162,3 +166,50 @@ def parse_rungs(spec: Any) -> list:
     except ConfigError as e:
       raise ConfigError(f"train_study.rungs[{rung.name!r}]: {e}") from e
   return rungs
+
+
+SCHEDULES = ("grid", "halving")
+
+
+def check_schedule(schedule: Any, keep: Any, rungs: list) -> None:
+  if schedule not in SCHEDULES:
+    raise ConfigError(f"train_study.schedule = {schedule!r}; choose 'grid' (every arm at every "
+                      "rung) or 'halving' (successive halving: only arms not beaten at a rung "
+                      "go up to the next).")
+  config_lib.check_number("train_study.keep", keep, low=0, high=1, low_open=True)
+  if schedule == "halving" and not rungs:
+    raise ConfigError("train_study.schedule = 'halving' needs a ladder: set train_study.rungs "
+                      "(at least two sizes, smallest first).")
+
+
+def run(workdir: str, arms: dict, s: dict, rungs: list, study_at) -> dict:
+  """The ladder: `study_at(workdir, arms, s, rung)` (the study at one size)
+  at every rung, smallest first, with every arm ('grid') or, under
+  'halving', the arms `ladder_stats.halving_step` sends up from the rung
+  below; then the ladder's study.json (`ladder_stats.summarise`, with the
+  schedule's decisions and compute) and study.md. Every decision is a
+  function of the rungs' study.json, so a re-run decides the same."""
+  active, per_rung, decisions = list(arms), [], []
+  for i, rung in enumerate(rungs):
+    result = study_at(workdir, {a: arms[a] for a in active}, s, rung)
+    per_rung.append((rung, result))
+    if s["schedule"] == "halving" and i < len(rungs) - 1:
+      step = dict(ladder_stats.halving_step(result, s["keep"], s["level"]), rung=rung.name)
+      decisions.append(step)
+      for arm, why in step["stopped"].items():
+        rundir.announce("study", f"halving: {arm} stops at rung {rung.name}: {why}")
+      active = step["survivors"]
+  root = files.path(workdir)
+  ladder = ladder_stats.summarise(
+      [(r.name, r.settings(), rundir.rung_dir(root, r.name).relative_to(root).as_posix(), res)
+       for r, res in per_rung], s["level"])
+  ladder["schedule"] = {
+      "name": s["schedule"], "keep": s["keep"], "decisions": decisions,
+      "stopped_at": {a: d["rung"] for d in decisions for a in d["stopped"]},
+      "compute": ladder_stats.compute([(r.name, res) for r, res in per_rung], list(arms))}
+  if rundir.is_writer():
+    files.write_json(root / rundir.STUDY_JSON, ladder)
+    path = ladder_report.write(root)
+    print(ladder_report.format_summary(ladder), flush=True)
+    rundir.announce("study", f"ladder report: {path}")
+  return ladder

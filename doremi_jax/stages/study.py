@@ -31,8 +31,6 @@ import gin
 from doremi_jax import arms as arms_lib
 from doremi_jax import files
 from doremi_jax import rundir
-from doremi_jax.analysis import ladder_report
-from doremi_jax.analysis import ladder_stats
 from doremi_jax.analysis import study_report
 from doremi_jax.analysis import study_stats
 from doremi_jax.analysis import task_stats
@@ -175,7 +173,8 @@ def train_study(workdir: str, arms: Any = gin.REQUIRED, seeds: int = 3,
                 baseline: str = "stratified", rounds: int = 1, unimax_epochs: float = 1.0,
                 level: float = 0.95, method_seeds: str = "per_seed",
                 primary: str = "uniform_avg", rungs: Any = None, power: float = 0.8,
-                power_difference: float = 0.01) -> dict:
+                power_difference: float = 0.01, schedule: str = "grid",
+                keep: float = 0.5) -> dict:
   """Trains every arm x seed and writes study.json and study.md (see the
   module docstring). `rounds`: DoReMi's rounds ('doremi' arms);
   `unimax_epochs`: UniMax's cap ('unimax' arms); `level` is the confidence
@@ -188,31 +187,26 @@ def train_study(workdir: str, arms: Any = gin.REQUIRED, seeds: int = 3,
   (`ladder`; None: one size). `power`, `power_difference`: the seeds each
   arm would need to tell `power_difference` (in the primary metric's
   units) from zero at `level` with that power (`ladder_stats.seeds_needed`).
-  Returns study.json."""
+  `schedule`: 'grid' (every arm at every rung) or 'halving' (only arms not
+  beaten at a rung, or among its best fraction `keep`, go up;
+  `ladder_stats.halving_step`). Returns study.json."""
   names = parse_arms(arms)
   _check_settings(names, seeds, baseline, rounds, unimax_epochs, level, method_seeds)
   check_number("train_study.power", power, low=0, high=1, low_open=True, high_open=True)
   check_number("train_study.power_difference", power_difference, low=0, low_open=True)
   steps = ladder.parse_rungs(rungs)
+  ladder.check_schedule(schedule, keep, steps)
   for cfg in [main_config()] + [r.configs()[0] for r in steps]:
     check_primary(primary, cfg.eval_tasks)
   rundir.check_writable(workdir)
   s = dict(seeds=seeds, baseline=baseline, rounds=rounds, unimax_epochs=unimax_epochs,
            level=level, method_seeds=method_seeds, primary=primary, power=power,
-           power_difference=power_difference)
+           power_difference=power_difference, schedule=schedule, keep=keep)
   t_start = time.time()
   if not steps:
     result = study_at(workdir, arms, s)
   else:
-    per_rung = [(r, study_at(workdir, arms, s, r)) for r in steps]
-    result = ladder_stats.summarise(
-        [(r.name, r.settings(), rundir.rung_dir(workdir, r.name).relative_to(
-            files.path(workdir)).as_posix(), res) for r, res in per_rung], level)
-    if rundir.is_writer():
-      files.write_json(files.path(workdir) / rundir.STUDY_JSON, result)
-      path = ladder_report.write(files.path(workdir))
-      print(ladder_report.format_summary(result), flush=True)
-      rundir.announce("study", f"ladder report: {path}")
+    result = ladder.run(workdir, names, s, steps, study_at)
   rundir.announce("study", f"done in {time.time() - t_start:.0f}s")
   return result
 

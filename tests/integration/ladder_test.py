@@ -85,3 +85,41 @@ def test_sigterm_inside_the_largest_rung_resumes_to_identical_numbers(ladder, tm
   assert not (copy / "study.json").exists()
   again = _ladder(copy)
   assert json.dumps(again, sort_keys=True) == json.dumps(result, sort_keys=True)
+
+
+LOSER = "{'noise': 1, 'repeat': 0, 'markov': 0, 'arithmetic': 0, 'sort': 0}"
+HALVING = TINY[:-3] + [
+    f"train_study.arms = {{'stratified': 'stratified', 'proportional': 'proportional', "
+    f"'noise_only': {LOSER}}}",
+    "train_study.seeds = 2", "train_study.schedule = 'halving'", "train_study.keep = 0.34",
+    # two seeds leave one degree of freedom: at 0.95 (0.975 adjusted) the t interval's
+    # half-width is 25 sd, so a lower level lets the planted loser be beaten
+    "train_study.level = 0.8",
+    TINY[-1],
+]
+
+
+def test_halving_drops_a_planted_loser_after_the_first_rung_and_resumes_to_the_same_decisions(
+    tmp_path):
+  wd = tmp_path / "run"
+  result = run_stage("study", wd, HALVING)
+  d = result["schedule"]["decisions"]
+  assert len(d) == 1 and d[0]["rung"] == "tiny" and list(d[0]["stopped"]) == ["noise_only"]
+  assert d[0]["stopped"]["noise_only"].startswith(f"beaten by {d[0]['best']}:")
+  assert result["schedule"]["stopped_at"] == {"noise_only": "tiny"}
+  assert (wd / "rungs" / "tiny" / "arms" / "noise_only").is_dir()
+  assert not (wd / "rungs" / "wide" / "arms" / "noise_only").exists()     # never trained again
+  assert sorted(result["metrics"]["wide"]) == ["proportional", "stratified"]
+  c = result["schedule"]["compute"]
+  assert 0 < c["fraction_of_grid"] < 1
+  md = (wd / "study.md").read_text()
+  assert "## Schedule: successive halving" in md and "**noise_only**: beaten by" in md
+  # a SIGTERM inside the top rung's run, and the re-run: the same decisions and numbers
+  copy = tmp_path / "copy"
+  shutil.copytree(wd, copy)
+  shutil.rmtree(copy / "rungs" / "wide" / "arms" / "proportional" / "seed_1")
+  for p in (copy / "study.json", copy / "rungs" / "wide" / "study.json"):
+    p.unlink()
+  assert stopped_run(lambda: run_stage("study", copy, HALVING), 13).step == 13
+  again = run_stage("study", copy, HALVING)
+  assert json.dumps(again, sort_keys=True) == json.dumps(result, sort_keys=True)

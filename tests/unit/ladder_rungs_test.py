@@ -70,3 +70,16 @@ def test_bad_rungs_say_what_to_change(rungs, message):
   with pytest.raises(ConfigError, match=None) as e:
     ladder.parse_rungs(rungs)
   assert message in str(e.value)
+
+
+@pytest.mark.parametrize("schedule,keep,rungs,message", [
+    ("halve", 0.5, ["r"], "train_study.schedule = 'halve'; choose 'grid'"),
+    ("halving", 0.0, ["r"], "train_study.keep must be in (0, 1]"),
+    ("halving", 1.5, ["r"], "train_study.keep must be in (0, 1]"),
+    ("halving", 0.5, [], "needs a ladder: set train_study.rungs"),
+])
+def test_a_bad_schedule_says_what_to_change(schedule, keep, rungs, message):
+  with pytest.raises(ConfigError) as e:
+    ladder.check_schedule(schedule, keep, rungs)
+  assert message in str(e.value)
+  ladder.check_schedule("grid", 1.0, [])

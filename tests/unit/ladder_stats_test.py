@@ -106,3 +106,43 @@ def test_summarise_compares_every_rung_with_the_largest_and_names_the_choice():
   assert out["choice"] == {"arm": "arm0", "verdict": None, "at_smallest_rung": "arm2"}
   assert out["rungs"][1]["settings"] == {"ModelConfig.d_model": "96"}
   assert out["power"]["s"] == {"arm1": {"seeds_needed": 3}, "arm2": {"seeds_needed": 3}}
+
+
+def _verdict_by_scipy(arm, best, level, m):
+  """Is arm - best's t interval (Bonferroni over m) entirely above zero (worse loss)?"""
+  d = np.subtract(arm, best)
+  lvl = 1 - (1 - level) / m
+  half = sps.t.ppf(0.5 + lvl / 2, len(d) - 1) * np.std(d, ddof=1) / math.sqrt(len(d))
+  return d.mean() - half > 0
+
+
+def test_halving_drops_an_arm_beaten_by_the_best_unless_the_top_fraction_keeps_it():
+  rung = _rung({"base": [1.00, 1.02, 1.01], "good": [0.90, 0.93, 0.91],
+                "close": [0.92, 0.90, 0.94], "bad": [1.50, 1.52, 1.51]}, baseline="base")
+  out = ladder_stats.halving_step(rung, keep=0.25, level=0.95)
+  assert out["best"] == "good"
+  want_beaten = {a for a in ("base", "close", "bad")
+                 if _verdict_by_scipy(rung["results"][a]["primary"]["values"],
+                                      rung["results"]["good"]["primary"]["values"], 0.95, 3)}
+  assert want_beaten == {"base", "bad"}
+  assert out["survivors"] == ["base", "good", "close"] and list(out["stopped"]) == ["bad"]
+  assert out["kept_by"] == {"base": "the baseline", "good": "the best",
+                            "close": "not beaten by the best"}
+  assert out["stopped"]["bad"].startswith("beaten by good: +0.5967 [")
+  # a larger kept fraction keeps the beaten arm too
+  assert ladder_stats.halving_step(rung, keep=1.0, level=0.95)["stopped"] == {}
+  # where higher is better, the lowest arm is the one beaten
+  up = _rung({"base": [0.5, 0.52, 0.51], "low": [0.1, 0.11, 0.12]}, baseline="base",
+             higher=True)
+  assert ladder_stats.halving_step(up, keep=0.5, level=0.95)["survivors"] == ["base"]
+
+
+def test_compute_charges_an_untrained_arm_the_rung_baseline_cost():
+  def rung(costs):
+    return {"seeds": 2, "baseline": "base",
+            "results": {a: {"cost": {"main_run_flops": c}} for a, c in costs.items()}}
+  out = ladder_stats.compute([("s", rung({"base": 1.0, "a": 1.5, "b": 1.0})),
+                              ("l", rung({"base": 10.0, "a": 12.0}))], ["base", "a", "b"])
+  assert out["main_run_flops"] == 2 * (1 + 1.5 + 1 + 10 + 12)
+  assert out["grid_main_run_flops"] == 2 * (1 + 1.5 + 1 + 10 + 12 + 10)
+  assert math.isclose(out["fraction_of_grid"], 25.5 / 35.5)
