@@ -28,6 +28,7 @@ al. 2024; Olmix, Chen et al. 2026).
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Optional, Sequence
 
 import gin
@@ -47,6 +48,7 @@ from doremi_jax.swarm import fit
 from doremi_jax.swarm import law as law_lib
 from doremi_jax.swarm import program as swarm_lib
 from doremi_jax.swarm import results
+from doremi_jax.swarm import table as table_lib
 from doremi_jax.tasks import registry as task_registry
 
 SEEDS = ("same", "distinct")
@@ -131,7 +133,9 @@ def train_swarm(workdir: str, members: int = 16, prior: Any = "proportional",
                 repetitions: Optional[float] = None, main_tokens: Optional[int] = None,
                 folds: int = 5, gbm_settings: Optional[dict] = None,
                 candidates: int = 100_000, top_k: int = 128,
-                compare_with: Any = None, seed: Optional[int] = None) -> dict:
+                compare_with: Any = None, seed: Optional[int] = None,
+                table: Optional[str] = None, table_weights: Optional[dict] = None,
+                table_losses: Optional[dict] = None) -> dict:
   """Trains a swarm of `members` small models (gin's model, `swarm/`
   TrainConfig) on mixtures drawn around `prior` (a weights spec;
   RegMix's Dirichlet with `concentration`, default RegMix's 15 values
@@ -145,17 +149,24 @@ def train_swarm(workdir: str, members: int = 16, prior: Any = "proportional",
   `seeds='same'`: every member has the same initialisation and the same
   row-draw seed (only its mixture differs); 'distinct': member m uses
   seed + m for both. `seed` overrides TrainConfig.seed (a study's per-seed
-  method runs). Returns swarm.json."""
+  method runs). `table`: a swarm table from elsewhere (`swarm.table`: a
+  CSV or JSON file of mixtures and per-domain losses, its columns mapped
+  to our domains by `table_weights` and `table_losses`): the laws are
+  fitted to it and nothing is trained. Returns swarm.json."""
   cfg = train_config(seed)
   corpus = get_corpus()
+  tbl = None
+  if table is not None:
+    tbl = table_lib.read(table, corpus.domains, table_weights, table_losses)
+    members = tbl["rows"]
   p = plan(corpus, cfg, members, prior, concentration, tuple(corners), cap_factor, min_weight,
            seeds, law, objective, kl_weight, folds, repetitions, main_tokens)
-  for name, value in (("candidates", candidates), ("top_k", top_k)):
-    check_number(f"train_swarm.{name}", value, integer=True, low=0, low_open=True)
-  compare = None
-  if compare_with is not None:
-    compare = {"compared": weights_lib.as_dict(corpus.domains, weights_lib.resolve_weights(
-        compare_with, corpus, "train_swarm.compare_with"))}
+  compare = _compare(corpus, compare_with, candidates, top_k)
+  fit_settings = dict(law=law, objective=objective, kl_weight=kl_weight, caps=p.caps,
+                      folds=folds, seed=cfg.seed, gbm_settings=gbm_settings,
+                      candidates=candidates, top_k=top_k)
+  if tbl is not None:
+    return fit_table(workdir, corpus, p, tbl, table, fit_settings, compare)
   mixtures_json = _check_mixtures(workdir, corpus, p)
   setup = swarm_lib.swarm_setup(corpus.vocab_size, cfg, members)
   program = swarm_lib.swarm_program(setup, corpus.num_domains, cfg.grad_accum_steps,
@@ -165,9 +176,6 @@ def train_swarm(workdir: str, members: int = 16, prior: Any = "proportional",
     return swarm_lib.SwarmLoader(corpus, p.mixtures, p.member_seeds, cfg, start_step,
                                  data_state)
 
-  fit_settings = dict(law=law, objective=objective, kl_weight=kl_weight, caps=p.caps,
-                      folds=folds, seed=cfg.seed, gbm_settings=gbm_settings,
-                      candidates=candidates, top_k=top_k)
   hook = SwarmHook(workdir, corpus, p, fit_settings, compare)
   info = {"sampling": "swarm", "members": members, "law": law,
           "tokens_per_step": members * cfg.tokens_per_step,
@@ -177,6 +185,51 @@ def train_swarm(workdir: str, members: int = 16, prior: Any = "proportional",
                    loader=make_loader,
                    hooks=[runner.Record(info, {rundir.SWARM_MIXTURES: mixtures_json}), hook])
   return hook.result
+
+
+def _compare(corpus, compare_with, candidates, top_k) -> Optional[dict]:
+  """Checks the optimiser's settings; `compare_with`'s weights for the
+  report (None without)."""
+  for name, value in (("candidates", candidates), ("top_k", top_k)):
+    check_number(f"train_swarm.{name}", value, integer=True, low=0, low_open=True)
+  if compare_with is None:
+    return None
+  return {"compared": weights_lib.as_dict(corpus.domains, weights_lib.resolve_weights(
+      compare_with, corpus, "train_swarm.compare_with"))}
+
+
+def fit_table(workdir, corpus, p: SwarmPlan, tbl: dict, path, fit_settings: dict,
+              compare) -> dict:
+  """The swarm stage on a table from elsewhere: the laws fitted to its rows,
+  swarm.json (with the table's path and SHA-256), swarm_weights.json and
+  swarm.md, and the run marked complete (it trained nothing: no FLOPs). A
+  completed directory is reused for the same table and refused for another."""
+  root = files.path(workdir)
+  if rundir.is_complete(root):
+    done = rundir.read_result(root / rundir.SWARM_JSON)
+    if (done.get("source") or {}).get("sha256") == tbl["sha256"]:
+      rundir.announce("swarm", f"{workdir} already holds this table's fit; skipping")
+      return done
+    raise ConfigError(f"{workdir} holds a swarm that was not fitted to {path} (trained, or "
+                      "fitted to another table); use a new --workdir.")
+  t0 = time.time()
+  result = results.analyse(tbl["mixtures"], tbl["losses"], corpus.domains, p.prior,
+                           **fit_settings)
+  result["split"] = "the table's own"
+  result["source"] = table_lib.source(path, tbl)
+  if rundir.is_writer():
+    files.write_json(root / rundir.RUN_INFO, {
+        "stage": "swarm", "sampling": "table", "domains": list(corpus.domains),
+        "members": tbl["rows"], "law": fit_settings["law"], "num_steps": 0,
+        "flops_per_token": 0.0, "tokens_per_step": 0, "eval_tokens": 0})
+    files.write_json(root / rundir.SWARM_JSON, result)
+    files.write_json(root / rundir.SWARM_WEIGHTS, result["weights"])
+    rundir.announce("swarm", f"report: {swarm_report.write(workdir, compare)}")
+  top = sorted(result["weights"].items(), key=lambda kv: -kv[1])
+  rundir.mark_complete(workdir, "swarm", 0, time.time() - t0,
+                       f"{tbl['rows']} rows of {path}; {fit_settings['law']} optimum " +
+                       ", ".join(f"{d} {w:.3f}" for d, w in top))
+  return result
 
 
 def _check_mixtures(workdir, corpus, p: SwarmPlan) -> dict:
