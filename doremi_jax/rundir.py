@@ -80,11 +80,12 @@ CONSUMED = (REFERENCE_WEIGHTS, MAIN_WEIGHTS, AVERAGE_WEIGHTS, AVERAGE_MIXTURE_WE
             SWARM_WEIGHTS, SWARM_JSON)
 
 
-def method_dir(root, name: str, seed=None):
+def method_dir(root, name: str, seed=None, scale=None):
   """A study's method run `name` (STUDY_DOREMI, STUDY_SWARM, ...): RUN/<name>
   when shared by every seed (seed None), RUN/<name>/seed_<seed> when each
-  seed runs the method itself (`train_study.method_seeds='per_seed'`)."""
-  base = files.path(root) / name
+  seed runs the method itself (`train_study.method_seeds='per_seed'`);
+  RUN/<name>_at_<scale> at a ladder rung's size ('doremi@small')."""
+  base = files.path(root) / (name if scale is None else f"{name}_at_{scale}")
   return base if seed is None else base / f"seed_{seed}"
 
 

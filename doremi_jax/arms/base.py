@@ -67,8 +67,8 @@ class Study:
     """The method run that the main run of study seed `seed` uses."""
     return seed if self.per_seed else None
 
-  def method_dir(self, name: str, seed):
-    return rundir.method_dir(self.root, name, seed)
+  def method_dir(self, name: str, seed, scale=None):
+    return rundir.method_dir(self.root, name, seed, scale)
 
   def domain_rates(self, weights: dict) -> np.ndarray:
     """{domain: weight} -> [K] float64 in the corpus's domain order."""

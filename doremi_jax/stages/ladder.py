@@ -63,6 +63,15 @@ class Rung:
       for key, value in self.bindings:
         gin.bind_parameter(f"main/{self.scope}/{key}", value)
 
+  def bind_methods(self, stages=("reference", "proxy")) -> None:
+    """The rung's ModelConfig fields also for a method's own runs of these
+    stages when they run inside `active` (a 'doremi@NAME' arm)."""
+    with gin.unlock_config():
+      for key, value in self.bindings:
+        if key.startswith("ModelConfig."):
+          for stage in stages:
+            gin.bind_parameter(f"{stage}/{self.scope}/{key}", value)
+
   def active(self):
     """The block's stages run under this rung's scope."""
     return registry.inner_scope(self.scope)
@@ -161,6 +170,7 @@ def parse_rungs(spec: Any) -> list:
     raise ConfigError(f"train_study.rungs names a rung twice: {names}.")
   for rung in rungs:
     rung.bind()
+    rung.bind_methods()
     try:
       rung.configs()
     except ConfigError as e:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import gin
 
@@ -110,15 +110,17 @@ def _check_settings(arms: dict, seeds, baseline, rounds, unimax_epochs, level, m
 
 
 def make_arms(arms: Any, workdir: str, rounds: int = 1, unimax_epochs: float = 1.0,
-              seeds: int = 3, method_seeds: str = "per_seed", rung=None) -> list:
+              seeds: int = 3, method_seeds: str = "per_seed", rung=None,
+              scales: Optional[dict] = None) -> list:
   """The study's arms (`arms_lib.Arm`s) from `train_study.arms`, each
   checked (ConfigError before anything trains); at `rung` (a ladder's
-  `ladder.Rung`) their main runs are that rung's."""
+  `ladder.Rung`) their main runs are that rung's. `scales`: {name: Rung}
+  a method arm may name for its own runs ('doremi@NAME')."""
   root = files.path(workdir)
   cfg = rung.configs()[0] if rung is not None else main_config()
   study = arms_lib.Study(root, get_corpus(), cfg,
                          {"rounds": rounds, "unimax_epochs": unimax_epochs, "seeds": seeds,
-                          "method_seeds": method_seeds},
+                          "method_seeds": method_seeds, "scales": scales or {}},
                          arms_root=rundir.rung_dir(root, rung.name) if rung is not None else root)
   made = [arms_lib.make(name, spec, study) for name, spec in parse_arms(arms).items()]
   for arm in made:
@@ -143,7 +145,7 @@ def study_at(workdir: str, arms: Any, s: dict, rung=None) -> dict:
   study.md in the study's (or the rung's) directory. `s`: train_study's
   settings. Returns that study.json."""
   made = make_arms(arms, workdir, s["rounds"], s["unimax_epochs"], s["seeds"],
-                   s["method_seeds"], rung)
+                   s["method_seeds"], rung, s.get("scales"))
   study = made[0].study
   where = f" at rung {rung.name}" if rung is not None else ""
   study.say(f"{len(made)} arms x {s['seeds']} seeds{where} in {study.arms_root}: "
@@ -201,7 +203,8 @@ def train_study(workdir: str, arms: Any = gin.REQUIRED, seeds: int = 3,
   rundir.check_writable(workdir)
   s = dict(seeds=seeds, baseline=baseline, rounds=rounds, unimax_epochs=unimax_epochs,
            level=level, method_seeds=method_seeds, primary=primary, power=power,
-           power_difference=power_difference, schedule=schedule, keep=keep)
+           power_difference=power_difference, schedule=schedule, keep=keep,
+           scales={r.name: r for r in steps})
   t_start = time.time()
   if not steps:
     result = study_at(workdir, arms, s)

@@ -123,3 +123,26 @@ def test_halving_drops_a_planted_loser_after_the_first_rung_and_resumes_to_the_s
   assert stopped_run(lambda: run_stage("study", copy, HALVING), 13).step == 13
   again = run_stage("study", copy, HALVING)
   assert json.dumps(again, sort_keys=True) == json.dumps(result, sort_keys=True)
+
+
+def test_doremi_at_a_rung_runs_its_reference_and_proxy_at_that_size(tmp_path):
+  """'doremi@wide': DoReMi's own runs at the rung's model size, in their own
+  directory, beside plain 'doremi' at gin's size (the method runs alone)."""
+  from doremi_jax.stages import ladder as ladder_lib
+  from doremi_jax.stages import study
+  from helpers import configure
+  configure(TINY[:-1] + ["train_study.method_seeds = 'shared'", "STEPS = 4"])
+  rungs = ladder_lib.parse_rungs(["tiny", {"name": "wide", "ModelConfig.d_model": 96}])
+  made = study.make_arms({"a": "doremi", "b": "doremi:1@wide"}, str(tmp_path), seeds=2,
+                         method_seeds="shared", scales={r.name: r for r in rungs})
+  assert [a.scale for a in made] == [None, "wide"] and made[1].round() == 1
+  import jax
+  from doremi_jax import context
+  with context.using(devices=jax.devices()[:1]):
+    type(made[0]).prepare_all(made, made[0].study)
+  for arm, d_model, where in ((made[0], 64, "doremi"), (made[1], 96, "doremi_at_wide")):
+    for run in arm.method_runs:
+      assert f"/{where}/" in run
+      assert json.loads((files.path(run) / "run_info.json").read_text())["model"]["d_model"] \
+          == d_model
+    assert set(arm.final[None]) == set(made[0].study.corpus.domains)

@@ -34,7 +34,7 @@ def test_a_model_name_and_a_dict_of_settings_make_rungs():
   assert wide.settings()["ModelConfig.d_model"] == 96
 
 
-def test_a_rung_reaches_the_stages_started_inside_it_and_nothing_else(tmp_path):
+def test_a_rung_reaches_the_stages_started_inside_it_and_nothing_outside(tmp_path):
   _setup()
   _, wide = ladder.parse_rungs(["tiny", {"name": "wide", "ModelConfig.d_model": 96}])
   seen = []
@@ -47,8 +47,10 @@ def test_a_rung_reaches_the_stages_started_inside_it_and_nothing_else(tmp_path):
     with wide.active():
       stage(str(tmp_path / name))
     stage(str(tmp_path / f"{name}_outside"))
+  # a method's own runs inside the rung take its model size ('doremi@wide'), not the
+  # main runs' other settings
   assert seen == [("main/rung_wide", 96, 25), ("main", 64, 25),
-                  ("reference/rung_wide", 64, 0), ("reference", 64, 0)]
+                  ("reference/rung_wide", 96, 0), ("reference", 64, 0)]
 
 
 @pytest.mark.parametrize("rungs,message", [
