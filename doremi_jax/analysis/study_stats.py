@@ -58,7 +58,8 @@ def health_checks(root, arms: list, corpus, rates: dict, method_runs: dict, num_
   proxies = list(dict.fromkeys(d for arm in arms for d in method_runs.get(arm, [])
                                if files.path(d).name == "proxy"))
   for d in proxies:
-    parts = files.path(d).relative_to(files.path(root)).parts[1:-1]   # seed, round
+    parts = files.path(d).relative_to(files.path(root)).parts[:-1]   # [scale,] seed, round
+    parts = parts[1:] if parts[0] == rundir.STUDY_DOREMI else parts
     label = f" ({', '.join(p.replace('_', ' ') for p in parts)})" if len(proxies) > 1 else ""
     for line in (health.weight_collapse(files.read_jsonl(files.path(d) / rundir.DOREMI_WEIGHTS_LOG))
                  + health.proxy_below_reference(files.read_json(files.path(d) / rundir.EVAL))):
@@ -164,13 +165,16 @@ def _losses(p: dict, domains, level: float) -> dict:
 
 def analyse(root, arms: list, seeds: int, baseline: str, corpus, rates: dict,
             method_runs: dict, level: float = 0.95, method_seeds: str = "per_seed",
-            primary: str = "uniform_avg", power: tuple = (0.8, 0.01)) -> dict:
+            primary: str = "uniform_avg", power: tuple = (0.8, 0.01),
+            method_root=None) -> dict:
   """study.json: per arm and domain, means with intervals over seeds, paired
   differences against the baseline with verdicts, the speed-up to the
   baseline's final loss, the seed-to-seed spread and the cost; the same
   for every downstream-task metric (`task_stats`), and for `primary`, the
   metric the headline verdict uses, with the seeds each arm would need
-  (`power`: (power, difference), `power_of`)."""
+  (`power`: (power, difference), `power_of`). `root` holds the arms' runs;
+  `method_root` the methods' own (default `root`; a ladder rung's arms are
+  under the study's RUN/rungs/<rung>/)."""
   domains = list(corpus.domains)
   floors = (dict(zip(domains, corpus.entropy_floors))
             if corpus.entropy_floors is not None else None)
@@ -179,8 +183,8 @@ def analyse(root, arms: list, seeds: int, baseline: str, corpus, rates: dict,
   infos = {arm: files.read_json(rundir.arm_dir(root, arm, 0) / rundir.RUN_INFO) for arm in arms}
   info = infos[baseline]
   seq_len = info["seq_len"]
-  checks = health_checks(root, arms, corpus, rates, method_runs, info["num_steps"],
-                         info["tokens_per_step"] // seq_len, seq_len, infos)
+  checks = health_checks(method_root or root, arms, corpus, rates, method_runs,
+                         info["num_steps"], info["tokens_per_step"] // seq_len, seq_len, infos)
   m = max(len(arms) - 1, 1)
   results = {}
   for arm in arms:

@@ -159,7 +159,8 @@ def study_at(workdir: str, arms: Any, s: dict, rung=None) -> dict:
   method_runs = {arm.name: arm.method_runs for arm in made}
   result = study_stats.analyse(study.arms_root, [a.name for a in made], seeds, s["baseline"],
                                study.corpus, rates, method_runs, s["level"], s["method_seeds"],
-                               s["primary"], (s["power"], s["power_difference"]))
+                               s["primary"], (s["power"], s["power_difference"]),
+                               method_root=study.root)
   for arm in made:
     result["results"][arm.name].update(arm.report(seeds))
   if rundir.is_writer():

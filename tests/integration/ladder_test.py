@@ -89,8 +89,8 @@ def test_sigterm_inside_the_largest_rung_resumes_to_identical_numbers(ladder, tm
 
 LOSER = "{'noise': 1, 'repeat': 0, 'markov': 0, 'arithmetic': 0, 'sort': 0}"
 HALVING = TINY[:-3] + [
-    f"train_study.arms = {{'stratified': 'stratified', 'proportional': 'proportional', "
-    f"'noise_only': {LOSER}}}",
+    f"train_study.arms = {{'stratified': 'stratified', 'doremi': 'doremi', "
+    f"'noise_only': {LOSER}}}", "train_study.method_seeds = 'shared'",
     "train_study.seeds = 2", "train_study.schedule = 'halving'", "train_study.keep = 0.34",
     # two seeds leave one degree of freedom: at 0.95 (0.975 adjusted) the t interval's
     # half-width is 25 sd, so a lower level lets the planted loser be beaten
@@ -109,7 +109,7 @@ def test_halving_drops_a_planted_loser_after_the_first_rung_and_resumes_to_the_s
   assert result["schedule"]["stopped_at"] == {"noise_only": "tiny"}
   assert (wd / "rungs" / "tiny" / "arms" / "noise_only").is_dir()
   assert not (wd / "rungs" / "wide" / "arms" / "noise_only").exists()     # never trained again
-  assert sorted(result["metrics"]["wide"]) == ["proportional", "stratified"]
+  assert sorted(result["metrics"]["wide"]) == ["doremi", "stratified"]
   c = result["schedule"]["compute"]
   assert 0 < c["fraction_of_grid"] < 1
   md = (wd / "study.md").read_text()
@@ -117,7 +117,7 @@ def test_halving_drops_a_planted_loser_after_the_first_rung_and_resumes_to_the_s
   # a SIGTERM inside the top rung's run, and the re-run: the same decisions and numbers
   copy = tmp_path / "copy"
   shutil.copytree(wd, copy)
-  shutil.rmtree(copy / "rungs" / "wide" / "arms" / "proportional" / "seed_1")
+  shutil.rmtree(copy / "rungs" / "wide" / "arms" / "doremi" / "seed_1")
   for p in (copy / "study.json", copy / "rungs" / "wide" / "study.json"):
     p.unlink()
   assert stopped_run(lambda: run_stage("study", copy, HALVING), 13).step == 13

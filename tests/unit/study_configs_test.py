@@ -3,6 +3,8 @@ arm is made and checked, the swarm builds its program (no training here; the
 studies' figures are in docs/reproduction.md; the real-text corpus's config
 is tests/e2e/real_text_test.py)."""
 
+import dataclasses
+
 import gin
 import numpy as np
 import pytest
@@ -37,7 +39,8 @@ def test_reproduce_gin_arms_resolve_on_the_builtin_corpus(tmp_path):
 
 
 @pytest.mark.parametrize("gin_file", ["gin/study_quickstart.gin", "gin/study_mixers.gin",
-                                      "gin/study_swarm.gin", "gin/reproduce.gin"])
+                                      "gin/study_swarm.gin", "gin/reproduce.gin",
+                                      "gin/ladder_quickstart.gin"])
 def test_every_committed_study_config_makes_and_checks_its_arms(tmp_path, gin_file):
   """Every arm of the committed studies on the built-in corpus is a known
   kind and passes its checks (a swarm arm builds the swarm's program);
@@ -66,3 +69,13 @@ def test_the_swarm_quickstart_builds_its_program():
   with context.using(devices=jax.devices()[:2]):
     program = context.build_program(lambda: registry.get("swarm")("/nonexistent/swarm"))
   assert program.name == f"swarm{gin.query_parameter('train_swarm.members')}"
+
+
+def test_the_ladder_quickstart_rungs_grow_to_about_30_times_the_proxy():
+  from doremi_jax.stages import ladder
+  _parse("gin/ladder_quickstart.gin")
+  rungs = ladder.parse_rungs(gin.query_parameter("train_study.rungs"))
+  sizes = [dataclasses.replace(r.configs()[1], vocab_size=128).num_params() for r in rungs]
+  assert [r.name for r in rungs] == ["tiny", "small", "medium"]
+  assert sizes == sorted(sizes) and 25 < sizes[-1] / sizes[0] < 35
+  assert gin.query_parameter("train_study.schedule") == "halving"
