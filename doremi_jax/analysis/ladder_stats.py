@@ -130,11 +130,21 @@ def seeds_needed(sd: float, delta: float, level: float, power: float = 0.8,
     return None
   if sd == 0:
     return 2
-  for n in range(2, most + 1):
+
+  def enough(n: int) -> bool:   # the half-width falls as n grows: bisect for the first n
     q = sps.t.ppf(0.5 + level / 2, n - 1) + sps.t.ppf(power, n - 1)
-    if q * sd / math.sqrt(n) <= delta:
-      return n
-  return None
+    return q * sd / math.sqrt(n) <= delta
+
+  if not enough(most):
+    return None
+  lo, hi = 2, most
+  while lo < hi:
+    mid = (lo + hi) // 2
+    if enough(mid):
+      hi = mid
+    else:
+      lo = mid + 1
+  return lo
 
 
 def _best(metrics: dict, higher: bool) -> str:

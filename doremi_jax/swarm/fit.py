@@ -35,8 +35,9 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import optimize
 
+from doremi_jax.analysis import ladder_stats
 from doremi_jax.config import ConfigError
 from doremi_jax.swarm import law as law_lib
 
@@ -167,12 +168,9 @@ class Fitted:
     return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.params.items()}
 
 
-def spearman(a, b) -> float:
-  """Spearman's rank correlation (NaN when either side is constant)."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  if np.ptp(a) == 0 or np.ptp(b) == 0:
-    return float("nan")
-  return float(stats.spearmanr(a, b).statistic)
+# Spearman's rank correlation (NaN when either side is constant): the one
+# the study's ladder uses for rank agreement.
+spearman = ladder_stats.spearman
 
 
 def fold_ids(n: int, folds: int, seed: int) -> np.ndarray:

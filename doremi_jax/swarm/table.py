@@ -31,12 +31,8 @@ from doremi_jax.config import ConfigError
 SUM_TOLERANCE = 1e-3
 
 
-def _rows(path: str) -> list:
-  p = files.path(path)
-  if not files.exists(p):
-    raise ConfigError(f"train_swarm.table: {path} does not exist; name a CSV or JSON file of "
-                      "mixtures and per-domain losses.")
-  text = p.read_text()
+def _rows(path: str, data: bytes) -> list:
+  text = data.decode("utf-8")
   if str(path).lower().endswith(".json"):
     try:
       obj = json.loads(text)
@@ -96,7 +92,12 @@ def read(path: str, domains: Sequence[str], weights: Optional[Mapping] = None,
   at `path` in our domain order (module docstring; ConfigError on bad input)."""
   wmap = _mapping(weights, domains, lambda d: d, "weights")
   lmap = _mapping(losses, domains, lambda d: f"{d}_loss", "losses")
-  rows = _rows(path)
+  p = files.path(path)
+  if not files.exists(p):
+    raise ConfigError(f"train_swarm.table: {path} does not exist; name a CSV or JSON file of "
+                      "mixtures and per-domain losses.")
+  data = p.read_bytes()
+  rows = _rows(path, data)
   if len(rows) < len(domains) + 1:
     raise ConfigError(f"train_swarm.table: {path} has {len(rows)} rows; a law with one weight "
                       f"per domain needs at least {len(domains) + 1} for {len(domains)} "
@@ -110,8 +111,8 @@ def read(path: str, domains: Sequence[str], weights: Optional[Mapping] = None,
                         "the mapped columns must be non-negative and sum to 1.")
     X.append(w / w.sum())
     Y.append([_number(row, lmap[d], n, path) for d in domains])
-  digest = hashlib.sha256(files.path(path).read_bytes()).hexdigest()
-  return {"mixtures": np.array(X), "losses": np.array(Y), "rows": len(rows), "sha256": digest,
+  return {"mixtures": np.array(X), "losses": np.array(Y), "rows": len(rows),
+          "sha256": hashlib.sha256(data).hexdigest(),
           "columns": {"weights": wmap, "losses": lmap}}
 
 
