@@ -19,11 +19,17 @@ whole, then read back after `settle_s`; whoever's token is there holds it
 refused).
 
 A process may take the same lease again, or a lease inside a directory it
-already holds (a pipeline's stages, a study's runs): that is a no-op. Only
-process 0 of a multi-process job takes it, for the whole job, and every
-process learns the outcome (all refuse together). `doremi_jax.rundir`
-names the run directory's lease file; the later many-job runs use the
-same piece for their own leases.
+already holds (a pipeline's stages): that is a no-op. Only process 0 of a
+multi-process job takes it, for the whole job, and every process learns the
+outcome (all refuse together). `doremi_jax.rundir` names the run
+directory's lease file; a study's workers (`doremi_jax.plan`) claim their
+runs with the same piece, under `settings` (their expiry, and waiting
+rather than refusing where another worker holds a finished run briefly).
+
+A lease records the host by `socket.gethostname()`, or by the environment
+variable DOREMI_JAX_LEASE_HOST where it is set (machines or containers
+that share a host name must set it, or a live holder on another one
+would look dead here).
 """
 
 from __future__ import annotations
@@ -45,6 +51,32 @@ from doremi_jax.config import ConfigError
 HEARTBEAT_S = 30.0
 STALE_S = 300.0
 SETTLE_S = 2.0
+HOST_ENV = "DOREMI_JAX_LEASE_HOST"
+
+# What a lease taken without its own values uses (`settings`); `wait_s`:
+# None refuses a live holder (LeaseHeld), a number retries that often.
+_DEFAULTS = {"heartbeat_s": HEARTBEAT_S, "stale_s": STALE_S, "wait_s": None}
+
+
+@contextlib.contextmanager
+def settings(**kwargs):
+  """The defaults of every lease this process takes in the block
+  (`heartbeat_s`, `stale_s`, `wait_s`)."""
+  unknown = set(kwargs) - set(_DEFAULTS)
+  if unknown:
+    raise TypeError(f"unknown lease settings {sorted(unknown)}")
+  before = dict(_DEFAULTS)
+  _DEFAULTS.update(kwargs)
+  try:
+    yield
+  finally:
+    _DEFAULTS.clear()
+    _DEFAULTS.update(before)
+
+
+def host() -> str:
+  """The host name leases record (module docstring)."""
+  return os.environ.get(HOST_ENV) or socket.gethostname()
 
 
 class LeaseHeld(ConfigError):
@@ -76,7 +108,7 @@ def describe(record: dict) -> str:
 def stale_reason(record: dict, stale_s: float, now: Optional[float] = None) -> Optional[str]:
   """Why `record`'s holder is gone, or None while it may be alive."""
   now = time.time() if now is None else now
-  if record.get("host") == socket.gethostname() and not _alive(int(record.get("pid", -1))):
+  if record.get("host") == host() and not _alive(int(record.get("pid", -1))):
     return f"its process {record.get('pid')} on this host is not running"
   age = now - float(record.get("heartbeat", 0))
   if age > stale_s:
@@ -101,12 +133,14 @@ def _read(p) -> Optional[dict]:
 class Lease:
   """The lease file `path`, held by this process once `acquire` returns."""
 
-  def __init__(self, path, heartbeat_s: float = HEARTBEAT_S, stale_s: float = STALE_S,
-               settle_s: float = SETTLE_S):
+  def __init__(self, path, heartbeat_s: Optional[float] = None,
+               stale_s: Optional[float] = None, settle_s: float = SETTLE_S):
     self.path = epath.Path(path)
-    self.heartbeat_s, self.stale_s, self.settle_s = heartbeat_s, stale_s, settle_s
+    self.heartbeat_s = _DEFAULTS["heartbeat_s"] if heartbeat_s is None else heartbeat_s
+    self.stale_s = _DEFAULTS["stale_s"] if stale_s is None else stale_s
+    self.settle_s = settle_s
     now = time.time()
-    self.record = {"host": socket.gethostname(), "pid": os.getpid(),
+    self.record = {"host": host(), "pid": os.getpid(),
                    "token": uuid.uuid4().hex, "started_at": now, "heartbeat": now}
     self._stop = threading.Event()
     self._thread = None
@@ -211,19 +245,10 @@ def _key(directory) -> str:
   return str(directory) if _remote(directory) else os.path.abspath(str(directory))
 
 
-@contextlib.contextmanager
-def hold(directory, name: str, **kwargs):
-  """Holds the lease `directory/name` for the block (see the module
-  docstring); a no-op where this process already holds it or a lease on a
-  directory above. On several processes process 0 takes it and all learn
-  the outcome. A directory the lease made is removed again if it is left
-  empty."""
+def _take(directory, name: str, **kwargs):
+  """Lease `directory/name` taken (process 0) or None (another process of
+  the job); LeaseHeld on every process when process 0 was refused."""
   import jax  # pylint: disable=import-outside-toplevel
-  key = _key(directory)
-  if _covering(key) is not None:
-    yield
-    return
-  made = not epath.Path(directory).exists()
   lease, error = None, None
   if jax.process_index() == 0:
     try:
@@ -238,6 +263,36 @@ def hold(directory, name: str, **kwargs):
       raise LeaseHeld(f"{directory} is in use by another run (process 0 says which).")
   if error is not None:
     raise error
+  return lease
+
+
+@contextlib.contextmanager
+def hold(directory, name: str, wait_s=..., **kwargs):
+  """Holds the lease `directory/name` for the block (see the module
+  docstring); a no-op where this process already holds it or a lease on a
+  directory above. On several processes process 0 takes it and all learn
+  the outcome. `wait_s` (default `settings`'): None refuses a live holder,
+  a number waits for it, looking again that often. A directory the lease
+  made is removed again if it is left empty."""
+  key = _key(directory)
+  if _covering(key) is not None:
+    yield
+    return
+  wait_s = _DEFAULTS["wait_s"] if wait_s is ... else wait_s
+  made = not epath.Path(directory).exists()
+  said = False
+  while True:
+    try:
+      lease = _take(directory, name, **kwargs)
+      break
+    except LeaseHeld:
+      if wait_s is None:
+        raise
+      if not said:
+        print(f"waiting for {directory}: another process holds it; looking again every "
+              f"{wait_s:g} s", flush=True)
+        said = True
+      time.sleep(wait_s)
   _held[key] = lease
   try:
     yield

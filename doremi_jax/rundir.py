@@ -69,6 +69,7 @@ STUDY_DOREMI = "doremi"        # RUN/doremi: a study's DoReMi pipeline (referenc
 STUDY_SWARM = "swarm"          # RUN/swarm: a study's swarm
 STUDY_REFERENCE = "reference"  # RUN/reference: online DoReMi's reference without DoReMi arms
 STUDY_RUNGS = "rungs"          # RUN/rungs/<rung>/: a ladder's arms at one model size
+PLAN, TASK_DONE = "plan", "done.json"   # RUN/plan/<phase>.json, <phase>/<task>/ (plan.py)
 # The swarm
 SWARM_MIXTURES = "swarm_mixtures.json"
 SWARM_JSON = "swarm.json"

@@ -20,7 +20,9 @@
 # Options:
 #   --project P            GCP project (required)
 #   --zone Z               zone, e.g. us-east5-a (required)
-#   --name N               TPU VM name (required)
+#   --name N               TPU VM name (required); N1,N2,... runs the command on
+#                          each slice (a study's workers: `run` starts the same
+#                          command on every slice and they share its runs)
 #   --accelerator-type T   e.g. v4-8, v5litepod-16, v5p-64 (create, babysit)
 #   --runtime-version V    TPU software version, e.g. v2-alpha-tpuv5 (create, babysit)
 #   --spot                 spot capacity (create, babysit)
@@ -250,14 +252,23 @@ cmd_babysit() {
   done
 }
 
-case "$COMMAND" in
-  create) cmd_create ;;
-  setup) cmd_setup ;;
-  run) cmd_run ;;
-  logs) cmd_logs ;;
-  status) cmd_status ;;
-  stop) cmd_stop ;;
-  delete) cmd_delete ;;
-  babysit) cmd_babysit ;;
-  *) die "unknown command '$COMMAND'; one of: create setup run logs status stop delete babysit" ;;
-esac
+# --name A,B,C: the command on each slice in turn (a study's workers: `run`
+# starts the same command on every slice, and they share its runs).
+IFS=, read -ra SLICES <<< "$NAME"
+if [[ "$COMMAND" == "babysit" && "${#SLICES[@]}" -gt 1 ]]; then
+  die "babysit keeps one slice alive; start one babysit per slice (--name ${SLICES[0]}, ...)"
+fi
+for NAME in "${SLICES[@]}"; do
+  [[ -n "$NAME" ]] || die "--name lists an empty slice name: '${SLICES[*]}'"
+  case "$COMMAND" in
+    create) cmd_create ;;
+    setup) cmd_setup ;;
+    run) cmd_run ;;
+    logs) cmd_logs ;;
+    status) cmd_status ;;
+    stop) cmd_stop ;;
+    delete) cmd_delete ;;
+    babysit) cmd_babysit ;;
+    *) die "unknown command '$COMMAND'; one of: create setup run logs status stop delete babysit" ;;
+  esac
+done

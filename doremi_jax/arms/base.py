@@ -15,6 +15,7 @@ Kinds register in order (`register`); a spec is the first kind's that
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, ClassVar
 
@@ -40,6 +41,17 @@ class Study:
   settings: dict
   shared: dict = dataclasses.field(default_factory=dict)
   arms_root: Any = None
+  only: Any = None   # the method seeds `restricted` to, in its block
+
+  @contextlib.contextmanager
+  def restricted(self, seeds: list):
+    """`method_seeds` is `seeds` in the block: a study's task runs one seed's
+    method runs (`doremi_jax.plan`)."""
+    self.only = list(seeds)
+    try:
+      yield
+    finally:
+      self.only = None
 
   def __post_init__(self):
     if self.arms_root is None:
@@ -61,6 +73,8 @@ class Study:
   def method_seeds(self) -> list:
     """The seeds the methods' own runs are made with: every study seed, or
     [None] (one run, TrainConfig's seed, shared by every seed)."""
+    if self.only is not None:
+      return list(self.only)
     return list(range(self.settings["seeds"])) if self.per_seed else [None]
 
   def method_seed(self, seed: int):
@@ -93,12 +107,28 @@ class Arm:
   def matches(cls, spec: Any) -> bool:
     raise NotImplementedError
 
+  def charge(self, *runs) -> None:
+    """Charges the method runs `runs` to the arm's cost, each once (a
+    study's workers may read the same runs more than once)."""
+    for run in runs:
+      if str(run) not in self.method_runs:
+        self.method_runs.append(str(run))
+
   def check(self) -> None:
     """Raises ConfigError before anything trains if the arm cannot work."""
 
   @classmethod
   def prepare_all(cls, arms: list, study: Study) -> None:
-    """Runs the method's own runs for all of the study's arms of this kind."""
+    """Runs the method's own runs for all of the study's arms of this kind
+    (for each of `study.method_seeds()`), or, where they are done, reads
+    their results; it may read what earlier kinds' `prepare_all` left in
+    `study.shared` for the same seeds."""
+
+  @classmethod
+  def has_method_runs(cls) -> bool:
+    """Whether the kind has its own `prepare_all` (a study plans it a task
+    per method seed)."""
+    return cls.prepare_all.__func__ is not Arm.prepare_all.__func__
 
   def weights(self, seed: int = 0) -> Any:
     """What `train_main_model.weights` trains seed `seed` of this arm with:

@@ -77,4 +77,4 @@ class DoReMi(base.Arm):
       for arm in arms:
         used = done[:arm.round()]   # fewer when the run converged before the arm's round
         arm.final[seed] = used[-1]["weights"]
-        arm.method_runs += [x[k] for x in used for k in ("reference_dir", "proxy_dir")]
+        arm.charge(*[x[k] for x in used for k in ("reference_dir", "proxy_dir")])

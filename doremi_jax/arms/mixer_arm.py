@@ -43,7 +43,8 @@ class Mixer(base.Arm):
           stages.get("reference")(reference_dir, seed=seed)
       for arm in needs:
         arm.reference_dirs[seed] = reference_dir
-        arm.method_runs += [reference_dir] if own else []
+        if own:
+          arm.charge(reference_dir)
 
   def __init__(self, name, spec, study):
     super().__init__(name, spec, study)

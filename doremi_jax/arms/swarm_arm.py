@@ -52,7 +52,7 @@ class Swarm(base.Arm):
         arm.final[seed] = law["optimum"]
         arm.predicted[seed] = dict(law["predicted"], objective=law["predicted_objective"])
         arm.terms = swarm["objective_terms"]
-        arm.method_runs.append(str(run_dir))
+        arm.charge(run_dir)
 
   def __init__(self, name, spec, study):
     super().__init__(name, spec, study)

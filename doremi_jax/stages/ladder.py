@@ -34,6 +34,7 @@ from gin import config_parser
 
 from doremi_jax import config as config_lib
 from doremi_jax import files
+from doremi_jax import plan
 from doremi_jax import rundir
 from doremi_jax.analysis import ladder_report
 from doremi_jax.analysis import ladder_stats
@@ -217,9 +218,10 @@ def run(workdir: str, arms: dict, s: dict, rungs: list, study_at) -> dict:
       "name": s["schedule"], "keep": s["keep"], "decisions": decisions,
       "stopped_at": {a: d["rung"] for d in decisions for a in d["stopped"]},
       "compute": ladder_stats.compute([(r.name, res) for r, res in per_rung], list(arms))}
-  if rundir.is_writer():
-    files.write_json(root / rundir.STUDY_JSON, ladder)
-    path = ladder_report.write(root)
-    print(ladder_report.format_summary(ladder), flush=True)
-    rundir.announce("study", f"ladder report: {path}")
+  with plan.writer(root, "ladder") as mine:
+    if mine:
+      files.write_json(root / rundir.STUDY_JSON, ladder)
+      path = ladder_report.write(root)
+      print(ladder_report.format_summary(ladder), flush=True)
+      rundir.announce("study", f"ladder report: {path}")
   return ladder

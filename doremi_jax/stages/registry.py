@@ -47,6 +47,7 @@ class Stage:
   name: str
   fn: Callable[..., Any]
   runs: tuple = ()
+  shared: bool = False   # its workers share the directory (`doremi_jax.plan`)
 
   @property
   def compiled(self) -> tuple:
@@ -56,7 +57,8 @@ class Stage:
   def __call__(self, workdir: str, **kwargs):
     """Runs the stage holding its run directory's lease (`doremi_jax.lease`;
     a composite's lease covers its stages), except in build-only mode,
-    which writes nothing."""
+    which writes nothing, and for a `shared` stage, whose workers claim
+    its runs one by one (`doremi_jax.plan`)."""
     # pylint: disable=import-outside-toplevel
     from doremi_jax import context, lease, rundir
     check_tasks()
@@ -64,7 +66,7 @@ class Stage:
       held = contextlib.nullcontext()
     else:
       rundir.check_writable(workdir)   # before the lease makes the directory
-      held = lease.hold(workdir, rundir.LOCK)
+      held = contextlib.nullcontext() if self.shared else lease.hold(workdir, rundir.LOCK)
     with held:
       if self.runs:
         return self.fn(workdir, **kwargs)

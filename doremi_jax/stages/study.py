@@ -30,6 +30,7 @@ import gin
 
 from doremi_jax import arms as arms_lib
 from doremi_jax import files
+from doremi_jax import plan
 from doremi_jax import rundir
 from doremi_jax.analysis import study_report
 from doremi_jax.analysis import study_stats
@@ -128,32 +129,74 @@ def make_arms(arms: Any, workdir: str, rounds: int = 1, unimax_epochs: float = 1
   return made
 
 
-def _train_arms(made: list, seeds: int):
+def plan_tasks(made: list, seeds: int, rung=None) -> tuple:
+  """The study's work at one size as `plan.Task`s: each arm kind's method
+  runs for each method seed (after the earlier kinds' for that seed: a
+  kind may reuse their runs), then every arm x seed main run (after all
+  method runs; it first reads their results, once per worker). Returns
+  (tasks, read): `read()` reads the method runs' results into the arms
+  (once per worker; every worker does before the report)."""
+  study = made[0].study
+  kinds = arms_lib.by_kind(made)
+  read = []
+
+  def read_methods():
+    if not read:
+      with plan.reading():
+        for kind, mine in kinds:
+          kind.prepare_all(mine, study)
+      read.append(True)
+
+  def method_task(i, seed):
+    def fn():
+      with plan.reading(), study.restricted([seed]):
+        for kind, mine in kinds[:i + 1]:
+          kind.prepare_all(mine, study)
+    return fn
+
+  tasks, keys = [], {}
+  for i, (kind, mine) in enumerate(kinds):
+    for seed in study.method_seeds() if kind.has_method_runs() else ():
+      key = f"methods/{kind.kind}/" + ("shared" if seed is None else f"seed_{seed}")
+      deps = tuple(k for (j, s), k in keys.items() if s == seed and j < i)
+      keys[(i, seed)] = key
+      tasks.append(plan.Task(key, method_task(i, seed), deps, what=(
+          f"the method runs of {', '.join(a.name for a in mine)}"
+          + ("" if seed is None else f", seed {seed}"))))
+
+  def main_task(arm, seed, run_dir):
+    def fn():
+      read_methods()
+      arm.study.say(f"arm {arm.name}, seed {seed}: training in {run_dir}")
+      with rung.active() if rung is not None else contextlib.nullcontext():
+        arm.train(str(run_dir), seed)
+    return fn
+
   for arm in made:
     for seed in range(seeds):
-      run_dir = arm.study.arm_dir(arm.name, seed)
-      if rundir.is_complete(run_dir):
-        arm.study.say(f"arm {arm.name}, seed {seed}: already complete, skipping")
-        continue
-      arm.study.say(f"arm {arm.name}, seed {seed}: training in {run_dir}")
-      arm.train(str(run_dir), seed)
+      run_dir = study.arm_dir(arm.name, seed)
+      tasks.append(plan.Task(f"arms/{arm.name}/seed_{seed}", main_task(arm, seed, run_dir),
+                             tuple(keys.values()), what=f"the main run in {run_dir}",
+                             complete=lambda d=run_dir: rundir.is_complete(d)))
+  return tasks, read_methods
 
 
 def study_at(workdir: str, arms: Any, s: dict, rung=None) -> dict:
   """Every arm x seed at one size (the `main/` settings, or a ladder's
-  rung): the methods' own runs, the main runs, then study.json and
-  study.md in the study's (or the rung's) directory. `s`: train_study's
-  settings. Returns that study.json."""
+  rung): the methods' own runs, the main runs (shared with any other
+  worker on this study: `plan`), then study.json and study.md in the
+  study's (or the rung's) directory. `s`: train_study's settings. Returns
+  that study.json."""
   made = make_arms(arms, workdir, s["rounds"], s["unimax_epochs"], s["seeds"],
                    s["method_seeds"], rung, s.get("scales"))
   study = made[0].study
   where = f" at rung {rung.name}" if rung is not None else ""
   study.say(f"{len(made)} arms x {s['seeds']} seeds{where} in {study.arms_root}: "
             f"{', '.join(a.name for a in made)}; baseline {s['baseline']}.")
-  for kind, mine in arms_lib.by_kind(made):
-    kind.prepare_all(mine, study)
-  with rung.active() if rung is not None else contextlib.nullcontext():
-    _train_arms(made, s["seeds"])
+  phase = "study" if rung is None else f"rung_{rung.name}"
+  tasks, read = plan_tasks(made, s["seeds"], rung)
+  plan.execute(study.root, phase, tasks, study.say)
+  read()
   seeds = s["seeds"]
   rates = {arm.name: arm.rates(seeds) for arm in made}
   method_runs = {arm.name: arm.method_runs for arm in made}
@@ -163,11 +206,12 @@ def study_at(workdir: str, arms: Any, s: dict, rung=None) -> dict:
                                method_root=study.root)
   for arm in made:
     result["results"][arm.name].update(arm.report(seeds))
-  if rundir.is_writer():
-    files.write_json(study.arms_root / rundir.STUDY_JSON, result)
-    path = study_report.write(study.arms_root)
-    print(study_report.format_verdicts(result), flush=True)
-    study.say(f"report: {path}")
+  with plan.writer(study.root, phase) as mine:
+    if mine:
+      files.write_json(study.arms_root / rundir.STUDY_JSON, result)
+      path = study_report.write(study.arms_root)
+      print(study_report.format_verdicts(result), flush=True)
+      study.say(f"report: {path}")
   return result
 
 
@@ -217,4 +261,5 @@ def train_study(workdir: str, arms: Any = gin.REQUIRED, seeds: int = 3,
 
 # What compile_check compiles for a study: the main model's step (the arms'
 # weights do not change it).
-registry.register(registry.Stage("study", train_study, runs=(("main", {"weights": "uniform"}),)))
+registry.register(registry.Stage("study", train_study, runs=(("main", {"weights": "uniform"}),),
+                                 shared=True))

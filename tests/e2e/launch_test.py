@@ -96,6 +96,15 @@ def test_run_starts_the_gin_file_on_all_workers_with_a_gcs_workdir(tmp_path):
       "gs://bucket/doremi/run 1", "--gin.TrainConfig.num_steps=1000"]
 
 
+def test_run_on_several_slices_starts_one_worker_on_each():
+  """--name A,B: a study's workers, the same command on every slice."""
+  cmds = _dry("run", "--project", "my-proj", "--zone", "us-east5-a", "--name", "s-0,s-1,s-2",
+              "--gin-file", "gin/study_quickstart.gin", "--workdir", "gs://bucket/study")
+  assert [c[5] for c in cmds] == ["s-0", "s-1", "s-2"]
+  assert all(c[:5] == cmds[0][:5] and c[6:] == cmds[0][6:] for c in cmds)
+  assert "--worker=all" in cmds[0]
+
+
 def test_logs_stop_delete_babysit():
   (logs,) = _dry("logs", *WHERE, "--worker", "3")
   assert "--worker=3" in logs and "tail -n 200 -F ~/doremi_run.log" in logs
@@ -121,6 +130,9 @@ def test_logs_stop_delete_babysit():
     (["babysit", *WHERE, "--accelerator-type", "v4-8", "--runtime-version", "v",
       "--gin-file", "g.gin", "--workdir", "/local/dir"], "needs a gs:// --workdir"),
     (["explode", *WHERE], "unknown command 'explode'"),
+    (["babysit", "--project", "p", "--zone", "z", "--name", "a,b", "--accelerator-type",
+      "v4-8", "--runtime-version", "v", "--gin-file", "g.gin", "--workdir", "gs://b/r"],
+     "start one babysit per slice"),
     (["create", *WHERE, "--acelerator-type", "v4-8"], "unknown option '--acelerator-type'"),
 ])
 def test_bad_arguments_fail_clearly(args, message):
