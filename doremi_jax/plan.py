@@ -47,6 +47,11 @@ from doremi_jax import rundir
 from doremi_jax.config import check_number
 
 ALL_DONE, NONE_READY = -2, -1
+_claimed = [0]   # tasks this process has trained (`Workers.max_tasks`)
+
+
+class QuotaReached(Exception):
+  """This worker trained its `Workers.max_tasks`; the others finish."""
 
 
 @gin.configurable
@@ -57,15 +62,21 @@ class Workers:
   on this host a dead process is seen at once); `heartbeat_s`: how often
   a worker refreshes its claims; `poll_s`: how often a worker with nothing
   to claim looks again; `wait_s`: how often a lease held briefly by
-  another worker (reading a finished run) is tried again."""
+  another worker (reading a finished run) is tried again; `max_tasks`: the
+  worker stops (`QuotaReached`, exit status 0) after training that many
+  tasks (None: it works until the study is done), as a Ray task does
+  (`doremi_jax.ray_driver`)."""
   stale_s: float = lease.STALE_S
   heartbeat_s: float = lease.HEARTBEAT_S
   poll_s: float = 10.0
   wait_s: float = 1.0
+  max_tasks: Optional[int] = None
 
   def __post_init__(self):
     for name in ("stale_s", "heartbeat_s", "poll_s", "wait_s"):
       check_number(f"Workers.{name}", getattr(self, name), low=0, low_open=True)
+    if self.max_tasks is not None:
+      check_number("Workers.max_tasks", self.max_tasks, integer=True, low=1)
     if self.heartbeat_s >= self.stale_s:
       from doremi_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
       raise ConfigError(f"Workers.heartbeat_s={self.heartbeat_s} must be below "
@@ -159,6 +170,9 @@ def execute(root, phase: str, tasks: list, say: Callable[[str], None]) -> None:
         time.sleep(cfg.poll_s)
         continue
       task, waiting = tasks[i], False
+      if cfg.max_tasks is not None and _claimed[0] >= cfg.max_tasks:
+        raise QuotaReached(f"this worker trained its {cfg.max_tasks} task(s) "
+                           "(Workers.max_tasks) and stops; the other workers finish the study")
       if not _claim_and_run(root, phase, task, say):
         passed.add(task.key)
 
@@ -174,6 +188,7 @@ def _claim_and_run(root, phase: str, task: Task, say) -> bool:
     if _agree(int(is_done(root, phase, task))):   # finished just before the claim
       return True
     say(f"claimed {phase}/{task.key}: {task.what}")
+    _claimed[0] += 1
     task.fn()
     if task.complete is None and rundir.is_writer():
       files.write_json(where / rundir.TASK_DONE, {

@@ -114,3 +114,13 @@ def test_bad_plans_and_settings(tmp_path, fast):
   gin.bind_parameter("Workers.heartbeat_s", -1.0)
   with pytest.raises(ConfigError, match="heartbeat_s"):
     plan.Workers()
+
+
+def test_a_worker_with_max_tasks_stops_after_them(tmp_path, fast, monkeypatch):
+  monkeypatch.setattr(plan, "_claimed", [0])
+  gin.bind_parameter("Workers.max_tasks", 1)
+  ran = []
+  with pytest.raises(plan.QuotaReached, match="trained its 1 task"):
+    plan.execute(tmp_path, "p", [_task("a", ran), _task("b", ran)], print)
+  assert ran == ["a"]
+  plan.execute(tmp_path, "q", [_task("c", ran, complete=lambda: True)], print)   # nothing left
