@@ -32,7 +32,11 @@ SUM_TOLERANCE = 1e-3
 
 
 def _rows(path: str, data: bytes) -> list:
-  text = data.decode("utf-8")
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise ConfigError(f"train_swarm.table: {path} is not UTF-8 text ({e.reason} at byte "
+                      f"{e.start}); save the table as UTF-8 CSV or JSON.") from None
   if str(path).lower().endswith(".json"):
     try:
       obj = json.loads(text)

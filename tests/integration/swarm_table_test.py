@@ -79,6 +79,7 @@ def test_bad_tables_are_refused_before_anything_is_written(tmp_path):
   bad_row[3] *= 1.2
   _write_csv(tmp_path / "not_a_distribution.csv", bad_row, Y)
   _write_csv(tmp_path / "few.csv", X[:5], Y[:5])
+  (tmp_path / "latin1.csv").write_bytes(good.read_bytes() + "caf\xe9\n".encode("latin-1"))
   unknown = {f"w_{THEIRS[d]}": d for d in DOMAINS}
   unknown["w_src_0"] = "wikipedia"
   cases = [
@@ -89,6 +90,7 @@ def test_bad_tables_are_refused_before_anything_is_written(tmp_path):
         _maps()[1]], "domains this corpus does not have: ['wikipedia']"),
       ([f"train_swarm.table = '{good}'"], "has no column 'noise'"),
       ([f"train_swarm.table = '{tmp_path}/missing.csv'"], "does not exist"),
+      ([f"train_swarm.table = '{tmp_path}/latin1.csv'"] + _maps(), "is not UTF-8 text"),
   ]
   for n, (bindings, message) in enumerate(cases):
     wd = tmp_path / f"wd{n}"
