@@ -84,3 +84,14 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
     jax.distributed.initialize()
     return True
   return False
+
+
+def from_process_0(value: int) -> int:
+  """Process 0's integer `value` on every process of the job (a decision
+  all of them must share: whether a lease was refused, which task to
+  claim); `value` itself on one process."""
+  if jax.process_count() == 1:
+    return int(value)
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return int(multihost_utils.broadcast_one_to_all(np.int32(value)))

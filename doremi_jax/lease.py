@@ -256,9 +256,8 @@ def _take(directory, name: str, **kwargs):
     except LeaseHeld as e:
       error = e
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    import numpy as np  # pylint: disable=import-outside-toplevel
-    refused = bool(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+    from doremi_jax import distributed  # pylint: disable=import-outside-toplevel
+    refused = bool(distributed.from_process_0(error is not None))
     if refused and error is None:
       raise LeaseHeld(f"{directory} is in use by another run (process 0 says which).")
   if error is not None:

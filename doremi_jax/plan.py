@@ -41,10 +41,11 @@ from typing import Callable, Optional
 
 import gin
 
+from doremi_jax import distributed
 from doremi_jax import files
 from doremi_jax import lease
 from doremi_jax import rundir
-from doremi_jax.config import check_number
+from doremi_jax.config import ConfigError, check_number
 
 ALL_DONE, NONE_READY = -2, -1
 _claimed = [0]   # tasks this process has trained (`Workers.max_tasks`)
@@ -78,7 +79,6 @@ class Workers:
     if self.max_tasks is not None:
       check_number("Workers.max_tasks", self.max_tasks, integer=True, low=1)
     if self.heartbeat_s >= self.stale_s:
-      from doremi_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
       raise ConfigError(f"Workers.heartbeat_s={self.heartbeat_s} must be below "
                         f"Workers.stale_s={self.stale_s}: a live worker's claim would look "
                         "stale between two heartbeats.")
@@ -109,16 +109,6 @@ def is_done(root, phase: str, task: Task) -> bool:
   if task.complete is not None:
     return bool(task.complete())
   return files.exists(task_dir(root, phase, task.key) / rundir.TASK_DONE)
-
-
-def _agree(value: int) -> int:
-  """Process 0's `value` on every process of the job."""
-  import jax  # pylint: disable=import-outside-toplevel
-  if jax.process_count() == 1:
-    return value
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
 
 
 def record(root, phase: str, tasks: list) -> None:
@@ -158,7 +148,7 @@ def execute(root, phase: str, tasks: list, say: Callable[[str], None]) -> None:
   passed, waiting = set(), False
   with _settings(cfg):
     while True:
-      i = _agree(_pick(root, phase, tasks, passed))
+      i = distributed.from_process_0(_pick(root, phase, tasks, passed))
       if i == ALL_DONE:
         return
       if i == NONE_READY:
@@ -185,7 +175,7 @@ def _claim_and_run(root, phase: str, task: Task, say) -> bool:
       claim.enter_context(lease.hold(where, rundir.LOCK, wait_s=None))
     except lease.LeaseHeld:
       return False
-    if _agree(int(is_done(root, phase, task))):   # finished just before the claim
+    if distributed.from_process_0(is_done(root, phase, task)):   # finished before the claim
       return True
     say(f"claimed {phase}/{task.key}: {task.what}")
     _claimed[0] += 1

@@ -23,8 +23,8 @@ from typing import Optional
 
 import gin
 import jax
-import numpy as np
 
+from doremi_jax import distributed
 from doremi_jax import files
 from doremi_jax.config import ConfigError
 from doremi_jax.model import EXECUTION_FIELDS, ModelConfig
@@ -291,10 +291,7 @@ def logged_eval(workdir, step: int) -> bool:
   and every process gets its answer, so all evaluate or none does)."""
   logged = is_writer() and any(
       row.get("step") == step for row in files.read_jsonl(files.path(workdir) / EVAL_LOG))
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    logged = bool(multihost_utils.broadcast_one_to_all(np.int32(logged)))
-  return logged
+  return bool(distributed.from_process_0(logged))
 
 
 def recorded_model(info: dict):
