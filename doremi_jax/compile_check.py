@@ -18,6 +18,7 @@ estimate of the step time. Exits with status 1 when a stage does not fit.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -220,13 +221,21 @@ def build_stage_program(kind: str, kwargs: dict, devices):
   return program
 
 
-def check_stage(stage: str, slice_name: str, devices, chip: Chip, kwargs=None) -> Result:
+def check_stage(stage: str, slice_name: str, devices, chip: Chip, kwargs=None,
+                inner: Optional[str] = None) -> Result:
   """AOT-compiles the step program stage kind `stage` trains, on `devices`
-  (a TPU topology)."""
+  (a TPU topology); `inner`: under that inner scope (`registry.inner_scope`:
+  a ladder rung's main runs), reported as STAGE@SCOPE."""
+  from doremi_jax.stages import registry
   from doremi_jax.state import TrainConfig
 
-  cfg = TrainConfig()
-  program = build_stage_program(stage, kwargs or {}, devices)
+  with contextlib.ExitStack() as scopes:
+    for scope in [stage] + ([inner] if inner is not None else []):
+      scopes.enter_context(gin.config_scope(scope))
+    cfg = TrainConfig()
+  with registry.inner_scope(inner) if inner is not None else contextlib.nullcontext():
+    program = build_stage_program(stage, kwargs or {}, devices)
+  stage = stage if inner is None else f"{stage}@{inner}"
   setup = program.setup
   tokens = cfg.tokens_per_step * int(np.prod(program.batch_prefix, dtype=np.int64))
   common = dict(stage=stage, program=program.name, slice_name=slice_name, chip=chip,
@@ -278,18 +287,17 @@ def compile_check(topology: str = gin.REQUIRED, stages=None) -> list:
   run = gin.query_parameter("run.stage") if "run.stage" in gin.config_str() else "reference"
   kinds = list(registry.get(run).compiled)
   if stages is not None:
-    known = {kind: kwargs for kind, kwargs in kinds}
+    known = {kind: kwargs for kind, kwargs, *_ in kinds}
     for s in stages:
       registry.get(s)   # a stage name, else ConfigError
       if registry.get(s).runs:
         raise ConfigError(f"stage {s!r} runs other stages; compile one of its kinds "
-                          f"({', '.join(k for k, _ in registry.get(s).compiled)}).")
+                          f"({', '.join(k for k, *_ in registry.get(s).compiled)}).")
     kinds = [(s, known.get(s, {})) for s in stages]
   devices, chip = topology_devices(topology)
   results = []
-  for kind, kwargs in kinds:
-    with gin.config_scope(kind):
-      results.append(check_stage(kind, topology, devices, chip, kwargs))
+  for kind, kwargs, *inner in kinds:
+    results.append(check_stage(kind, topology, devices, chip, kwargs, *inner))
     print(results[-1].format(), flush=True)
   return results
 

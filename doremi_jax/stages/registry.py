@@ -35,24 +35,35 @@ def inner_scope(name: str):
     _INNER_SCOPES.pop()
 
 
+def bindings(name: str, fn) -> dict:
+  """gin's bindings of the configurable `fn` as the stage `name` started
+  here sees them (under its scope and the block's inner scopes)."""
+  with contextlib.ExitStack() as scopes:
+    for scope in [name, *_INNER_SCOPES]:
+      scopes.enter_context(gin.config_scope(scope))
+    return gin.get_bindings(fn)
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
   """`fn(workdir, **kwargs)` runs the stage. A composite stage (the pipeline,
   the study) runs other stages, each under the gin scope of its kind;
-  `runs` lists them as (kind, kwargs): the arguments the composite passes
-  that gin does not (`compile_check` passes these, e.g. placeholder weights
-  that do not change the step program). A single stage runs under the gin
+  `runs` lists them as (kind, kwargs) or (kind, kwargs, inner scope): the
+  arguments the composite passes that gin does not (`compile_check` passes
+  these, e.g. placeholder weights that do not change the step program), and
+  the `inner_scope` a run trains under (a ladder's rung); or it is a
+  function that returns that list from gin's settings. A single stage runs under the gin
   scope of its own name, so `proxy/TrainConfig.num_steps` applies to a
   proxy run alone as to the proxy inside a pipeline."""
   name: str
   fn: Callable[..., Any]
-  runs: tuple = ()
+  runs: Any = ()
   shared: bool = False   # its workers share the directory (`doremi_jax.plan`)
 
   @property
   def compiled(self) -> tuple:
     """(kind, kwargs) of every step program `compile_check` compiles."""
-    return self.runs or ((self.name, {}),)
+    return (self.runs() if callable(self.runs) else self.runs) or ((self.name, {}),)
 
   def __call__(self, workdir: str, **kwargs):
     """Runs the stage holding its run directory's lease (`doremi_jax.lease`;

@@ -259,7 +259,13 @@ def train_study(workdir: str, arms: Any = gin.REQUIRED, seeds: int = 3,
   return result
 
 
-# What compile_check compiles for a study: the main model's step (the arms'
-# weights do not change it).
-registry.register(registry.Stage("study", train_study, runs=(("main", {"weights": "uniform"}),),
-                                 shared=True))
+def compiled_runs() -> tuple:
+  """What compile_check compiles for a study: the main model's step (the
+  arms' weights do not change it), at every rung of a ladder."""
+  rungs = ladder.parse_rungs(registry.bindings("study", train_study).get("rungs"))
+  if not rungs:
+    return (("main", {"weights": "uniform"}),)
+  return tuple(("main", {"weights": "uniform"}, r.scope) for r in rungs)
+
+
+registry.register(registry.Stage("study", train_study, runs=compiled_runs, shared=True))

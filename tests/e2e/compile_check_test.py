@@ -105,6 +105,17 @@ def test_mixer_main_run_and_swarm_compile_what_they_would_train(tmp_path):
   assert not (tmp_path / "future_reference").exists() and not any(tmp_path.iterdir())
 
 
+def test_a_ladder_study_compiles_the_main_step_of_every_rung():
+  """A study with `train_study.rungs` compiles its main model's step at
+  each rung's size, not only the `main/` settings."""
+  results = _check(["gin/ladder_quickstart.gin"], topology="v5e-4")
+  assert [r.stage for r in results] == ["main@rung_tiny", "main@rung_small", "main@rung_medium"]
+  params = [r.num_params for r in results]
+  assert params == sorted(params) and 25 < params[-1] / params[0] < 35
+  assert all(r.fits and r.program == "lm" for r in results)
+  assert results[-1].model_flops_per_device > 20 * results[0].model_flops_per_device
+
+
 def test_a_stage_in_build_only_mode_builds_and_writes_nothing(tmp_path):
   """`context.build_program` runs the stage's own code up to training: the
   program a proxy run would train, with its reference abstract when the
