@@ -75,6 +75,7 @@ SWARM_MIXTURES = "swarm_mixtures.json"
 SWARM_JSON = "swarm.json"
 SWARM_MD = "swarm.md"
 SWARM_WEIGHTS = "swarm_weights.json"
+SWARM_GROUP = "group_{}"   # WORKDIR/group_<g>: one group of a split swarm (train_swarm.groups)
 # What a later stage reads from a finished one: complete.json records their
 # SHA-256 and `read_result` refuses a file changed since.
 CONSUMED = (REFERENCE_WEIGHTS, MAIN_WEIGHTS, AVERAGE_WEIGHTS, AVERAGE_MIXTURE_WEIGHTS,

@@ -125,6 +125,14 @@ class Arm:
     `study.shared` for the same seeds."""
 
   @classmethod
+  def method_subtasks(cls, arms: list, study: Study, seed) -> list:
+    """Method runs for method seed `seed` that a study's workers may train
+    apart, before `prepare_all` reads them: [(key, fn, complete, what)]
+    (`fn()` trains one, `complete()` says whether it is done; e.g. a split
+    swarm's groups). None by default: `prepare_all` trains everything."""
+    return []
+
+  @classmethod
   def has_method_runs(cls) -> bool:
     """Whether the kind has its own `prepare_all` (a study plans it a task
     per method seed)."""

@@ -64,9 +64,10 @@ class Rung:
       for key, value in self.bindings:
         gin.bind_parameter(f"main/{self.scope}/{key}", value)
 
-  def bind_methods(self, stages=("reference", "proxy")) -> None:
+  def bind_methods(self, stages=("reference", "proxy", "swarm")) -> None:
     """The rung's ModelConfig fields also for a method's own runs of these
-    stages when they run inside `active` (a 'doremi@NAME' arm)."""
+    stages when they run inside `active` (a 'doremi@NAME' or 'swarm@NAME'
+    arm)."""
     with gin.unlock_config():
       for key, value in self.bindings:
         if key.startswith("ModelConfig."):

@@ -132,7 +132,8 @@ def make_arms(arms: Any, workdir: str, rounds: int = 1, unimax_epochs: float = 1
 def plan_tasks(made: list, seeds: int, rung=None) -> tuple:
   """The study's work at one size as `plan.Task`s: each arm kind's method
   runs for each method seed (after the earlier kinds' for that seed: a
-  kind may reuse their runs), then every arm x seed main run (after all
+  kind may reuse their runs; those it trains apart, `method_subtasks`,
+  first, each its own task), then every arm x seed main run (after all
   method runs; it first reads their results, once per worker). Returns
   (tasks, read): `read()` reads the method runs' results into the arms
   (once per worker; every worker does before the report)."""
@@ -160,9 +161,13 @@ def plan_tasks(made: list, seeds: int, rung=None) -> tuple:
       key = f"methods/{kind.kind}/" + ("shared" if seed is None else f"seed_{seed}")
       deps = tuple(k for (j, s), k in keys.items() if s == seed and j < i)
       keys[(i, seed)] = key
-      tasks.append(plan.Task(key, method_task(i, seed), deps, what=(
-          f"the method runs of {', '.join(a.name for a in mine)}"
-          + ("" if seed is None else f", seed {seed}"))))
+      subs = [plan.Task(f"{key}/{sub}", fn, deps, what=what, complete=complete)
+              for sub, fn, complete, what in kind.method_subtasks(mine, study, seed)]
+      tasks += subs
+      what = f"the method runs of {', '.join(a.name for a in mine)}" + (
+          "" if seed is None else f", seed {seed}")
+      tasks.append(plan.Task(key, method_task(i, seed), deps + tuple(t.key for t in subs),
+                             what=what))
 
   def main_task(arm, seed, run_dir):
     def fn():

@@ -27,14 +27,19 @@ al. 2024; Olmix, Chen et al. 2026).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import time
 from typing import Any, Optional, Sequence
 
 import gin
 import numpy as np
 
+from doremi_jax import context
 from doremi_jax import files
+from doremi_jax import lease
+from doremi_jax import plan as plan_lib
 from doremi_jax import rundir
 from doremi_jax import runner
 from doremi_jax.analysis import swarm_report
@@ -74,16 +79,18 @@ def repetition_caps(corpus, repetitions: Optional[float], tokens: Optional[int])
 @dataclasses.dataclass(frozen=True)
 class SwarmPlan:
   """Everything decided before training: checked settings and the mixtures."""
-  mixtures: np.ndarray       # [M, K]
+  mixtures: Optional[np.ndarray]   # [M, K] (None for a table's fit)
   prior: np.ndarray          # [K]
   member_seeds: tuple
   caps: Optional[np.ndarray]
 
 
 def plan(corpus, cfg: TrainConfig, members, prior, concentration, corners, cap_factor,
-         min_weight, seeds, law, objective, kl_weight, folds, repetitions, tokens) -> SwarmPlan:
+         min_weight, seeds, law, objective, kl_weight, folds, repetitions, tokens,
+         draw: bool = True) -> SwarmPlan:
   """Checks every setting (ConfigError naming the fix) and draws the
-  mixtures, before anything is trained or written."""
+  mixtures (unless not `draw`: a table brings its own), before anything is
+  trained or written."""
   k = corpus.num_domains
   check_number("train_swarm.members", members, integer=True, low=0, low_open=True)
   if members < k + 1:
@@ -120,7 +127,7 @@ def plan(corpus, cfg: TrainConfig, members, prior, concentration, corners, cap_f
   caps = repetition_caps(corpus, repetitions, tokens)
   mixtures = law_lib.sample_mixtures(
       q, members, cfg.seed, concentration, cap_factor, min_weight,
-      corners=[corpus.domain_index(c) for c in corners])
+      corners=[corpus.domain_index(c) for c in corners]) if draw else None
   member_seeds = tuple(cfg.seed + (m if seeds == "distinct" else 0) for m in range(members))
   return SwarmPlan(mixtures, q, member_seeds, caps)
 
@@ -135,7 +142,8 @@ def train_swarm(workdir: str, members: int = 16, prior: Any = "proportional",
                 candidates: int = 100_000, top_k: int = 128,
                 compare_with: Any = None, seed: Optional[int] = None,
                 table: Optional[str] = None, table_weights: Optional[dict] = None,
-                table_losses: Optional[dict] = None) -> dict:
+                table_losses: Optional[dict] = None, groups: int = 1,
+                group: Optional[int] = None) -> Optional[dict]:
   """Trains a swarm of `members` small models (gin's model, `swarm/`
   TrainConfig) on mixtures drawn around `prior` (a weights spec;
   RegMix's Dirichlet with `concentration`, default RegMix's 15 values
@@ -152,7 +160,11 @@ def train_swarm(workdir: str, members: int = 16, prior: Any = "proportional",
   method runs). `table`: a swarm table from elsewhere (`swarm.table`: a
   CSV or JSON file of mixtures and per-domain losses, its columns mapped
   to our domains by `table_weights` and `table_losses`): the laws are
-  fitted to it and nothing is trained. Returns swarm.json."""
+  fitted to it and nothing is trained. `groups`: the members are split into
+  that many equal groups, each trained as its own run in
+  WORKDIR/group_<g> (`train_groups`: workers started with the same command
+  share them), and the laws are fitted over all; `group`: train only that
+  group and return its final evaluation. Returns swarm.json."""
   cfg = train_config(seed)
   corpus = get_corpus()
   tbl = None
@@ -160,30 +172,118 @@ def train_swarm(workdir: str, members: int = 16, prior: Any = "proportional",
     tbl = table_lib.read(table, corpus.domains, table_weights, table_losses)
     members = tbl["rows"]
   p = plan(corpus, cfg, members, prior, concentration, tuple(corners), cap_factor, min_weight,
-           seeds, law, objective, kl_weight, folds, repetitions, main_tokens)
+           seeds, law, objective, kl_weight, folds, repetitions, main_tokens,
+           draw=tbl is None)
   compare = _compare(corpus, compare_with, candidates, top_k)
   fit_settings = dict(law=law, objective=objective, kl_weight=kl_weight, caps=p.caps,
                       folds=folds, seed=cfg.seed, gbm_settings=gbm_settings,
                       candidates=candidates, top_k=top_k)
+  check_groups(members, groups, group)
   if tbl is not None:
-    return fit_table(workdir, corpus, p, tbl, table, fit_settings, compare)
-  mixtures_json = _check_mixtures(workdir, corpus, p)
-  setup = swarm_lib.swarm_setup(corpus.vocab_size, cfg, members)
+    with _held(workdir):
+      return fit_table(workdir, corpus, p, tbl, table, fit_settings, compare)
+  if groups > 1:
+    return train_groups(workdir, corpus, cfg, p, groups, group, fit_settings, compare)
+  with _held(workdir):
+    return _train_whole(workdir, corpus, cfg, p, fit_settings, compare)
+
+
+def _held(workdir):
+  """The swarm's lease on `workdir` (the stage is `shared`: a split
+  swarm's groups hold their own)."""
+  if context.current().build_only:
+    return contextlib.nullcontext()
+  return lease.hold(workdir, rundir.LOCK)
+
+
+def _train_whole(workdir, corpus, cfg, p: SwarmPlan, fit_settings, compare) -> dict:
+  """Every member in one program in `workdir`, then the fits."""
+  hook = SwarmHook(workdir, corpus, p, fit_settings, compare)
+  _train_members(workdir, corpus, cfg, p, range(len(p.mixtures)), [hook],
+                 law=fit_settings["law"])
+  return hook.result
+
+
+def _train_members(workdir, corpus, cfg, p: SwarmPlan, members, hooks, **info) -> dict:
+  """Trains the swarm's `members` (indices) in one program in `workdir`
+  (each on the rows it draws in the whole swarm); returns the final
+  evaluation."""
+  idx = list(members)
+  seeds = tuple(p.member_seeds[m] for m in idx)
+  mixtures_json = _check_mixtures(workdir, corpus, p, idx)
+  setup = swarm_lib.swarm_setup(corpus.vocab_size, cfg, len(idx))
   program = swarm_lib.swarm_program(setup, corpus.num_domains, cfg.grad_accum_steps,
-                                    cfg.seq_len, p.member_seeds)
+                                    cfg.seq_len, seeds)
+  whole = len(idx) == len(p.mixtures)
 
   def make_loader(start_step, data_state):
     return swarm_lib.SwarmLoader(corpus, p.mixtures, p.member_seeds, cfg, start_step,
-                                 data_state)
+                                 data_state, members=None if whole else idx)
 
-  hook = SwarmHook(workdir, corpus, p, fit_settings, compare)
-  info = {"sampling": "swarm", "members": members, "law": law,
-          "tokens_per_step": members * cfg.tokens_per_step,
-          "eval_tokens": members * cfg.eval_examples_per_domain * corpus.num_domains
+  info = {"sampling": "swarm", "members": len(idx), **info,
+          "tokens_per_step": len(idx) * cfg.tokens_per_step,
+          "eval_tokens": len(idx) * cfg.eval_examples_per_domain * corpus.num_domains
           * cfg.seq_len}
-  runner.run_stage(workdir=workdir, stage="swarm", corpus=corpus, cfg=cfg, program=program,
-                   loader=make_loader,
-                   hooks=[runner.Record(info, {rundir.SWARM_MIXTURES: mixtures_json}), hook])
+  return runner.run_stage(workdir=workdir, stage="swarm", corpus=corpus, cfg=cfg,
+                          program=program, loader=make_loader,
+                          hooks=[runner.Record(info, {rundir.SWARM_MIXTURES: mixtures_json}),
+                                 *hooks])
+
+
+def check_groups(members: int, groups, group) -> None:
+  check_number("train_swarm.groups", groups, integer=True, low=1)
+  if members % groups:
+    raise ConfigError(f"train_swarm.groups={groups} does not divide the {members} members into "
+                      f"equal groups; choose a divisor of {members}.")
+  if group is not None and not (isinstance(group, int) and 0 <= group < groups):
+    raise ConfigError(f"train_swarm.group={group!r}: name a group 0..{groups - 1} (or leave it "
+                      "None to train them all and fit).")
+
+
+def train_groups(workdir, corpus, cfg, p: SwarmPlan, groups: int, group, fit_settings: dict,
+                 compare) -> Optional[dict]:
+  """A swarm split into `groups` runs, WORKDIR/group_<g> with members
+  g*M/G..(g+1)*M/G-1 (`doremi_jax.plan` phase 'swarm': any number of
+  workers started with the same command claim the groups, a preempted
+  one's is taken over and resumed); then the laws are fitted over every
+  member's `tune` losses, in the members' order, exactly as for one
+  program, and one worker writes swarm.json, swarm_weights.json and
+  swarm.md in WORKDIR. Its run_info records no FLOPs: the groups' runs hold
+  them. `group`: train that group only; returns its final evaluation."""
+  root, size = files.path(workdir), len(p.mixtures) // groups
+  dirs = [root / rundir.SWARM_GROUP.format(g) for g in range(groups)]
+
+  def train(g):
+    with _held(dirs[g]):
+      if not rundir.is_complete(dirs[g]):
+        _train_members(str(dirs[g]), corpus, cfg, p, range(g * size, (g + 1) * size), [],
+                       group=g, groups=groups)
+    return files.read_json(dirs[g] / rundir.EVAL)
+
+  if group is not None or context.current().build_only:
+    return train(group or 0)
+  mixtures_json = _check_mixtures(workdir, corpus, p)
+  if rundir.is_complete(root):
+    return rundir.read_result(root / rundir.SWARM_JSON)
+  if rundir.is_writer() and not files.exists(root / rundir.SWARM_MIXTURES):
+    files.write_json(root / rundir.SWARM_MIXTURES, mixtures_json)
+  tasks = [plan_lib.Task(d.name, functools.partial(train, g), complete=functools.partial(
+      rundir.is_complete, d), what=f"members {g * size}..{(g + 1) * size - 1} in {d}")
+           for g, d in enumerate(dirs)]
+  plan_lib.execute(root, "swarm", tasks, lambda m: rundir.announce("swarm", m))
+  t0, finals = time.time(), [files.read_json(d / rundir.EVAL) for d in dirs]
+  final = {"members": [m for f in finals for m in f["members"]],
+           "member_tasks": [m for f in finals for m in f.get("member_tasks") or []]}
+  hook = SwarmHook(workdir, corpus, p, fit_settings, compare)
+  with plan_lib.writer(root, "swarm") as mine:
+    summary = hook.fit(final, write=mine, groups=[d.name for d in dirs])
+    if mine:
+      files.write_json(root / rundir.RUN_INFO, {
+          "stage": "swarm", "sampling": "groups", "domains": list(corpus.domains),
+          "members": len(p.mixtures), "groups": groups, "law": fit_settings["law"],
+          "num_steps": 0, "flops_per_token": 0.0, "tokens_per_step": 0, "eval_tokens": 0})
+      rundir.mark_complete(workdir, "swarm", 0, time.time() - t0,
+                           f"{groups} groups; {summary}")
   return hook.result
 
 
@@ -232,12 +332,16 @@ def fit_table(workdir, corpus, p: SwarmPlan, tbl: dict, path, fit_settings: dict
   return result
 
 
-def _check_mixtures(workdir, corpus, p: SwarmPlan) -> dict:
-  """swarm_mixtures.json's contents; ConfigError when `workdir` holds a
-  swarm with other mixtures or seeds."""
+def _check_mixtures(workdir, corpus, p: SwarmPlan, members=None) -> dict:
+  """swarm_mixtures.json's contents (of the `members`, indices, where
+  given); ConfigError when `workdir` holds a swarm with other mixtures or
+  seeds."""
   path = files.path(workdir) / rundir.SWARM_MIXTURES
-  mixtures = {"domains": list(corpus.domains), "mixtures": p.mixtures.tolist(),
-              "member_seeds": list(p.member_seeds)}
+  idx = range(len(p.mixtures)) if members is None else list(members)
+  mixtures = {"domains": list(corpus.domains), "mixtures": p.mixtures[list(idx)].tolist(),
+              "member_seeds": [p.member_seeds[m] for m in idx]}
+  if members is not None and len(idx) < len(p.mixtures):
+    mixtures["members"] = list(idx)
   if files.exists(path) and files.read_json(path) != mixtures:
     raise ConfigError(f"{workdir} holds a swarm with other mixtures or seeds ({path}); "
                       "resume it with its own settings, or use a new run directory.")
@@ -253,12 +357,19 @@ class SwarmHook(runner.Hook):
     self.fit_settings, self.compare, self.result = fit_settings, compare, None
 
   def on_finish(self, state, final, reference):
+    return self.fit(final, write=rundir.is_writer())
+
+  def fit(self, final: dict, write: bool, **extra) -> str:
+    """Fits every law to `final`'s member losses (and tasks); writes the
+    files (swarm.json with `extra`'s entries) where `write`; returns the
+    run's summary line."""
     law, p = self.fit_settings["law"], self.plan
     tasks = {f"{t}/bpb": [m[t]["bpb"] for m in final["member_tasks"]]
              for t in (final.get("member_tasks") or [{}])[0]}
     result = self.result = results.analyse(p.mixtures, final["members"], self.corpus.domains,
                                            p.prior, **self.fit_settings, tasks=tasks)
-    if rundir.is_writer():
+    result.update(extra)
+    if write:
       files.write_json(files.path(self.workdir) / rundir.SWARM_JSON, result)
       files.write_json(files.path(self.workdir) / rundir.SWARM_WEIGHTS, result["weights"])
       rundir.announce("swarm", f"report: {swarm_report.write(self.workdir, self.compare)}")
@@ -270,4 +381,4 @@ class SwarmHook(runner.Hook):
             ", ".join(f"{d} {w:.3f}" for d, w in top))
 
 
-registry.register(registry.Stage("swarm", train_swarm))
+registry.register(registry.Stage("swarm", train_swarm, shared=True))

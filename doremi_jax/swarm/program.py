@@ -69,9 +69,10 @@ def swarm_setup(vocab_size: int, cfg: TrainConfig, members: int, model_cfg=None,
   if members % split:
     raise ConfigError(
         f"the swarm's {members} members do not split evenly over the mesh axis 'data' "
-        f"({split} devices): choose train_swarm.members divisible by {split}, or set "
-        f"MeshConfig.data to a divisor of {members} (and MeshConfig.fsdp to fill the "
-        "devices, so each member is split over fsdp).")
+        f"({split} devices): choose train_swarm.members divisible by {split} (with "
+        f"train_swarm.groups, each group's members), or set MeshConfig.data to a divisor of "
+        f"{members} (and MeshConfig.fsdp to fill the devices, so each member is split over "
+        "fsdp).")
   shardings = jax.tree.map(_with_member_axis, one.state_shardings)
   abstract = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct((members,) + a.shape, a.dtype, sharding=s),
@@ -161,11 +162,15 @@ class SwarmLoader:
   step) and the data state is the loader's (each domain's position).
   Every host reads every member's whole batch. `next()` gives
   `{'targets': [M, B, L], 'segment_ids': [M, B, L], 'domain_ids': [M, B]}` and the
-  data state."""
+  data state. `members`: only these members' rows (a group of the swarm
+  trained as its own run, `train_swarm.groups`): exactly the rows they
+  draw in the whole swarm, so a member's data does not depend on how the
+  swarm is split; the data state is still the whole swarm's."""
 
   def __init__(self, corpus, mixtures, seeds: Sequence[int], cfg: TrainConfig,
-               start_step: int = 0, data_state=None):
+               start_step: int = 0, data_state=None, members: Optional[Sequence[int]] = None):
     self.members = len(mixtures)
+    self.rows = None if members is None else np.asarray(members, np.int64)
     positions = None if data_state is None else np.asarray(data_state["positions"])
     self.loader = loader_lib.BatchLoader(
         corpus, SwarmAssignment(mixtures, seeds,
@@ -175,7 +180,10 @@ class SwarmLoader:
 
   def next(self):
     batch, state = self.loader.next()
-    return {k: v.reshape((self.members, -1) + v.shape[1:]) for k, v in batch.items()}, state
+    out = {k: v.reshape((self.members, -1) + v.shape[1:]) for k, v in batch.items()}
+    if self.rows is not None:
+      out = {k: v[self.rows] for k, v in out.items()}
+    return out, state
 
   def close(self):
     self.loader.close()

@@ -146,3 +146,44 @@ def test_doremi_at_a_rung_runs_its_reference_and_proxy_at_that_size(tmp_path):
       assert json.loads((files.path(run) / "run_info.json").read_text())["model"]["d_model"] \
           == d_model
     assert set(arm.final[None]) == set(made[0].study.corpus.domains)
+
+
+def test_a_swarm_at_a_rung_and_in_groups_is_planned_one_task_per_group(tmp_path):
+  """'swarm:linear@wide': the swarm's members at the rung's model size, in
+  RUN/swarm_at_wide, beside plain 'swarm' at gin's size. With
+  `train_swarm.groups = 2` the study's plan gives every group of every
+  swarm its own task, before the kind's task that fits; running the plan
+  trains each group once, and each arm is charged with its swarm's groups."""
+  from doremi_jax import context, plan
+  from doremi_jax.stages import ladder as ladder_lib
+  from doremi_jax.stages import study
+  from helpers import configure
+  import jax
+  configure(TINY[:-1] + [
+      "train_study.method_seeds = 'shared'", "STEPS = 4", "train_swarm.members = 6",
+      "train_swarm.groups = 2", "train_swarm.folds = 3", "train_swarm.candidates = 2000",
+      "train_swarm.top_k = 16"])
+  rungs = ladder_lib.parse_rungs(["tiny", {"name": "wide", "ModelConfig.d_model": 96}])
+  with context.using(devices=jax.devices()[:1]):
+    made = study.make_arms({"a": "swarm", "b": "swarm:linear@wide"}, str(tmp_path), seeds=2,
+                           method_seeds="shared", scales={r.name: r for r in rungs})
+    assert [(a.scale, a.law()) for a in made] == [(None, ""), ("wide", "linear")]
+    tasks, read = study.plan_tasks(made, 2)
+    keys = [t.key for t in tasks]
+    groups = ["methods/swarm/shared/group_0", "methods/swarm/shared/group_1",
+              "methods/swarm/shared/at_wide/group_0", "methods/swarm/shared/at_wide/group_1"]
+    assert keys[:5] == groups + ["methods/swarm/shared"]
+    assert set(tasks[4].deps) == set(groups)
+    assert not any(t.complete() for t in tasks[:4])
+    plan.execute(tmp_path, "study", tasks[:5], print)   # one worker: the method tasks
+    assert all(t.complete() for t in tasks[:4])
+    read()
+  for arm, d_model, where in ((made[0], 64, "swarm"), (made[1], 96, "swarm_at_wide")):
+    assert [files.path(r).name for r in arm.method_runs] == ["group_0", "group_1"]
+    for run in arm.method_runs:
+      assert f"/{where}/" in run
+      info = json.loads((files.path(run) / "run_info.json").read_text())
+      assert (info["model"]["d_model"], info["members"]) == (d_model, 3)
+    assert set(arm.final[None]) == set(made[0].study.corpus.domains)
+    swarm = json.loads((tmp_path / where / "swarm.json").read_text())
+    assert arm.final[None] == swarm["laws"][arm.law() or swarm["law"]]["optimum"]

@@ -59,7 +59,10 @@ def test_unimax_caps_small_domains_and_spreads_the_rest():
 @pytest.mark.parametrize("binding, message", [
     ("train_study.arms = {'stratified': 'stratified', 'x': 'no_such_arm'}",
      "'no_such_arm' is not an arm. An arm is one of the study's methods (stratified, unimax, "
-     "doremi, doremi:N, doremi@RUNG, swarm, swarm:LAW, odm, ado, doremi_online, aioli)"),
+     "doremi, doremi:N, doremi@RUNG, swarm, swarm:LAW, swarm@RUNG, odm, ado, doremi_online, "
+     "aioli)"),
+    ("train_study.arms = ['stratified', 'swarm@big']",
+     "'swarm@big' names the rung 'big', but train_study.rungs has none"),
     ("train_study.arms = ['stratified', 'swarm:cubic']", "'swarm:cubic' names no law"),
     ("train_study.arms = ['stratified', 'swarm']\ntrain_swarm.members = 3",
      "train_swarm.members=3 is too few for 5 domains"),

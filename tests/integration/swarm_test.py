@@ -188,11 +188,58 @@ def test_a_killed_swarm_resumes_then_stops_on_sigterm_and_resumes_bitwise(tiny_s
     ("train_swarm.objective = ['wiki']", "each must be one of the corpus's domains"),
     ("train_swarm.corners = ['wiki']", "train_swarm.corners must list domain names"),
     ("train_swarm.members = 6", "choose train_swarm.members divisible by 4"),
+    ("train_swarm.groups = 4", "train_swarm.groups=4 does not divide the 6 members"),
+    ("train_swarm.groups = 0", "train_swarm.groups"),
+    ("train_swarm.group = 3", "train_swarm.group=3: name a group 0..0"),
 ])
 def test_bad_swarm_settings_fail_before_anything_is_written(tmp_path, binding, message):
   with pytest.raises(ConfigError, match=re.escape(message)):
     _swarm(tmp_path / "s", binding, devices=4)
   assert not (tmp_path / "s").exists()
+
+
+def test_a_swarm_split_into_groups_trains_each_members_rows_and_fits_as_one_program(
+    tiny_swarm, tmp_path):
+  """`train_swarm.groups = 3`: three runs of 2 members each, every member
+  drawing exactly the rows it draws in the one-program swarm (so its
+  metrics and losses match to float rounding), and one fit over all six in
+  the members' order. `group=1` alone trains only its run; the full call
+  then trains the rest and fits; a re-run reads the fit."""
+  wd, whole = tiny_swarm
+  split = tmp_path / "split"
+  assert _swarm(split, "train_swarm.groups = 3", "train_swarm.group = 1")["members"]
+  assert sorted(p.name for p in split.iterdir() if p.name.startswith("group_")) == ["group_1"]
+  assert not (split / "swarm.json").exists()
+  result = _swarm(split, "train_swarm.groups = 3")
+  assert result["groups"] == ["group_0", "group_1", "group_2"]
+  assert result["mixtures"] == whole["mixtures"]
+  np.testing.assert_allclose(result["losses"], whole["losses"], rtol=2e-5)
+  whole_rows = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
+  for g in range(3):
+    run = split / f"group_{g}"
+    mix = json.loads((run / "swarm_mixtures.json").read_text())
+    assert mix["members"] == [2 * g, 2 * g + 1]
+    assert mix["mixtures"] == whole["mixtures"][2 * g:2 * g + 2]
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [r["step"] for r in whole_rows]
+    for a, b in zip(rows, whole_rows):
+      np.testing.assert_allclose(a["member_loss"], b["member_loss"][2 * g:2 * g + 2],
+                                 rtol=2e-5)
+    info = json.loads((run / "run_info.json").read_text())
+    assert (info["members"], info["group"], info["tokens_per_step"]) == (2, g, 2 * 8 * 32)
+  on_disk = json.loads((split / "swarm.json").read_text())
+  assert on_disk == json.loads(json.dumps(result))
+  assert set(on_disk["laws"]) == set(whole["laws"])
+  for law in on_disk["laws"]:
+    w = [on_disk["laws"][law]["optimum"][d] for d in on_disk["domains"]]
+    assert abs(sum(w) - 1) < 1e-9
+  info = json.loads((split / "run_info.json").read_text())
+  assert (info["sampling"], info["groups"], info["flops_per_token"]) == ("groups", 3, 0.0)
+  assert json.loads((split / "swarm_mixtures.json").read_text())["mixtures"] == \
+      whole["mixtures"]
+  assert (split / "complete.json").exists() and (split / "swarm.md").exists()
+  assert not list(split.rglob("lock.json"))
+  assert json.dumps(_swarm(split, "train_swarm.groups = 3")) == json.dumps(result)
 
 
 def test_a_swarm_fits_and_aims_at_a_tasks_bpb(tmp_path):
