@@ -240,6 +240,20 @@ def test_a_swarm_split_into_groups_trains_each_members_rows_and_fits_as_one_prog
   assert (split / "complete.json").exists() and (split / "swarm.md").exists()
   assert not list(split.rglob("lock.json"))
   assert json.dumps(_swarm(split, "train_swarm.groups = 3")) == json.dumps(result)
+  # group 2 killed after its checkpoint 6, before the fit: the re-run resumes
+  # it and fits to the same numbers
+  killed = tmp_path / "killed"
+  shutil.copytree(split, killed)
+  for p in (killed / "group_2" / "checkpoints").iterdir():
+    if p.name.isdigit() and int(p.name) > 6:
+      shutil.rmtree(p)
+  for name in ("group_2/complete.json", "group_2/eval.json", "complete.json", "swarm.json",
+               "swarm_weights.json"):
+    (killed / name).unlink()
+  again = _swarm(killed, "train_swarm.groups = 3")
+  assert (killed / "group_2" / "run_info.resumed_at_6.json").exists()
+  assert not list((killed / "group_1").glob("run_info.resumed_at_*"))
+  assert json.dumps(again) == json.dumps(result)
 
 
 def test_a_swarm_fits_and_aims_at_a_tasks_bpb(tmp_path):
