@@ -59,10 +59,27 @@ def _clear_gin():
 
 @pytest.fixture(scope="session")
 def quickstart_run(tmp_path_factory):
-  """README's first command, run once per session: (workdir, seconds, result)."""
+  """README's first command, run once per test session: (workdir, seconds,
+  result). Under pytest-xdist the workers share one run: the first to need
+  it trains it under a lock in the session's common temporary directory, and
+  the others wait for it and read it (so 2 workers do not train it twice)."""
+  import fcntl
+  import json
+  import subprocess
   import time
-  wd = tmp_path_factory.mktemp("quickstart") / "run"
-  t0 = time.time()
-  r = run_cli(["--gin_file=gin/quickstart.gin"], workdir=wd, cache=False)
-  return wd, time.time() - t0, r
-
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent          # common to every worker of this session
+  wd, record = root / "quickstart" / "run", root / "quickstart" / "result.json"
+  wd.parent.mkdir(parents=True, exist_ok=True)
+  with open(root / "quickstart.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not record.exists():
+      t0 = time.time()
+      r = run_cli(["--gin_file=gin/quickstart.gin"], workdir=wd, cache=False)
+      record.write_text(json.dumps({"seconds": time.time() - t0, "args": r.args,
+                                    "returncode": r.returncode, "stdout": r.stdout,
+                                    "stderr": r.stderr}))
+  got = json.loads(record.read_text())
+  return wd, got["seconds"], subprocess.CompletedProcess(got["args"], got["returncode"],
+                                                         got["stdout"], got["stderr"])

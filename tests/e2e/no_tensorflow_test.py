@@ -1,7 +1,7 @@
 """Training needs no TensorFlow: the model, the steps and the runner run
 with TensorFlow, seqio and TFDS made unimportable; the entry point, the
-stages and the loader import none of them; and the quickstart runs without
-them and ends with the golden weights."""
+stages and the loader import none of them; and the quickstart's DoReMi
+stages run without them and end with the golden weights."""
 
 import os
 import subprocess
@@ -88,18 +88,32 @@ print("quickstart ran without tensorflow")
 """
 
 
-def test_quickstart_runs_without_tensorflow_and_gives_the_golden_weights(tmp_path):
+def test_quickstart_runs_without_tensorflow_and_gives_the_golden_weights(quickstart_run,
+                                                                        tmp_path):
   """README's first command with TensorFlow, seqio and TFDS unimportable:
   it completes (no seqio Mixture is registered) and its DoReMi weights are
-  the recorded ones, compared as tests/unit/golden_test.py compares them."""
+  the recorded ones, compared as tests/unit/golden_test.py compares them.
+  To keep CI short it starts from the session's quickstart run's Step 1
+  reference and baseline main run (the same LM program as the DoReMi main
+  run, which trains here): Step 2's proxy and Step 3's DoReMi run train
+  without TensorFlow."""
   import json
+  import shutil
   import numpy as np
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", JAX_ENABLE_COMPILATION_CACHE="false")
+  full, _, done = quickstart_run
+  assert done.returncode == 0, done.stderr[-3000:]
   wd = tmp_path / "run"
+  for stage in ("round_1/reference", "main_baseline"):
+    shutil.copytree(full / stage, wd / stage)
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", JAX_ENABLE_COMPILATION_CACHE="false")
   r = subprocess.run([sys.executable, "-c", QUICKSTART_WITHOUT_TF, str(wd)], cwd=REPO, env=env,
                      capture_output=True, text=True, timeout=1200)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "quickstart ran without tensorflow" in r.stdout, r.stdout[-2000:]
+  assert "Step 1: reference model: already complete" in r.stdout, r.stdout[-2000:]
+  state = json.loads((wd / "pipeline.json").read_text())
+  assert state["stages"]["round_1/proxy"]["status"] == "ran"
+  assert state["stages"]["main_doremi"]["status"] == "ran"
   got = json.loads((wd / "round_1" / "proxy" / "average_domain_weights.json").read_text())
   with open(os.path.join(REPO, "tests", "golden", "quickstart_weights.json")) as f:
     want = json.load(f)
@@ -107,6 +121,8 @@ def test_quickstart_runs_without_tensorflow_and_gives_the_golden_weights(tmp_pat
   np.testing.assert_allclose([got[d] for d in want], [want[d][0] for d in want], rtol=1e-4,
                              atol=1e-7, err_msg="the quickstart's weights moved without TF")
   assert (wd / "report.md").exists()
+  assert json.loads((wd / "comparison.json").read_text())["per_domain"] == \
+      json.loads((full / "comparison.json").read_text())["per_domain"]
 
 
 WITHOUT_SEQIO = r"""
