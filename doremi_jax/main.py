@@ -39,7 +39,8 @@ def run(stage: str = gin.REQUIRED, workdir: str = gin.REQUIRED):
     try:
       return registry.get(stage)(workdir)
     except plan.QuotaReached as e:   # a worker with Workers.max_tasks
-      print(f"[{stage}] {e}", flush=True)
+      # its own words, without the "In call to configurable" line gin adds
+      print(f"[{stage}] {str(e).splitlines()[0]}", flush=True)
       return None
 
 

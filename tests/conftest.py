@@ -38,14 +38,39 @@ for path in (TESTS, REPO):   # helpers.py and np_reference.py; the package itsel
 TIERS = ("unit", "integration", "e2e")
 
 
+def pytest_configure(config):
+  """Under `--dist loadfile` pytest-xdist would hand out the files with the
+  most tests first (its `--loadscope-reorder` default), which leaves the
+  long single-test end-to-end files for last, one worker running them while
+  the other idles; here the workers take files in the order below (the
+  heavy e2e tier first, the many short unit files last to even out the end)."""
+  if hasattr(config.option, "loadscopereorder"):
+    config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(config, items):
-  """Every test is marked with its tier, the directory it lives in."""
+  """Every test is marked with its tier, the directory it lives in. The test
+  files that read the session's quickstart run go last in their tier, but
+  for the first one, which goes first of all and trains it: under xdist one
+  worker trains the quickstart while the other runs other files, and the
+  files that need it later find it ready (`quickstart_run`)."""
+  tier_rank, late = {}, []
   for item in items:
     rel = os.path.relpath(str(item.path), TESTS).split(os.sep)
     if rel[0] not in TIERS:
       raise pytest.UsageError(f"{item.nodeid}: a test lives in tests/unit, "
                               "tests/integration or tests/e2e (see docs/testing.md).")
     item.add_marker(getattr(pytest.mark, rel[0]))
+    tier_rank.setdefault(rel[0], len(tier_rank))
+    if "quickstart_run" in item.fixturenames and item.path not in late:
+      late.append(item.path)
+
+  def order(item):
+    tier = os.path.relpath(str(item.path), TESTS).split(os.sep)[0]
+    if late and item.path == late[0]:
+      return (-1, 0)
+    return (tier_rank[tier], item.path in late)
+  items.sort(key=order)
 
 from helpers import run_cli  # noqa: E402
 
@@ -59,10 +84,12 @@ def _clear_gin():
 
 @pytest.fixture(scope="session")
 def quickstart_run(tmp_path_factory):
-  """README's first command, run once per test session: (workdir, seconds,
-  result). Under pytest-xdist the workers share one run: the first to need
-  it trains it under a lock in the session's common temporary directory, and
-  the others wait for it and read it (so 2 workers do not train it twice)."""
+  """README's first command, run once per test session on a fresh
+  compilation cache: (workdir, seconds, result). Under pytest-xdist the
+  workers share one run: the first to need it trains it under a lock in the
+  session's common temporary directory, and the others wait for it and read
+  it (so 2 workers do not train it twice; pytest_collection_modifyitems
+  orders the files so that they seldom wait)."""
   import fcntl
   import json
   import subprocess

@@ -124,3 +124,17 @@ def test_a_worker_with_max_tasks_stops_after_them(tmp_path, fast, monkeypatch):
     plan.execute(tmp_path, "p", [_task("a", ran), _task("b", ran)], print)
   assert ran == ["a"]
   plan.execute(tmp_path, "q", [_task("c", ran, complete=lambda: True)], print)   # nothing left
+
+
+@gin.configurable
+def quota_stage(workdir):   # a stage whose worker reached Workers.max_tasks
+  raise plan.QuotaReached(f"this worker stops ({workdir})")
+
+
+def test_a_worker_at_its_quota_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+  from doremi_jax import main as main_lib
+  from doremi_jax.stages import registry
+  monkeypatch.setattr(registry, "get", lambda name: quota_stage)
+  assert main_lib.run(stage="study", workdir=str(tmp_path)) is None
+  # gin's "In call to configurable 'quota_stage'" is not printed
+  assert capsys.readouterr().out == f"[study] this worker stops ({tmp_path})\n"
