@@ -54,23 +54,19 @@ def pytest_collection_modifyitems(config, items):
   for the first one, which goes first of all and trains it: under xdist one
   worker trains the quickstart while the other runs other files, and the
   files that need it later find it ready (`quickstart_run`)."""
-  tier_rank, late = {}, []
+  tier_rank, rank, late = {}, {}, []   # rank: a test's tier's place in collection order
   for item in items:
-    rel = os.path.relpath(str(item.path), TESTS).split(os.sep)
-    if rel[0] not in TIERS:
+    tier = os.path.relpath(str(item.path), TESTS).split(os.sep)[0]
+    if tier not in TIERS:
       raise pytest.UsageError(f"{item.nodeid}: a test lives in tests/unit, "
                               "tests/integration or tests/e2e (see docs/testing.md).")
-    item.add_marker(getattr(pytest.mark, rel[0]))
-    tier_rank.setdefault(rel[0], len(tier_rank))
+    item.add_marker(getattr(pytest.mark, tier))
+    rank[item] = tier_rank.setdefault(tier, len(tier_rank))
     if "quickstart_run" in item.fixturenames and item.path not in late:
       late.append(item.path)
-
-  def order(item):
-    tier = os.path.relpath(str(item.path), TESTS).split(os.sep)[0]
-    if late and item.path == late[0]:
-      return (-1, 0)
-    return (tier_rank[tier], item.path in late)
-  items.sort(key=order)
+  first = late[0] if late else None
+  items.sort(key=lambda item: (-1, False) if item.path == first else
+             (rank[item], item.path in late))
 
 from helpers import run_cli  # noqa: E402
 
